@@ -1,0 +1,190 @@
+//! Listen addresses as the user writes them: `PORT`, `HOST:PORT`, `[IPV6]:PORT`,
+//! `unix:/path/to.sock`, each optionally prefixed `NAME=`.
+//!
+//! Parsing is pure; binding lives in `sockets`.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// Default `listen(2)` backlog, as in Unicorn and nginx on Linux.
+pub const DEFAULT_BACKLOG: u32 = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Address {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// One configured listener: where, under which name, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub address: Address,
+    /// Goes into `LISTEN_FDNAMES`; defaults to the address text.
+    pub name: Option<String>,
+    pub backlog: u32,
+    /// Permission bits for a Unix socket file.
+    pub mode: Option<u32>,
+}
+
+impl ListenSpec {
+    /// The name a worker sees in `LISTEN_FDNAMES`: the configured name, or
+    /// `unknown` as systemd writes for unnamed sockets.
+    pub fn fd_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("unknown")
+    }
+}
+
+/// Parses one `--listen` value. Fails with a message naming the value.
+pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
+    let (name, rest) = match text.split_once('=') {
+        Some((name, rest)) => {
+            validate_name(name).map_err(|why| format!("{text:?}: {why}"))?;
+            (Some(name.to_string()), rest)
+        }
+        None => (None, text),
+    };
+    let address = parse_address(rest).map_err(|why| format!("{text:?}: {why}"))?;
+    Ok(ListenSpec {
+        address,
+        name,
+        backlog: DEFAULT_BACKLOG,
+        mode: None,
+    })
+}
+
+/// Parses the address part alone (no `NAME=`).
+pub fn parse_address(text: &str) -> Result<Address, String> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("empty unix socket path".into());
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if path.len() > 107 {
+            return Err("unix socket path longer than 107 bytes".into());
+        }
+        return Ok(Address::Unix(PathBuf::from(path)));
+    }
+    if text.is_empty() {
+        return Err("empty address".into());
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        let port = parse_port(text)?;
+        return Ok(Address::Tcp(SocketAddr::from(([0, 0, 0, 0], port))));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Address::Tcp(addr));
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or("expected PORT, HOST:PORT, [IPV6]:PORT or unix:PATH")?;
+    if host.is_empty() || host.contains(':') || host.starts_with('[') {
+        return Err("expected PORT, HOST:PORT, [IPV6]:PORT or unix:PATH".into());
+    }
+    let port = parse_port(port)?;
+    let mut resolved = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?;
+    resolved
+        .next()
+        .map(Address::Tcp)
+        .ok_or_else(|| format!("host {host:?} has no address"))
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.parse::<u16>()
+        .map_err(|_| format!("bad port {text:?} (0 to 65535)"))
+}
+
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad listener name {name:?} (letters, digits, '_', '-', '.'; at most 255)"
+        ))
+    }
+}
+
+/// Parses a Unix socket file mode written in octal, such as `0660` or `660`.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o7777)
+        .ok_or_else(|| format!("bad mode {text:?} (octal, e.g. 0660)"))
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(addr) => write!(f, "{addr}"),
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(name) = &self.name {
+            write!(f, "{name}=")?;
+        }
+        write!(f, "{}", self.address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(text: &str) -> Address {
+        Address::Tcp(text.parse().unwrap())
+    }
+
+    #[test]
+    fn every_form() {
+        assert_eq!(parse_address("8080").unwrap(), tcp("0.0.0.0:8080"));
+        assert_eq!(parse_address("127.0.0.1:80").unwrap(), tcp("127.0.0.1:80"));
+        assert_eq!(parse_address("[::1]:9000").unwrap(), tcp("[::1]:9000"));
+        assert_eq!(
+            parse_address("unix:/tmp/a.sock").unwrap(),
+            Address::Unix("/tmp/a.sock".into())
+        );
+        let localhost = parse_address("localhost:8080").unwrap();
+        assert!(matches!(localhost, Address::Tcp(a) if a.ip().is_loopback() && a.port() == 8080));
+    }
+
+    #[test]
+    fn names() {
+        let spec = parse_listen("web=127.0.0.1:8080").unwrap();
+        assert_eq!(spec.name.as_deref(), Some("web"));
+        assert_eq!(spec.to_string(), "web=127.0.0.1:8080");
+        let spec = parse_listen("admin=unix:/run/a.sock").unwrap();
+        assert_eq!(spec.fd_name(), "admin");
+        assert_eq!(parse_listen("8080").unwrap().fd_name(), "unknown");
+    }
+
+    #[test]
+    fn rejects_with_the_value() {
+        for bad in [
+            "", "70000", "x=", "=8080", "a:b=80", "unix:", "::1:80", "1.2.3.4:", "host:port",
+        ] {
+            let err = parse_listen(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+        let long = format!("unix:/{}", "x".repeat(200));
+        assert!(parse_listen(&long).unwrap_err().contains("107"));
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert!(parse_mode("999").is_err());
+        assert!(parse_mode("77777").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! Pid files: written atomically (temp file + rename), removed only while they
+//! still hold our pid. A pid file naming a live process means another master
+//! runs; one naming a dead process is stale and taken over.
+
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+/// Reads the pid a pid file names; `Ok(None)` if there is no such file.
+/// A file whose content is not a pid is an error naming the file.
+pub fn read_pid(path: &Path) -> Result<Option<i32>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::PidFile {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => Ok(Some(pid)),
+        _ if text.trim().is_empty() => Ok(None),
+        _ => Err(Error::PidFile {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(ErrorKind::InvalidData, format!("not a pid: {:?}", text.trim())),
+        }),
+    }
+}
+
+/// Whether a process with this pid exists (ours to signal or not).
+pub fn is_alive(pid: i32) -> bool {
+    match kill(Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// Refuses to go on if `path` names a live process other than us.
+pub fn ensure_not_running(path: &Path) -> Result<()> {
+    let pid = match read_pid(path) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => return Ok(()),
+        Err(Error::PidFile { source, .. }) if source.kind() == ErrorKind::InvalidData => {
+            log::warn!(
+                "event=stale-pid-file path={} reason=\"{source}\" action=take-over",
+                path.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if pid != std::process::id() as i32 && is_alive(pid) {
+        return Err(Error::AlreadyRunning {
+            pid,
+            pid_file: path.to_path_buf(),
+        });
+    }
+    log::info!("event=stale-pid-file path={} pid={pid} action=take-over", path.display());
+    Ok(())
+}
+
+/// Writes `pid` to `path` atomically: readers see the old file or the new
+/// one, never a partial write.
+pub fn write_pid(path: &Path, pid: i32) -> Result<()> {
+    let fail = |source| Error::PidFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = temp_path(path);
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(format!("{pid}\n").as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(fail)
+}
+
+/// Removes the pid file if it still names `pid`; reports whether it did.
+pub fn remove_if_ours(path: &Path, pid: i32) -> bool {
+    match read_pid(path) {
+        Ok(Some(found)) if found == pid => std::fs::remove_file(path).is_ok(),
+        _ => false,
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp.{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fm-pid-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("app.pid")
+    }
+
+    #[test]
+    fn write_read_remove() {
+        let path = scratch("wrr");
+        write_pid(&path, 4242).unwrap();
+        assert_eq!(read_pid(&path).unwrap(), Some(4242));
+        assert!(!remove_if_ours(&path, 1));
+        assert!(path.exists());
+        assert!(remove_if_ours(&path, 4242));
+        assert_eq!(read_pid(&path).unwrap(), None);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn live_refuses_stale_is_taken_over() {
+        let path = scratch("live");
+        // Our parent (the test runner's parent) is alive.
+        write_pid(&path, nix::unistd::getppid().as_raw()).unwrap();
+        assert!(matches!(ensure_not_running(&path), Err(Error::AlreadyRunning { .. })));
+        // pid_max is at most 2^22, so this pid cannot exist.
+        write_pid(&path, 1 << 23).unwrap();
+        assert!(ensure_not_running(&path).is_ok());
+        std::fs::write(&path, "garbage").unwrap();
+        let err = read_pid(&path).unwrap_err().to_string();
+        assert!(err.contains("not a pid"), "{err}");
+        assert!(ensure_not_running(&path).is_ok());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}

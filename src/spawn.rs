@@ -1,0 +1,218 @@
+//! What a worker is started with: its command, its environment and its fds.
+//!
+//! Each worker gets the listeners as fds 3, 4, ... and the variables of every
+//! common socket-inheritance convention, so apps written for systemd socket
+//! activation, Server::Starter or Einhorn run unchanged:
+//!
+//! | variable                | value                                         |
+//! |-------------------------|-----------------------------------------------|
+//! | `LISTEN_FDS`            | number of listeners                           |
+//! | `LISTEN_PID`            | the worker's own pid                          |
+//! | `LISTEN_FDNAMES`        | listener names, `:`-separated                 |
+//! | `SERVER_STARTER_PORT`   | `127.0.0.1:8080=3;/tmp/app.sock=4`            |
+//! | `EINHORN_FD_COUNT`, `EINHORN_FD_<i>` | count, and fd of listener i      |
+//! | `FORKMASTER_WORKER`     | stable slot index, 0..N-1                     |
+//! | `FORKMASTER_WORKERS`    | N                                             |
+//! | `FORKMASTER_GENERATION` | the master's generation                       |
+//! | `FORKMASTER_MASTER_PID` | the master's pid                              |
+//! | `NOTIFY_SOCKET`         | the master's notify socket (`ready: notify`)  |
+//! | `WATCHDOG_USEC`         | the watchdog timeout (`timeout`)              |
+
+use crate::config::{Config, ReadyMode};
+use crate::listen::Address;
+use crate::sockets::Listener;
+use crate::sys::ExecPlan;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Variables the master sets itself; inherited values of these are dropped.
+fn is_ours(key: &OsStr) -> bool {
+    let key = key.as_bytes();
+    key.starts_with(b"LISTEN_")
+        || key.starts_with(b"EINHORN_")
+        || key.starts_with(b"FORKMASTER_")
+        || key.starts_with(b"WATCHDOG_")
+        || key == b"NOTIFY_SOCKET"
+        || key == b"SERVER_STARTER_PORT"
+}
+
+/// The parts of a worker's start that are the same for every slot.
+pub struct WorkerTemplate {
+    command: Vec<OsString>,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    path_var: Option<OsString>,
+    chdir: Option<CString>,
+    listener_fds: Vec<RawFd>,
+}
+
+impl WorkerTemplate {
+    /// Builds the template from the config and the master's original
+    /// environment. Fails on a NUL byte in the command or environment.
+    pub fn new(
+        config: &Config,
+        listeners: &[Listener],
+        base_env: &[(OsString, OsString)],
+        notify_socket: &str,
+        generation: u32,
+    ) -> Result<WorkerTemplate, String> {
+        let mut vars: Vec<(OsString, OsString)> = base_env
+            .iter()
+            .filter(|(k, _)| !is_ours(k) && !config.env.contains_key(&*k.to_string_lossy()))
+            .cloned()
+            .collect();
+        vars.extend(config.env.iter().map(|(k, v)| (k.into(), v.into())));
+        let path_var = vars.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+        for (key, value) in socket_vars(listeners) {
+            vars.push((key.into(), value.into()));
+        }
+        let master_pid = std::process::id();
+        vars.push(("FORKMASTER_GENERATION".into(), generation.to_string().into()));
+        vars.push(("FORKMASTER_MASTER_PID".into(), master_pid.to_string().into()));
+        if config.ready == ReadyMode::Notify {
+            vars.push(("NOTIFY_SOCKET".into(), notify_socket.into()));
+        }
+        if let Some(timeout) = config.timeout {
+            vars.push(("WATCHDOG_USEC".into(), timeout.as_micros().to_string().into()));
+        }
+        let env = vars
+            .into_iter()
+            .map(|(k, v)| {
+                let mut entry = k.into_vec();
+                entry.push(b'=');
+                entry.extend(v.into_vec());
+                CString::new(entry).map_err(|_| "env: a value holds a NUL byte".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let argv = config
+            .command
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| "command: an argument holds a NUL byte".to_string())?;
+        let chdir = config
+            .working_directory
+            .as_ref()
+            .map(|d| CString::new(d.as_os_str().as_bytes()))
+            .transpose()
+            .map_err(|_| "working_directory: holds a NUL byte".to_string())?;
+        Ok(WorkerTemplate {
+            command: config.command.clone(),
+            argv,
+            env,
+            path_var,
+            chdir,
+            listener_fds: listeners.iter().map(|l| l.fd.as_raw_fd()).collect(),
+        })
+    }
+
+    /// The program as the user wrote it, for messages.
+    pub fn program(&self) -> &OsStr {
+        &self.command[0]
+    }
+
+    /// Prepares the exec of slot `slot` out of `workers`.
+    pub fn plan(&self, slot: usize, workers: usize, error_fd: RawFd) -> ExecPlan {
+        let mut env = self.env.clone();
+        for (key, value) in [("FORKMASTER_WORKER", slot), ("FORKMASTER_WORKERS", workers)] {
+            // Digits and ASCII names hold no NUL.
+            if let Ok(entry) = CString::new(format!("{key}={value}")) {
+                env.push(entry);
+            }
+        }
+        let program = resolve_program(self.program(), self.path_var.as_deref());
+        let program = CString::new(program.into_os_string().into_vec()).unwrap_or_default();
+        ExecPlan::new(
+            program,
+            self.argv.clone(),
+            env,
+            self.chdir.clone(),
+            self.listener_fds.clone(),
+            error_fd,
+        )
+    }
+}
+
+/// `LISTEN_*`, `SERVER_STARTER_PORT` and `EINHORN_*` for these listeners
+/// (all but `LISTEN_PID`, which only the child knows).
+pub fn socket_vars(listeners: &[Listener]) -> Vec<(String, String)> {
+    if listeners.is_empty() {
+        return Vec::new();
+    }
+    let names: Vec<&str> = listeners.iter().map(|l| l.spec.fd_name()).collect();
+    let starter: Vec<String> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let addr = match &l.bound {
+                Address::Tcp(addr) => addr.to_string(),
+                Address::Unix(path) => path.display().to_string(),
+            };
+            format!("{addr}={}", 3 + i)
+        })
+        .collect();
+    let mut vars = vec![
+        ("LISTEN_FDS".to_string(), listeners.len().to_string()),
+        ("LISTEN_FDNAMES".to_string(), names.join(":")),
+        ("SERVER_STARTER_PORT".to_string(), starter.join(";")),
+        ("EINHORN_FD_COUNT".to_string(), listeners.len().to_string()),
+    ];
+    for i in 0..listeners.len() {
+        vars.push((format!("EINHORN_FD_{i}"), (3 + i).to_string()));
+    }
+    vars
+}
+
+/// Finds a bare program name on `PATH`, as execvp would, but in the parent:
+/// PATH search is not async-signal-safe. A name with a `/` is used as given
+/// (relative to the worker's working directory). Not found: the name itself,
+/// so that exec fails with the real error.
+pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> PathBuf {
+    if program.as_bytes().contains(&b'/') {
+        return PathBuf::from(program);
+    }
+    let search = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    for dir in std::env::split_paths(search) {
+        let candidate = if dir.as_os_str().is_empty() {
+            Path::new(".").join(program)
+        } else {
+            dir.join(program)
+        };
+        if is_executable(&candidate) {
+            return candidate;
+        }
+    }
+    PathBuf::from(program)
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_inherited_socket_vars() {
+        for key in ["LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC", "EINHORN_FD_0"] {
+            assert!(is_ours(OsStr::new(key)), "{key}");
+        }
+        assert!(!is_ours(OsStr::new("PATH")));
+        assert!(!is_ours(OsStr::new("LISTENER")) || is_ours(OsStr::new("LISTEN_X")));
+    }
+
+    #[test]
+    fn finds_programs_on_path() {
+        let sh = resolve_program(OsStr::new("sh"), Some(OsStr::new("/nonexistent:/bin")));
+        assert_eq!(sh, PathBuf::from("/bin/sh"));
+        let missing = resolve_program(OsStr::new("no-such-app-xyz"), Some(OsStr::new("/bin")));
+        assert_eq!(missing, PathBuf::from("no-such-app-xyz"));
+        assert_eq!(resolve_program(OsStr::new("./app"), None), PathBuf::from("./app"));
+    }
+}

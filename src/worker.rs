@@ -1,0 +1,64 @@
+//! One worker process as the master sees it.
+
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Started, not yet ready; must be by `deadline` (the ready timeout).
+    Booting { deadline: Instant },
+    /// Ready since `since`; with a watchdog, must ping by `watchdog`.
+    Ready {
+        since: Instant,
+        watchdog: Option<Instant>,
+    },
+    /// Asked to stop; SIGKILLed at `kill_at`.
+    Stopping { kill_at: Instant },
+}
+
+/// Why the master ended a worker that did not stop of its own accord.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillReason {
+    ReadyTimeout,
+    Watchdog,
+}
+
+#[derive(Clone, Debug)]
+pub struct Worker {
+    pub slot: usize,
+    pub pid: i32,
+    pub started: Instant,
+    pub state: WorkerState,
+    /// `ready: delay:...`: when it counts as ready.
+    pub ready_at: Option<Instant>,
+    pub killed: Option<KillReason>,
+    /// Whether it was ever ready (a stopping worker may have been).
+    pub was_ready: Option<Instant>,
+}
+
+impl Worker {
+    pub fn new(slot: usize, pid: i32, now: Instant, ready_timeout: Duration) -> Worker {
+        Worker {
+            slot,
+            pid,
+            started: now,
+            state: WorkerState::Booting {
+                deadline: now + ready_timeout,
+            },
+            ready_at: None,
+            killed: None,
+            was_ready: None,
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        matches!(self.state, WorkerState::Stopping { .. })
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            WorkerState::Booting { .. } => "booting",
+            WorkerState::Ready { .. } => "ready",
+            WorkerState::Stopping { .. } => "stopping",
+        }
+    }
+}
