@@ -180,7 +180,8 @@ fn flag_layer(flags: &MasterFlags, command: &[OsString]) -> Result<Layer, String
         layer.ready = Some(parse_ready(text).map_err(|w| format!("--ready {w}"))?);
     }
     if let Some(text) = &flags.ready_timeout {
-        layer.ready_timeout = Some(parse_duration(text).map_err(|w| format!("--ready-timeout {w}"))?);
+        layer.ready_timeout =
+            Some(parse_duration(text).map_err(|w| format!("--ready-timeout {w}"))?);
     }
     if let Some(text) = &flags.timeout {
         layer.timeout = Some(parse_timeout(text).map_err(|w| format!("--timeout {w}"))?);
@@ -230,7 +231,9 @@ pub fn resolve(config_path: Option<PathBuf>, layer: Layer) -> Result<Config, Str
         pid_file: layer.pid,
         working_directory: layer.working_directory,
         env: layer.env,
-        ready: layer.ready.unwrap_or(ReadyMode::Delay(Duration::from_secs(1))),
+        ready: layer
+            .ready
+            .unwrap_or(ReadyMode::Delay(Duration::from_secs(1))),
         ready_timeout: layer.ready_timeout.unwrap_or(Duration::from_secs(60)),
         timeout: layer.timeout.flatten(),
         stop_signal: layer.stop_signal.unwrap_or(Signal::SIGTERM),
@@ -277,7 +280,12 @@ impl Config {
             if let Some(mode) = spec.mode {
                 let _ = write!(extra, " mode={mode:04o}");
             }
-            line(format!("listen: fd={} {} name={} {extra}", 3 + i, spec.address, spec.fd_name()));
+            line(format!(
+                "listen: fd={} {} name={} {extra}",
+                3 + i,
+                spec.address,
+                spec.fd_name()
+            ));
         }
         line(format!("workers: {}", self.workers));
         line(format!("command: {}", shell_words(&self.command)));
@@ -294,7 +302,10 @@ impl Config {
             None => line("timeout: off".into()),
         }
         line(format!("stop_signal: {}", self.stop_signal.as_str()));
-        line(format!("graceful_timeout: {}", Human(self.graceful_timeout)));
+        line(format!(
+            "graceful_timeout: {}",
+            Human(self.graceful_timeout)
+        ));
         if let Some(pid) = &self.pid_file {
             line(format!("pid: {}", pid.display()));
         }
@@ -317,7 +328,10 @@ pub fn shell_words(words: &[OsString]) -> String {
         .iter()
         .map(|w| {
             let w = w.to_string_lossy();
-            if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-=:,@+%".contains(&b)) {
+            if !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._-=:,@+%".contains(&b))
+            {
                 w.into_owned()
             } else {
                 format!("'{}'", w.replace('\'', r"'\''"))
@@ -334,7 +348,9 @@ pub fn parse_ready(text: &str) -> Result<ReadyMode, String> {
     }
     match text.strip_prefix("delay:") {
         Some(d) => parse_duration(d).map(ReadyMode::Delay),
-        None => Err(format!("{text:?}: expected `notify` or `delay:DURATION` (e.g. delay:1s)")),
+        None => Err(format!(
+            "{text:?}: expected `notify` or `delay:DURATION` (e.g. delay:1s)"
+        )),
     }
 }
 
@@ -353,10 +369,16 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
         return Signal::try_from(n).map_err(|_| bad());
     }
     let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     let signal = Signal::from_str(&name).map_err(|_| bad())?;
     if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
-        return Err(format!("{text:?}: cannot be caught, so it cannot stop gracefully"));
+        return Err(format!(
+            "{text:?}: cannot be caught, so it cannot stop gracefully"
+        ));
     }
     Ok(signal)
 }
@@ -383,7 +405,9 @@ fn validate_env_key(key: &str) -> Result<(), String> {
 fn validate_log_level(level: &str) -> Result<(), String> {
     match level {
         "off" | "error" | "warn" | "info" | "debug" | "trace" => Ok(()),
-        _ => Err(format!("{level:?}: expected off, error, warn, info, debug or trace")),
+        _ => Err(format!(
+            "{level:?}: expected off, error, warn, info, debug or trace"
+        )),
     }
 }
 
@@ -399,7 +423,10 @@ fn scalar(value: &Value) -> String {
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Null => String::new(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -422,7 +449,9 @@ fn listen_entry(value: &Value) -> Result<ListenSpec, String> {
         let key = scalar(key);
         let text = scalar(value);
         match key.as_str() {
-            "address" => address = Some(parse_address(&text).map_err(|w| format!("{text:?}: {w}"))?),
+            "address" => {
+                address = Some(parse_address(&text).map_err(|w| format!("{text:?}: {w}"))?)
+            }
             "name" => {
                 let probe = parse_listen(&format!("{text}=0"))?;
                 spec.name = probe.name;
@@ -444,7 +473,10 @@ fn listen_entry(value: &Value) -> Result<ListenSpec, String> {
     }
     spec.address = address.ok_or("a map entry needs `address`")?;
     if spec.mode.is_some() && !matches!(spec.address, crate::listen::Address::Unix(_)) {
-        return Err(format!("{}: `mode` applies to unix sockets only", spec.address));
+        return Err(format!(
+            "{}: `mode` applies to unix sockets only",
+            spec.address
+        ));
     }
     Ok(spec)
 }
@@ -527,11 +559,15 @@ mod tests {
         assert!(err.starts_with("line 2: unknown field `bogus`"), "{err}");
         let err = parse_file("ready_timeout: 30x\n").err().unwrap();
         assert!(err.starts_with("ready_timeout: \"30x\""), "{err}");
-        let err = parse_file("listen: [{address: 80, colour: red}]\n").err().unwrap();
+        let err = parse_file("listen: [{address: 80, colour: red}]\n")
+            .err()
+            .unwrap();
         assert!(err.contains("unknown key `colour`"), "{err}");
         let err = parse_file("workers: many\n").err().unwrap();
         assert!(err.contains("workers: \"many\""), "{err}");
-        let err = parse_file("listen: [{address: 80, mode: '0600'}]\n").err().unwrap();
+        let err = parse_file("listen: [{address: 80, mode: '0600'}]\n")
+            .err()
+            .unwrap();
         assert!(err.contains("unix sockets only"), "{err}");
     }
 
@@ -539,23 +575,38 @@ mod tests {
     fn flag_errors_name_the_flag() {
         let mut f = flags();
         f.ready_timeout = Some("soon".into());
-        assert!(flag_layer(&f, &cmd()).err().unwrap().starts_with("--ready-timeout \"soon\""));
+        assert!(flag_layer(&f, &cmd())
+            .err()
+            .unwrap()
+            .starts_with("--ready-timeout \"soon\""));
         let mut f = flags();
         f.listen = vec!["nope".into()];
-        assert!(flag_layer(&f, &cmd()).err().unwrap().starts_with("--listen \"nope\""));
+        assert!(flag_layer(&f, &cmd())
+            .err()
+            .unwrap()
+            .starts_with("--listen \"nope\""));
         let mut f = flags();
         f.stop_signal = Some("KILL".into());
-        assert!(flag_layer(&f, &cmd()).err().unwrap().contains("cannot be caught"));
+        assert!(flag_layer(&f, &cmd())
+            .err()
+            .unwrap()
+            .contains("cannot be caught"));
     }
 
     #[test]
     fn whole_config_checks() {
         let layer = || parse_file("listen: [8080]\n").unwrap();
-        assert!(resolve(None, layer()).err().unwrap().contains("missing command"));
+        assert!(resolve(None, layer())
+            .err()
+            .unwrap()
+            .contains("missing command"));
         let mut l = parse_file("command: [app]\n").unwrap();
         assert!(resolve(None, l).err().unwrap().contains("no listener"));
         l = parse_file("listen: [8080]\ncommand: [app]\ntimeout: 5s\n").unwrap();
-        assert!(resolve(None, l).err().unwrap().contains("needs `ready: notify`"));
+        assert!(resolve(None, l)
+            .err()
+            .unwrap()
+            .contains("needs `ready: notify`"));
         l = parse_file("listen: [8080, '0.0.0.0:8080']\ncommand: [app]\n").unwrap();
         assert!(resolve(None, l).err().unwrap().contains("given twice"));
     }
@@ -574,7 +625,10 @@ mod tests {
         f.listen = vec!["web=127.0.0.1:8080".into()];
         let c = load(&f, &["my app".into(), "-x".into()]).unwrap();
         let text = c.describe();
-        assert!(text.contains("listen: fd=3 127.0.0.1:8080 name=web"), "{text}");
+        assert!(
+            text.contains("listen: fd=3 127.0.0.1:8080 name=web"),
+            "{text}"
+        );
         assert!(text.contains("command: 'my app' -x"), "{text}");
     }
 }

@@ -12,14 +12,30 @@ use std::path::PathBuf;
 pub enum Error {
     /// Bad flags or config file; the text names the origin and value.
     Config(String),
-    Bind { addr: Address, source: Errno },
-    UnixSocketInUse { path: PathBuf },
-    NotASocket { path: PathBuf },
-    AlreadyRunning { pid: i32, pid_file: PathBuf },
-    PidFile { path: PathBuf, source: io::Error },
+    Bind {
+        addr: Address,
+        source: Errno,
+    },
+    UnixSocketInUse {
+        path: PathBuf,
+    },
+    NotASocket {
+        path: PathBuf,
+    },
+    AlreadyRunning {
+        pid: i32,
+        pid_file: PathBuf,
+    },
+    PidFile {
+        path: PathBuf,
+        source: io::Error,
+    },
     /// Workers could not boot at first start.
     StartupFailed(String),
-    Sys { call: &'static str, source: Errno },
+    Sys {
+        call: &'static str,
+        source: Errno,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -171,7 +171,15 @@ mod tests {
     #[test]
     fn rejects_with_the_value() {
         for bad in [
-            "", "70000", "x=", "=8080", "a:b=80", "unix:", "::1:80", "1.2.3.4:", "host:port",
+            "",
+            "70000",
+            "x=",
+            "=8080",
+            "a:b=80",
+            "unix:",
+            "::1:80",
+            "1.2.3.4:",
+            "host:port",
         ] {
             let err = parse_listen(bad).unwrap_err();
             assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");

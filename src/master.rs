@@ -185,7 +185,10 @@ impl Master {
     fn on_quit(&mut self) {
         match self.phase {
             Phase::Running => {
-                log::info!("event=stop mode=graceful signal=QUIT workers={}", self.workers.len());
+                log::info!(
+                    "event=stop mode=graceful signal=QUIT workers={}",
+                    self.workers.len()
+                );
                 self.phase = Phase::Stopping { quick: false };
                 self.stop_all_workers(false);
             }
@@ -213,7 +216,9 @@ impl Master {
     }
 
     fn on_usr2(&mut self) {
-        log::warn!("event=signal signal=USR2 action=ignored reason=\"upgrade is not yet supported\"");
+        log::warn!(
+            "event=signal signal=USR2 action=ignored reason=\"upgrade is not yet supported\""
+        );
     }
 
     /// USR1: reopen our log files and pass the signal on to every worker.
@@ -246,7 +251,11 @@ impl Master {
             log::info!("event=signal signal={signal} action=ignored reason=stopping");
             return;
         }
-        log::info!("event=scale signal={signal} workers={} previous={}", target, self.target);
+        log::info!(
+            "event=scale signal={signal} workers={} previous={}",
+            target,
+            self.target
+        );
         self.target = target;
         self.all_ready_logged = false;
         self.dirty = true;
@@ -366,7 +375,9 @@ impl Master {
                         .unwrap_or_else(|| std::path::Path::new("?"))
                         .display()
                 ),
-                Some(ChildStage::Exec) => format!("exec {}", self.template.program().to_string_lossy()),
+                Some(ChildStage::Exec) => {
+                    format!("exec {}", self.template.program().to_string_lossy())
+                }
                 _ => "worker setup".to_string(),
             };
             let why = format!("{what}: {}", errno.desc());
@@ -392,7 +403,10 @@ impl Master {
             };
             let msg = datagram.message;
             if let Some(status) = &msg.status {
-                log::debug!("worker={} pid={pid} event=status status=\"{status}\"", worker.slot);
+                log::debug!(
+                    "worker={} pid={pid} event=status status=\"{status}\"",
+                    worker.slot
+                );
             }
             if msg.ready && self.config.ready == ReadyMode::Notify {
                 self.on_ready(pid, now);
@@ -424,7 +438,10 @@ impl Master {
         self.ready_count += 1;
         self.serving = true;
         self.startup_failures = 0;
-        log::info!("worker={slot} pid={pid} event=ready boot_ms={}", boot.as_millis());
+        log::info!(
+            "worker={slot} pid={pid} event=ready boot_ms={}",
+            boot.as_millis()
+        );
         self.log_if_all_ready();
     }
 
@@ -432,8 +449,13 @@ impl Master {
         let Some(worker) = self.workers.get_mut(&pid) else {
             return;
         };
-        if let (WorkerState::Ready { watchdog: Some(deadline), .. }, Some(timeout)) =
-            (&mut worker.state, self.config.timeout)
+        if let (
+            WorkerState::Ready {
+                watchdog: Some(deadline),
+                ..
+            },
+            Some(timeout),
+        ) = (&mut worker.state, self.config.timeout)
         {
             // The armed timer re-arms itself at the new deadline when it fires.
             *deadline = now + timeout;
@@ -441,9 +463,14 @@ impl Master {
     }
 
     fn log_if_all_ready(&mut self) {
-        if !self.all_ready_logged && self.phase == Phase::Running && self.ready_count == self.target {
+        if !self.all_ready_logged && self.phase == Phase::Running && self.ready_count == self.target
+        {
             self.all_ready_logged = true;
-            log::info!("event=all-ready workers={} generation={}", self.target, self.generation);
+            log::info!(
+                "event=all-ready workers={} generation={}",
+                self.target,
+                self.generation
+            );
         }
     }
 
@@ -475,7 +502,10 @@ impl Master {
         };
         let slot = worker.slot;
         if worker.is_stopping() {
-            log::info!("worker={slot} pid={pid} event=exit {} stopped=yes", status.fields());
+            log::info!(
+                "worker={slot} pid={pid} event=exit {} stopped=yes",
+                status.fields()
+            );
             self.log_if_all_ready();
             return;
         }
@@ -496,7 +526,10 @@ impl Master {
             (None, None) if worker.was_ready.is_none() => format!("{status} before ready"),
             (None, None) => status.to_string(),
         };
-        log::warn!("worker={slot} pid={pid} event=exit {} reason=\"{why}\"", status.fields());
+        log::warn!(
+            "worker={slot} pid={pid} event=exit {} reason=\"{why}\"",
+            status.fields()
+        );
         if self.phase != Phase::Running {
             return;
         }
@@ -504,7 +537,10 @@ impl Master {
             self.startup_failures += 1;
             if self.startup_failures >= plan::STARTUP_ATTEMPTS {
                 let reason = format!("worker={slot} {why}");
-                log::error!("event=startup-failed attempts={} reason=\"{reason}\"", self.startup_failures);
+                log::error!(
+                    "event=startup-failed attempts={} reason=\"{reason}\"",
+                    self.startup_failures
+                );
                 self.failure = Some(reason);
                 self.phase = Phase::Stopping { quick: true };
                 self.stop_all_workers(true);
@@ -527,7 +563,11 @@ impl Master {
         s.last_exit = Some(why);
         let delay = plan::backoff(s.failures);
         if slot < self.target {
-            log::info!("worker={slot} event=respawn delay={} failures={}", Human(delay), s.failures);
+            log::info!(
+                "worker={slot} event=respawn delay={} failures={}",
+                Human(delay),
+                s.failures
+            );
         }
         if delay.is_zero() {
             s.retry_at = None;
@@ -544,13 +584,18 @@ impl Master {
         while let Some((at, timer)) = self.timers.pop_due(now) {
             match timer {
                 Timer::ReadyDelay(pid) => {
-                    let due = self.workers.get(&pid).is_some_and(|w| w.ready_at == Some(at));
+                    let due = self
+                        .workers
+                        .get(&pid)
+                        .is_some_and(|w| w.ready_at == Some(at));
                     if due {
                         self.on_ready(pid, now);
                     }
                 }
                 Timer::ReadyTimeout(pid) => {
-                    let Some(worker) = self.workers.get_mut(&pid) else { continue };
+                    let Some(worker) = self.workers.get_mut(&pid) else {
+                        continue;
+                    };
                     if worker.state == (WorkerState::Booting { deadline: at }) {
                         log::warn!(
                             "worker={} pid={pid} event=ready-timeout after={}",
@@ -562,22 +607,36 @@ impl Master {
                     }
                 }
                 Timer::Watchdog(pid) => {
-                    let Some(worker) = self.workers.get_mut(&pid) else { continue };
-                    let WorkerState::Ready { watchdog: Some(deadline), .. } = worker.state else {
+                    let Some(worker) = self.workers.get_mut(&pid) else {
+                        continue;
+                    };
+                    let WorkerState::Ready {
+                        watchdog: Some(deadline),
+                        ..
+                    } = worker.state
+                    else {
                         continue;
                     };
                     if deadline > at {
                         self.timers.add(deadline, Timer::Watchdog(pid));
                     } else {
-                        log::warn!("worker={} pid={pid} event=watchdog-timeout action=kill", worker.slot);
+                        log::warn!(
+                            "worker={} pid={pid} event=watchdog-timeout action=kill",
+                            worker.slot
+                        );
                         worker.killed = Some(KillReason::Watchdog);
                         kill_group(pid);
                     }
                 }
                 Timer::Kill(pid) => {
-                    let Some(worker) = self.workers.get(&pid) else { continue };
+                    let Some(worker) = self.workers.get(&pid) else {
+                        continue;
+                    };
                     if worker.state == (WorkerState::Stopping { kill_at: at }) {
-                        log::warn!("worker={} pid={pid} event=kill reason=\"did not stop in time\"", worker.slot);
+                        log::warn!(
+                            "worker={} pid={pid} event=kill reason=\"did not stop in time\"",
+                            worker.slot
+                        );
                         kill_group(pid);
                     }
                 }

@@ -140,7 +140,9 @@ mod tests {
         let got = socket.receive().unwrap().unwrap();
         assert_eq!(got.pid, std::process::id() as i32);
         assert!(got.message.ready);
-        client.send_to_addr(&[b'x'; MAX_DATAGRAM + 1], &addr).unwrap();
+        client
+            .send_to_addr(&[b'x'; MAX_DATAGRAM + 1], &addr)
+            .unwrap();
         assert!(matches!(socket.receive(), Some(Err(_))));
         assert!(socket.receive().is_none());
     }

@@ -27,7 +27,10 @@ pub fn read_pid(path: &Path) -> Result<Option<i32>> {
         _ if text.trim().is_empty() => Ok(None),
         _ => Err(Error::PidFile {
             path: path.to_path_buf(),
-            source: std::io::Error::new(ErrorKind::InvalidData, format!("not a pid: {:?}", text.trim())),
+            source: std::io::Error::new(
+                ErrorKind::InvalidData,
+                format!("not a pid: {:?}", text.trim()),
+            ),
         }),
     }
 }
@@ -61,7 +64,10 @@ pub fn ensure_not_running(path: &Path) -> Result<()> {
             pid_file: path.to_path_buf(),
         });
     }
-    log::info!("event=stale-pid-file path={} pid={pid} action=take-over", path.display());
+    log::info!(
+        "event=stale-pid-file path={} pid={pid} action=take-over",
+        path.display()
+    );
     Ok(())
 }
 
@@ -126,7 +132,10 @@ mod tests {
         let path = scratch("live");
         // Our parent (the test runner's parent) is alive.
         write_pid(&path, nix::unistd::getppid().as_raw()).unwrap();
-        assert!(matches!(ensure_not_running(&path), Err(Error::AlreadyRunning { .. })));
+        assert!(matches!(
+            ensure_not_running(&path),
+            Err(Error::AlreadyRunning { .. })
+        ));
         // pid_max is at most 2^22, so this pid cannot exist.
         write_pid(&path, 1 << 23).unwrap();
         assert!(ensure_not_running(&path).is_ok());

@@ -99,7 +99,10 @@ mod tests {
     fn shrinks_highest_first() {
         let now = Instant::now();
         let slots = [slot(Some(10)), slot(Some(11)), slot(Some(12)), slot(None)];
-        assert_eq!(scale(1, &slots, now), vec![Action::Stop(2), Action::Stop(1)]);
+        assert_eq!(
+            scale(1, &slots, now),
+            vec![Action::Stop(2), Action::Stop(1)]
+        );
         assert_eq!(
             scale(0, &slots, now),
             vec![Action::Stop(2), Action::Stop(1), Action::Stop(0)]

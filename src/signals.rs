@@ -101,7 +101,11 @@ impl SignalPipe {
             if n == 0 {
                 break;
             }
-            out.extend(buf[..n].iter().filter_map(|&b| Signal::from_number(b.into())));
+            out.extend(
+                buf[..n]
+                    .iter()
+                    .filter_map(|&b| Signal::from_number(b.into())),
+            );
             if n < buf.len() {
                 break;
             }

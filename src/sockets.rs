@@ -100,8 +100,13 @@ fn bind_unix(path: &Path, spec: &ListenSpec) -> Result<OwnedFd> {
         source,
     };
     remove_stale_socket(path)?;
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(fail)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(fail)?;
     let addr = UnixAddr::new(path).map_err(fail)?;
     bind(fd.as_raw_fd(), &addr).map_err(fail)?;
     if let Some(mode) = spec.mode {

@@ -65,18 +65,30 @@ impl WorkerTemplate {
             .cloned()
             .collect();
         vars.extend(config.env.iter().map(|(k, v)| (k.into(), v.into())));
-        let path_var = vars.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+        let path_var = vars
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
         for (key, value) in socket_vars(listeners) {
             vars.push((key.into(), value.into()));
         }
         let master_pid = std::process::id();
-        vars.push(("FORKMASTER_GENERATION".into(), generation.to_string().into()));
-        vars.push(("FORKMASTER_MASTER_PID".into(), master_pid.to_string().into()));
+        vars.push((
+            "FORKMASTER_GENERATION".into(),
+            generation.to_string().into(),
+        ));
+        vars.push((
+            "FORKMASTER_MASTER_PID".into(),
+            master_pid.to_string().into(),
+        ));
         if config.ready == ReadyMode::Notify {
             vars.push(("NOTIFY_SOCKET".into(), notify_socket.into()));
         }
         if let Some(timeout) = config.timeout {
-            vars.push(("WATCHDOG_USEC".into(), timeout.as_micros().to_string().into()));
+            vars.push((
+                "WATCHDOG_USEC".into(),
+                timeout.as_micros().to_string().into(),
+            ));
         }
         let env = vars
             .into_iter()
@@ -200,7 +212,13 @@ mod tests {
 
     #[test]
     fn drops_inherited_socket_vars() {
-        for key in ["LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC", "EINHORN_FD_0"] {
+        for key in [
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "EINHORN_FD_0",
+        ] {
             assert!(is_ours(OsStr::new(key)), "{key}");
         }
         assert!(!is_ours(OsStr::new("PATH")));
@@ -213,6 +231,9 @@ mod tests {
         assert_eq!(sh, PathBuf::from("/bin/sh"));
         let missing = resolve_program(OsStr::new("no-such-app-xyz"), Some(OsStr::new("/bin")));
         assert_eq!(missing, PathBuf::from("no-such-app-xyz"));
-        assert_eq!(resolve_program(OsStr::new("./app"), None), PathBuf::from("./app"));
+        assert_eq!(
+            resolve_program(OsStr::new("./app"), None),
+            PathBuf::from("./app")
+        );
     }
 }

@@ -200,7 +200,14 @@ unsafe fn exec_child(plan: &mut ExecPlan) -> ! {
         fail(plan.error_fd, ChildStage::Setup);
     }
     // Die with the master, so no orphan keeps serving on the port.
-    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+    if libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0,
+    ) != 0
+    {
         fail(plan.error_fd, ChildStage::Setup);
     }
     if libc::getppid() != plan.parent {

@@ -1,1 +1,12 @@
-//! Integration tests.
+//! Integration tests: the real binary, the real demo app, real sockets and
+//! real signals. One test binary, one module per area.
+
+mod support;
+
+mod config_errors;
+mod environment;
+mod listeners;
+mod pidfile;
+mod serving;
+mod signals;
+mod supervision;
