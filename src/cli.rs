@@ -2,7 +2,7 @@
 //! file (`config`), so flags are kept as text here and parsed in one place
 //! with the same rules as the file, naming the flag in any error.
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -12,11 +12,16 @@ use std::path::PathBuf;
     version,
     about = "Preforking master: binds the listeners once, forks N workers that exec COMMAND with \
              the sockets inherited (fd 3 onwards), and restarts them with zero downtime.",
+    args_conflicts_with_subcommands = true,
     after_help = "Signals to the master: QUIT graceful stop, TERM/INT quick stop, \
                   TTIN/TTOU one more/less worker, WINCH stop workers, USR1 reopen logs, \
                   HUP reload and rolling restart, USR2 upgrade. See docs/SIGNALS.md."
 )]
 pub struct Cli {
+    /// Drive a running master instead of starting one.
+    #[command(subcommand)]
+    pub client: Option<ClientCommand>,
+
     #[command(flatten)]
     pub options: MasterFlags,
 
@@ -25,7 +30,7 @@ pub struct Cli {
     pub command: Vec<OsString>,
 }
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct MasterFlags {
     /// YAML config file; its keys are the long flag names with underscores. Flags override it.
     #[arg(short = 'c', long, value_name = "FILE")]
@@ -78,7 +83,78 @@ pub struct MasterFlags {
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// How a new master retires the old one after USR2: gradual, all or manual
+    /// [default: gradual].
+    #[arg(long, value_name = "MODE")]
+    pub retire: Option<String>,
+
+    /// Replacement workers booting at once during a HUP rolling restart [default: 1].
+    #[arg(long, value_name = "N")]
+    pub max_surge: Option<String>,
+
     /// Load and validate the configuration, print what would run, and exit 0 or 1.
     #[arg(short = 't', long)]
     pub check: bool,
+}
+
+/// Commands for init scripts and deploy tools. Exit codes: 0 done, 1 failed
+/// (the old master kept serving), 2 usage, 3 no master running, 4 timed out.
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Zero-downtime upgrade (USR2): re-exec the master, new workers take over.
+    Upgrade(WaitArgs),
+    /// Reload the config and restart the workers one by one (HUP).
+    Reload(WaitArgs),
+    /// Stop the master: gracefully (QUIT), or quickly with --quick (TERM).
+    Stop(StopArgs),
+    /// Show the master, its workers and the last upgrade and reload.
+    Status(StatusArgs),
+    /// Reopen log files (USR1), e.g. after logrotate.
+    ReopenLogs(Locate),
+}
+
+/// Which master: by pid file, or by the config file that names it.
+#[derive(Args, Debug, Clone)]
+pub struct Locate {
+    /// The master's pid file.
+    #[arg(short = 'p', long, value_name = "FILE")]
+    pub pid: Option<PathBuf>,
+
+    /// The master's config file (its `pid:` key names the pid file).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub locate: Locate,
+
+    /// Block until the outcome is known; the exit code tells it.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Give up waiting after this long [default: 120s].
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub wait: WaitArgs,
+
+    /// Quick stop (TERM) instead of graceful (QUIT).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub locate: Locate,
+
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -21,6 +21,17 @@ use std::time::Duration;
 /// More workers than this is almost surely a typo.
 pub const MAX_WORKERS: usize = 16_384;
 
+/// How a new master retires the old one during an upgrade (USR2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retire {
+    /// TTOU to the old master for each new worker ready, QUIT when all are.
+    Gradual,
+    /// QUIT to the old master once all new workers are ready.
+    All,
+    /// Leave the old master running; the operator sends WINCH/QUIT (nginx style).
+    Manual,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadyMode {
     /// The worker sends `READY=1` to the master's notify socket.
@@ -45,6 +56,8 @@ pub struct Config {
     pub graceful_timeout: Duration,
     pub log_level: Option<String>,
     pub command: Vec<OsString>,
+    pub retire: Retire,
+    pub max_surge: usize,
 }
 
 /// One source of settings; `None` means "not said here".
@@ -62,6 +75,8 @@ pub struct Layer {
     pub graceful_timeout: Option<Duration>,
     pub log_level: Option<String>,
     pub command: Option<Vec<OsString>>,
+    pub retire: Option<Retire>,
+    pub max_surge: Option<usize>,
 }
 
 /// The YAML file as written. Values stay loose here so that each key's error
@@ -81,6 +96,8 @@ struct FileKeys {
     graceful_timeout: Option<String>,
     log_level: Option<String>,
     command: Option<Vec<String>>,
+    retire: Option<String>,
+    max_surge: Option<Value>,
 }
 
 /// Loads the file (if any), lays the flags over it, validates, fills defaults.
@@ -147,6 +164,13 @@ pub fn parse_file(text: &str) -> Result<Layer, String> {
         validate_log_level(&level).map_err(|w| format!("log_level: {w}"))?;
         layer.log_level = Some(level);
     }
+    if let Some(text) = keys.retire {
+        layer.retire = Some(parse_retire(&text).map_err(|w| format!("retire: {w}"))?);
+    }
+    if let Some(value) = keys.max_surge {
+        let n = max_surge_value(&scalar(&value)).map_err(|w| format!("max_surge: {w}"))?;
+        layer.max_surge = Some(n);
+    }
     Ok(layer)
 }
 
@@ -197,6 +221,12 @@ fn flag_layer(flags: &MasterFlags, command: &[OsString]) -> Result<Layer, String
         validate_log_level(level).map_err(|w| format!("--log-level {w}"))?;
         layer.log_level = Some(level.clone());
     }
+    if let Some(text) = &flags.retire {
+        layer.retire = Some(parse_retire(text).map_err(|w| format!("--retire {w}"))?);
+    }
+    if let Some(text) = &flags.max_surge {
+        layer.max_surge = Some(max_surge_value(text).map_err(|w| format!("--max-surge {w}"))?);
+    }
     Ok(layer)
 }
 
@@ -218,6 +248,8 @@ impl Layer {
             graceful_timeout: self.graceful_timeout.or(base.graceful_timeout),
             log_level: self.log_level.or(base.log_level),
             command: self.command.or(base.command),
+            retire: self.retire.or(base.retire),
+            max_surge: self.max_surge.or(base.max_surge),
         }
     }
 }
@@ -240,6 +272,8 @@ pub fn resolve(config_path: Option<PathBuf>, layer: Layer) -> Result<Config, Str
         graceful_timeout: layer.graceful_timeout.unwrap_or(Duration::from_secs(30)),
         log_level: layer.log_level,
         command: layer.command.unwrap_or_default(),
+        retire: layer.retire.unwrap_or(Retire::Gradual),
+        max_surge: layer.max_surge.unwrap_or(1),
     };
     if config.command.is_empty() {
         return Err("missing command: give the app after `--` (forkmaster [OPTIONS] -- COMMAND [ARGS...]) or `command:` in the config file".into());
@@ -306,6 +340,8 @@ impl Config {
             "graceful_timeout: {}",
             Human(self.graceful_timeout)
         ));
+        line(format!("retire: {}", self.retire));
+        line(format!("max_surge: {}", self.max_surge));
         if let Some(pid) = &self.pid_file {
             line(format!("pid: {}", pid.display()));
         }
@@ -339,6 +375,35 @@ pub fn shell_words(words: &[OsString]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+impl fmt::Display for Retire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Retire::Gradual => "gradual",
+            Retire::All => "all",
+            Retire::Manual => "manual",
+        })
+    }
+}
+
+/// `gradual`, `all` or `manual`.
+pub fn parse_retire(text: &str) -> Result<Retire, String> {
+    match text {
+        "gradual" => Ok(Retire::Gradual),
+        "all" => Ok(Retire::All),
+        "manual" => Ok(Retire::Manual),
+        _ => Err(format!("{text:?}: expected gradual, all or manual")),
+    }
+}
+
+fn max_surge_value(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?}: expected a whole number from 1 to {MAX_WORKERS}"
+        )),
+    }
 }
 
 /// `notify` or `delay:DURATION`.
@@ -523,7 +588,8 @@ mod tests {
             "listen:\n  - 8080\n  - web=127.0.0.1:9000\n  - {address: 'unix:/tmp/x.sock', name: api, backlog: 64, mode: '0660'}\n\
              workers: 4\npid: /tmp/fm.pid\nworking_directory: /srv/app/current\n\
              env: {PORT: 8080, MODE: prod}\nready: notify\nready_timeout: 30s\ntimeout: 10s\n\
-             stop_signal: QUIT\ngraceful_timeout: 1m\nlog_level: debug\ncommand: [ruby, app.rb]\n",
+             stop_signal: QUIT\ngraceful_timeout: 1m\nlog_level: debug\ncommand: [ruby, app.rb]\n\
+             retire: manual\nmax_surge: 2\n",
         )
         .unwrap();
         let c = resolve(None, layer).unwrap();
@@ -538,6 +604,8 @@ mod tests {
         assert_eq!(c.timeout, Some(Duration::from_secs(10)));
         assert_eq!(c.stop_signal, Signal::SIGQUIT);
         assert_eq!(c.command, vec![OsString::from("ruby"), "app.rb".into()]);
+        assert_eq!(c.retire, Retire::Manual);
+        assert_eq!(c.max_surge, 2);
     }
 
     #[test]

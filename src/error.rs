@@ -32,6 +32,8 @@ pub enum Error {
     },
     /// Workers could not boot at first start.
     StartupFailed(String),
+    /// A new master's workers could not boot; the old master keeps serving.
+    UpgradeFailed(String),
     Sys {
         call: &'static str,
         source: Errno,
@@ -64,6 +66,7 @@ impl fmt::Display for Error {
                 write!(f, "pid file {}: {}", path.display(), io_reason(source))
             }
             Error::StartupFailed(why) => write!(f, "startup failed: {why}"),
+            Error::UpgradeFailed(why) => write!(f, "upgrade failed: {why}"),
             Error::Sys { call, source } => write!(f, "{call}: {}", errno_reason(*source)),
         }
     }

@@ -5,9 +5,13 @@
 //! across every restart. See `master` for the event loop.
 
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod control;
 pub mod duration;
 pub mod error;
+pub mod handoff;
+pub mod launch;
 pub mod listen;
 pub mod logging;
 pub mod master;
@@ -17,6 +21,7 @@ pub mod plan;
 pub mod signals;
 pub mod sockets;
 pub mod spawn;
+pub mod status;
 pub mod sys;
 pub mod timers;
 pub mod worker;

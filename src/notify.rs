@@ -23,6 +23,8 @@ pub struct Message {
     pub watchdog: bool,
     pub stopping: bool,
     pub status: Option<String>,
+    /// From a new master to the old one: why the upgrade failed.
+    pub upgrade_failed: Option<String>,
 }
 
 /// Parses `KEY=VALUE` lines; unknown keys are ignored as systemd does.
@@ -38,6 +40,9 @@ pub fn parse_message(bytes: &[u8]) -> Message {
             b"WATCHDOG" => msg.watchdog |= value == b"1",
             b"STOPPING" => msg.stopping |= value == b"1",
             b"STATUS" => msg.status = Some(String::from_utf8_lossy(value).into_owned()),
+            b"FORKMASTER_UPGRADE_FAILED" => {
+                msg.upgrade_failed = Some(String::from_utf8_lossy(value).into_owned())
+            }
             _ => {}
         }
     }
@@ -50,6 +55,18 @@ pub struct Datagram {
     pub message: Message,
 }
 
+/// The abstract address of a master's notify socket.
+pub fn address(pid: i32) -> String {
+    format!("forkmaster/{pid}/notify")
+}
+
+/// Sends one datagram to the notify socket of the master `pid`.
+pub fn send_to_master(pid: i32, message: &str) -> std::io::Result<()> {
+    let addr = SocketAddr::from_abstract_name(address(pid).as_bytes())?;
+    UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &addr)?;
+    Ok(())
+}
+
 pub struct NotifySocket {
     socket: UnixDatagram,
     /// The value workers get as `NOTIFY_SOCKET` (`@` marks the abstract namespace).
@@ -59,11 +76,7 @@ pub struct NotifySocket {
 impl NotifySocket {
     /// Binds a fresh abstract socket with credentials passing on.
     pub fn bind() -> std::io::Result<NotifySocket> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("forkmaster/{}/{nanos:08x}", std::process::id());
+        let name = address(std::process::id() as i32);
         let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
         let socket = UnixDatagram::bind_addr(&addr)?;
         socket.set_nonblocking(true)?;

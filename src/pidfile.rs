@@ -35,13 +35,24 @@ pub fn read_pid(path: &Path) -> Result<Option<i32>> {
     }
 }
 
-/// Whether a process with this pid exists (ours to signal or not).
+/// Whether a process with this pid exists and has not exited (a zombie
+/// waiting for its parent to reap it counts as gone).
 pub fn is_alive(pid: i32) -> bool {
     match kill(Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(Errno::EPERM) => true,
+        Ok(()) | Err(Errno::EPERM) => !is_zombie(pid),
         Err(_) => false,
     }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // itself hold spaces or parentheses.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|state| state == "Z" || state == "X")
 }
 
 /// Refuses to go on if `path` names a live process other than us.

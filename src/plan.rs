@@ -19,6 +19,8 @@ pub const STARTUP_ATTEMPTS: u32 = 3;
 pub struct Slot {
     /// The worker serving this slot, not counting ones being stopped.
     pub active: Option<i32>,
+    /// Its replacement, booting during a rolling restart.
+    pub incoming: Option<i32>,
     /// Failures in a row; 0 after a healthy run.
     pub failures: u32,
     /// While backing off: when the slot may be filled again.

@@ -50,6 +50,20 @@ impl Listener {
         })
     }
 
+    /// Wraps a socket inherited from a previous master.
+    pub fn adopt(spec: &ListenSpec, bound: Address, fd: OwnedFd) -> Listener {
+        let socket_file = match &bound {
+            Address::Unix(path) => file_identity(path),
+            Address::Tcp(_) => None,
+        };
+        Listener {
+            spec: spec.clone(),
+            bound,
+            fd,
+            socket_file,
+        }
+    }
+
     /// Removes our Unix socket file, but only if the path still is the file we
     /// bound (a newer server may have replaced it).
     pub fn unlink_if_ours(&self) {
@@ -158,7 +172,7 @@ fn backlog_of(n: u32) -> Backlog {
 }
 
 /// The address a socket is bound to, as an `Address`.
-pub fn bound_address(fd: &OwnedFd) -> Option<Address> {
+pub fn bound_address(fd: &impl AsRawFd) -> Option<Address> {
     let addr: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
     if let Some(v4) = addr.as_sockaddr_in() {
         return Some(Address::Tcp(SocketAddr::V4((*v4).into())));

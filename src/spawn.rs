@@ -137,7 +137,7 @@ impl WorkerTemplate {
         }
         let program = resolve_program(self.program(), self.path_var.as_deref());
         let program = CString::new(program.into_os_string().into_vec()).unwrap_or_default();
-        ExecPlan::new(
+        ExecPlan::worker(
             program,
             self.argv.clone(),
             env,

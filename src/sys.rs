@@ -121,14 +121,17 @@ pub struct ExecPlan {
     moved: Vec<RawFd>,
     error_fd: RawFd,
     parent: pid_t,
+    /// A worker gets its own process group, a parent-death signal and the
+    /// listeners renumbered from 3; a new master keeps the fds where they are.
+    worker: bool,
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 
 impl ExecPlan {
-    /// Prepares argv, envp and the fd layout. `env` must not hold `LISTEN_PID`;
-    /// it is added here with the child's own pid.
-    pub fn new(
+    /// Prepares a worker's exec: argv, envp and the fd layout. `env` must not
+    /// hold `LISTEN_PID`; it is added here with the child's own pid.
+    pub fn worker(
         program: CString,
         argv: Vec<CString>,
         env: Vec<CString>,
@@ -160,13 +163,30 @@ impl ExecPlan {
             moved,
             error_fd,
             parent: std::process::id() as pid_t,
+            worker: true,
         }
+    }
+
+    /// Prepares the exec of a new master (an upgrade): `listeners` stay at
+    /// their numbers and are inherited; no new process group, no death signal.
+    pub fn master(
+        program: CString,
+        argv: Vec<CString>,
+        env: Vec<CString>,
+        chdir: Option<CString>,
+        listeners: Vec<RawFd>,
+        error_fd: RawFd,
+    ) -> ExecPlan {
+        let mut plan = ExecPlan::worker(program, argv, env, chdir, Vec::new(), error_fd);
+        plan.listeners = listeners;
+        plan.worker = false;
+        plan
     }
 }
 
-/// Forks a worker that execs `plan`. Returns the child's pid; a failure of
+/// Forks a child that execs `plan`. Returns the child's pid; a failure of
 /// the child's setup or exec is reported through `plan.error_fd`.
-pub fn spawn_worker(plan: &mut ExecPlan) -> Result<pid_t, Errno> {
+pub fn spawn(plan: &mut ExecPlan) -> Result<pid_t, Errno> {
     // Keep the box alive and unmoved across the fork; the child writes into it
     // through `listen_pid_ptr`.
     let _ = &plan.listen_pid;
@@ -193,6 +213,26 @@ unsafe fn exec_child(plan: &mut ExecPlan) -> ! {
     // The Rust runtime ignores SIGPIPE; an ignored signal stays ignored across
     // exec, and the app expects the default.
     libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+
+    if !plan.worker {
+        for i in 0..plan.listeners.len() {
+            // Clearing close-on-exec is all it takes to hand a listener on.
+            if libc::fcntl(plan.listeners[i], libc::F_SETFD, 0) != 0 {
+                fail(plan.error_fd, ChildStage::Setup);
+            }
+        }
+        if let Some(dir) = &plan.chdir {
+            if libc::chdir(dir.as_ptr()) != 0 {
+                fail(plan.error_fd, ChildStage::Chdir);
+            }
+        }
+        libc::execve(
+            plan.program.as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp_ptrs.as_ptr(),
+        );
+        fail(plan.error_fd, ChildStage::Exec)
+    }
 
     // Own process group: a terminal's ^C or a signal to the master's group
     // does not reach workers; the master signals them itself.

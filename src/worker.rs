@@ -33,10 +33,18 @@ pub struct Worker {
     pub killed: Option<KillReason>,
     /// Whether it was ever ready (a stopping worker may have been).
     pub was_ready: Option<Instant>,
+    /// The master generation (config revision) it was started with.
+    pub generation: u32,
 }
 
 impl Worker {
-    pub fn new(slot: usize, pid: i32, now: Instant, ready_timeout: Duration) -> Worker {
+    pub fn new(
+        slot: usize,
+        pid: i32,
+        now: Instant,
+        ready_timeout: Duration,
+        generation: u32,
+    ) -> Worker {
         Worker {
             slot,
             pid,
@@ -47,6 +55,7 @@ impl Worker {
             ready_at: None,
             killed: None,
             was_ready: None,
+            generation,
         }
     }
 

@@ -8,7 +8,18 @@ fn serves_on_tcp_and_unix_with_stable_worker_indexes() {
     let sock = dir.unix("app.sock");
     let mut master = Master::start(
         &dir,
-        &["-w", "2", "-l", "127.0.0.1:0", "-l", &sock, "--ready", "notify", "--", demo()],
+        &[
+            "-w",
+            "2",
+            "-l",
+            "127.0.0.1:0",
+            "-l",
+            &sock,
+            "--ready",
+            "notify",
+            "--",
+            demo(),
+        ],
     );
     let log = master.wait_ready();
     let tcp = Target::Tcp(listen_addr(&log, 0));

@@ -1,0 +1,311 @@
+//! The client commands: signal a running master and, with `--wait`, watch
+//! its control socket until the outcome is known. A sent signal proves
+//! nothing, so success is only reported once the master itself says so.
+//!
+//! | exit | meaning                                                    |
+//! |------|------------------------------------------------------------|
+//! | 0    | done                                                       |
+//! | 1    | failed: the upgrade or reload did not take, old one serves |
+//! | 2    | usage: bad flags, no pid file named                        |
+//! | 3    | no master running (no pid file, stale pid, not ours)       |
+//! | 4    | timed out; the message says what state things are in      |
+
+use crate::cli::{ClientCommand, Locate, StatusArgs, StopArgs, WaitArgs};
+use crate::config;
+use crate::control;
+use crate::duration::parse_duration;
+use crate::pidfile::{is_alive, read_pid};
+use crate::status::Status;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(50);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// A master acts on a signal at once; if nothing shows within this, it refused.
+const NOTICE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+enum Outcome {
+    Done(String),
+    Failed(String),
+    Usage(String),
+    NotRunning(String),
+    TimedOut(String),
+}
+
+pub fn run(command: &ClientCommand) -> ExitCode {
+    let outcome = match command {
+        ClientCommand::Upgrade(args) => upgrade(args),
+        ClientCommand::Reload(args) => reload(args),
+        ClientCommand::Stop(args) => stop(args),
+        ClientCommand::Status(args) => status(args),
+        ClientCommand::ReopenLogs(locate) => reopen_logs(locate),
+    };
+    let outcome = outcome.unwrap_or_else(|o| o);
+    let (code, text) = match &outcome {
+        Outcome::Done(text) => (0, text),
+        Outcome::Failed(text) => (1, text),
+        Outcome::Usage(text) => (2, text),
+        Outcome::NotRunning(text) => (3, text),
+        Outcome::TimedOut(text) => (4, text),
+    };
+    if code == 0 {
+        print!("{text}");
+        if !text.ends_with('\n') && !text.is_empty() {
+            println!();
+        }
+    } else {
+        eprintln!("forkmaster: {text}");
+    }
+    ExitCode::from(code)
+}
+
+type Step<T> = Result<T, Outcome>;
+
+/// The pid file named by `-p`, or by the `pid:` key of `-c`.
+fn pid_file(locate: &Locate) -> Step<PathBuf> {
+    if let Some(path) = &locate.pid {
+        return Ok(path.clone());
+    }
+    let Some(config_path) = &locate.config else {
+        return Err(Outcome::Usage(
+            "which master? give -p PIDFILE or -c CONFIG".into(),
+        ));
+    };
+    let layer = config::read_file(config_path).map_err(Outcome::Usage)?;
+    layer.pid.ok_or_else(|| {
+        Outcome::Usage(format!(
+            "config {}: no `pid:` key, so the master cannot be found",
+            config_path.display()
+        ))
+    })
+}
+
+/// The master a pid file names, verified to be a forkmaster master.
+fn find_master(path: &Path) -> Step<(i32, Status)> {
+    let pid = match read_pid(path) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
+            return Err(Outcome::NotRunning(format!(
+                "not running: no pid file at {}",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(Outcome::NotRunning(format!("not running: {e}"))),
+    };
+    if !is_alive(pid) {
+        return Err(Outcome::NotRunning(format!(
+            "not running: stale pid file {} (pid {pid} is gone)",
+            path.display()
+        )));
+    }
+    match control::query(pid) {
+        Some(status) => Ok((pid, status)),
+        None => Err(Outcome::NotRunning(format!(
+            "not running: pid {pid} from {} is not a forkmaster master (no answer on its control socket)",
+            path.display()
+        ))),
+    }
+}
+
+fn send(pid: i32, signal: Signal) -> Step<()> {
+    kill(Pid::from_raw(pid), signal).map_err(|e| {
+        Outcome::Failed(format!(
+            "signal {} to pid {pid}: {}",
+            signal.as_str(),
+            e.desc()
+        ))
+    })
+}
+
+fn timeout_of(args: &WaitArgs) -> Step<Duration> {
+    match &args.timeout {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(text) => parse_duration(text).map_err(|w| Outcome::Usage(format!("--timeout {w}"))),
+    }
+}
+
+/// Calls `check` every `POLL` until it decides, or times out with `state()`.
+fn watch(
+    timeout: Duration,
+    mut check: impl FnMut(Duration) -> Option<Step<String>>,
+) -> Step<String> {
+    let start = Instant::now();
+    loop {
+        let elapsed = start.elapsed();
+        if let Some(result) = check(elapsed) {
+            return result;
+        }
+        if elapsed >= timeout {
+            return Err(Outcome::TimedOut(String::new()));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn upgrade(args: &WaitArgs) -> Step<Outcome> {
+    let path = pid_file(&args.locate)?;
+    let timeout = timeout_of(args)?;
+    let (old, before) = find_master(&path)?;
+    if let Some(new) = before.upgrade.new_master {
+        return Err(Outcome::Failed(format!(
+            "an upgrade is already in progress: pid {old} -> {new}"
+        )));
+    }
+    if let Some(older) = before.old_master {
+        return Err(Outcome::Failed(format!(
+            "the previous upgrade is not finished: old master pid {older} still runs"
+        )));
+    }
+    send(old, Signal::SIGUSR2)?;
+    if !args.wait {
+        return Ok(Outcome::Done(format!("sent USR2 to pid {old}")));
+    }
+    let mut state = String::from("no change seen");
+    let result = watch(timeout, |elapsed| {
+        let old_alive = is_alive(old);
+        let old_status = old_alive.then(|| control::query(old)).flatten();
+        if let Some(s) = &old_status {
+            if s.upgrade.attempts > before.upgrade.attempts && s.upgrade.state == "failed" {
+                let why = s.upgrade.reason.clone().unwrap_or_default();
+                return Some(Err(Outcome::Failed(format!(
+                    "upgrade failed: {why}; pid {old} keeps serving"
+                ))));
+            }
+            if s.upgrade.attempts == before.upgrade.attempts && elapsed > NOTICE {
+                return Some(Err(Outcome::Failed(format!(
+                    "pid {old} did not start an upgrade (see its log for why it refused)"
+                ))));
+            }
+        }
+        let new = read_pid(&path).ok().flatten().filter(|p| *p != old);
+        match new.and_then(|p| control::query(p).map(|s| (p, s))) {
+            Some((new, s)) => {
+                state = format!(
+                    "new master pid {new} has {}/{} workers ready; old master pid {old} {}",
+                    s.ready,
+                    s.target,
+                    if old_alive { "still runs" } else { "is gone" }
+                );
+                if s.phase == "running" && s.ready == s.target && !old_alive {
+                    return Some(Ok(format!(
+                        "upgraded: pid {old} -> {new}, {} workers ready in {:.2}s",
+                        s.ready,
+                        elapsed.as_secs_f64()
+                    )));
+                }
+            }
+            None if !old_alive => {
+                return Some(Err(Outcome::Failed(format!(
+                    "master pid {old} exited and no new master serves"
+                ))))
+            }
+            None => state = format!("waiting for the new master; pid {old} serves"),
+        }
+        None
+    });
+    finish(result, &state, timeout)
+}
+
+fn reload(args: &WaitArgs) -> Step<Outcome> {
+    let path = pid_file(&args.locate)?;
+    let timeout = timeout_of(args)?;
+    let (pid, before) = find_master(&path)?;
+    send(pid, Signal::SIGHUP)?;
+    if !args.wait {
+        return Ok(Outcome::Done(format!("sent HUP to pid {pid}")));
+    }
+    let mut state = String::from("no change seen");
+    let result = watch(timeout, |elapsed| {
+        let Some(s) = control::query(pid) else {
+            return Some(Err(Outcome::Failed(format!(
+                "master pid {pid} exited during the reload"
+            ))));
+        };
+        if s.reload.attempts == before.reload.attempts {
+            if elapsed > NOTICE {
+                return Some(Err(Outcome::Failed(format!(
+                    "pid {pid} did not start a reload (an upgrade in progress restores workers instead; see its log)"
+                ))));
+            }
+            return None;
+        }
+        state = format!(
+            "reload {}: {}/{} workers ready",
+            s.reload.state, s.ready, s.target
+        );
+        match s.reload.state.as_str() {
+            "failed" => Some(Err(Outcome::Failed(format!(
+                "reload failed: {}; the old workers keep serving",
+                s.reload.reason.unwrap_or_default()
+            )))),
+            "done" if s.ready == s.target => Some(Ok(format!(
+                "reloaded: pid {pid} generation {}, {} workers ready in {:.2}s",
+                s.generation,
+                s.ready,
+                elapsed.as_secs_f64()
+            ))),
+            _ => None,
+        }
+    });
+    finish(result, &state, timeout)
+}
+
+fn stop(args: &StopArgs) -> Step<Outcome> {
+    let path = pid_file(&args.wait.locate)?;
+    let timeout = timeout_of(&args.wait)?;
+    let (pid, _) = find_master(&path)?;
+    let signal = if args.quick {
+        Signal::SIGTERM
+    } else {
+        Signal::SIGQUIT
+    };
+    send(pid, signal)?;
+    if !args.wait.wait {
+        return Ok(Outcome::Done(format!(
+            "sent {} to pid {pid}",
+            signal.as_str()
+        )));
+    }
+    let result = watch(timeout, |elapsed| {
+        (!is_alive(pid)).then(|| {
+            Ok(format!(
+                "stopped: pid {pid} in {:.2}s",
+                elapsed.as_secs_f64()
+            ))
+        })
+    });
+    finish(result, &format!("pid {pid} still runs"), timeout)
+}
+
+fn status(args: &StatusArgs) -> Step<Outcome> {
+    let path = pid_file(&args.locate)?;
+    let (_, status) = find_master(&path)?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&status)
+            .map_err(|e| Outcome::Failed(format!("status: {e}")))?;
+        return Ok(Outcome::Done(json));
+    }
+    Ok(Outcome::Done(status.render()))
+}
+
+fn reopen_logs(locate: &Locate) -> Step<Outcome> {
+    let path = pid_file(locate)?;
+    let (pid, _) = find_master(&path)?;
+    send(pid, Signal::SIGUSR1)?;
+    Ok(Outcome::Done(format!("sent USR1 to pid {pid}")))
+}
+
+fn finish(result: Step<String>, state: &str, timeout: Duration) -> Step<Outcome> {
+    match result {
+        Ok(text) => Ok(Outcome::Done(text)),
+        Err(Outcome::TimedOut(_)) => Err(Outcome::TimedOut(format!(
+            "timed out after {}: {state}",
+            crate::duration::Human(timeout)
+        ))),
+        Err(other) => Err(other),
+    }
+}

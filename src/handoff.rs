@@ -1,0 +1,223 @@
+//! What an old master hands a new one across the USR2 re-exec, in two
+//! variables of ours:
+//!
+//! | variable                  | value                                      |
+//! |---------------------------|--------------------------------------------|
+//! | `FORKMASTER_INHERIT_FDS`  | `3=127.0.0.1:8080;4=unix:/run/app.sock`    |
+//! | `FORKMASTER_UPGRADE_FROM` | `<old master pid>:<old generation>`        |
+//!
+//! The fd numbers come from the environment, so this is the one place that
+//! trusts a raw fd number: each is checked to be a listening socket bound to
+//! the address it claims before it is adopted.
+
+use crate::listen::{parse_address, Address, ListenSpec};
+use crate::sockets::{bound_address, Listener};
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::stat::{fstat, SFlag};
+use std::ffi::OsString;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+pub const INHERIT_VAR: &str = "FORKMASTER_INHERIT_FDS";
+pub const UPGRADE_VAR: &str = "FORKMASTER_UPGRADE_FROM";
+
+/// The old master, as the new one learns of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Predecessor {
+    pub pid: i32,
+    pub generation: u32,
+}
+
+/// `3=127.0.0.1:8080;4=unix:/run/app.sock` for these listeners.
+pub fn encode_listeners(listeners: &[(RawFd, &Address)]) -> String {
+    listeners
+        .iter()
+        .map(|(fd, addr)| format!("{fd}={addr}"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Parses `FORKMASTER_INHERIT_FDS`.
+pub fn decode_listeners(text: &str) -> Result<Vec<(RawFd, Address)>, String> {
+    text.split(';')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (fd, addr) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{INHERIT_VAR}: {part:?} is not FD=ADDRESS"))?;
+            let fd: RawFd = fd
+                .parse()
+                .ok()
+                .filter(|fd| *fd >= 3)
+                .ok_or_else(|| format!("{INHERIT_VAR}: bad fd {fd:?}"))?;
+            let addr = parse_address(addr).map_err(|w| format!("{INHERIT_VAR}: {w}"))?;
+            Ok((fd, addr))
+        })
+        .collect()
+}
+
+pub fn encode_predecessor(pid: i32, generation: u32) -> String {
+    format!("{pid}:{generation}")
+}
+
+pub fn decode_predecessor(text: &str) -> Option<Predecessor> {
+    let (pid, generation) = text.split_once(':')?;
+    Some(Predecessor {
+        pid: pid.parse().ok().filter(|p| *p > 0)?,
+        generation: generation.parse().ok()?,
+    })
+}
+
+/// Sockets a previous master left us, verified, keyed by the address bound.
+pub struct Inherited {
+    sockets: Vec<(Address, OwnedFd)>,
+}
+
+impl Inherited {
+    /// Takes the fds named in `FORKMASTER_INHERIT_FDS` that really are
+    /// listening sockets bound where they claim; logs and skips the others.
+    pub fn from_env(value: Option<&str>) -> Inherited {
+        let mut sockets = Vec::new();
+        let entries = match value.map(decode_listeners).transpose() {
+            Ok(entries) => entries.unwrap_or_default(),
+            Err(why) => {
+                log::warn!("event=inherit-ignored reason=\"{why}\"");
+                Vec::new()
+            }
+        };
+        for (fd, claimed) in entries {
+            match verify(fd, &claimed) {
+                // SAFETY: `fd` is open, a listening socket bound to `claimed`
+                // (just verified), and named to us alone by our parent; we
+                // take ownership once (duplicates are rejected by `verify`).
+                Ok(()) if !sockets.iter().any(|(a, _)| *a == claimed) => {
+                    sockets.push((claimed, unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+                Ok(()) => {
+                    log::warn!("event=inherit-ignored fd={fd} reason=\"address given twice\"")
+                }
+                Err(why) => {
+                    log::warn!("event=inherit-ignored fd={fd} addr={claimed} reason=\"{why}\"")
+                }
+            }
+        }
+        Inherited { sockets }
+    }
+
+    /// Hands over the socket for `spec`, if one was inherited.
+    pub fn take(&mut self, spec: &ListenSpec) -> Option<Listener> {
+        let i = self
+            .sockets
+            .iter()
+            .position(|(addr, _)| same_address(&spec.address, addr))?;
+        let (bound, fd) = self.sockets.remove(i);
+        Some(Listener::adopt(spec, bound, fd))
+    }
+
+    /// The inherited sockets no longer configured; dropping them closes ours.
+    pub fn leftovers(self) -> Vec<Address> {
+        self.sockets.into_iter().map(|(addr, _)| addr).collect()
+    }
+}
+
+/// A configured address matches a bound one; port 0 matches any port.
+fn same_address(configured: &Address, bound: &Address) -> bool {
+    match (configured, bound) {
+        (Address::Tcp(c), Address::Tcp(b)) => {
+            c.ip() == b.ip() && (c.port() == b.port() || c.port() == 0)
+        }
+        (Address::Unix(c), Address::Unix(b)) => c == b,
+        _ => false,
+    }
+}
+
+fn verify(fd: RawFd, claimed: &Address) -> Result<(), String> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err("not open".into());
+    }
+    // SAFETY: the fd is open (just checked); borrowed only within this call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = fstat(borrowed).map_err(|e| e.desc().to_string())?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err("not a socket".into());
+    }
+    if !getsockopt(&borrowed, sockopt::AcceptConn).unwrap_or(false) {
+        return Err("not a listening socket".into());
+    }
+    match bound_address(&borrowed) {
+        Some(bound) if bound == *claimed => Ok(()),
+        Some(bound) => Err(format!("bound to {bound}")),
+        None => Err("no address".into()),
+    }
+}
+
+/// The environment a new master starts with: ours as we started, less any
+/// handoff variables, plus the new ones.
+pub fn upgrade_env(
+    base: &[(OsString, OsString)],
+    listeners: &[(RawFd, &Address)],
+    pid: i32,
+    generation: u32,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<_> = base
+        .iter()
+        .filter(|(k, _)| k != INHERIT_VAR && k != UPGRADE_VAR)
+        .cloned()
+        .collect();
+    env.push((INHERIT_VAR.into(), encode_listeners(listeners).into()));
+    env.push((
+        UPGRADE_VAR.into(),
+        encode_predecessor(pid, generation).into(),
+    ));
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_round_trip() {
+        let tcp = Address::Tcp("127.0.0.1:8080".parse().unwrap());
+        let unix = Address::Unix("/run/app.sock".into());
+        let text = encode_listeners(&[(3, &tcp), (4, &unix)]);
+        assert_eq!(text, "3=127.0.0.1:8080;4=unix:/run/app.sock");
+        assert_eq!(decode_listeners(&text).unwrap(), vec![(3, tcp), (4, unix)]);
+        assert_eq!(decode_listeners("").unwrap(), vec![]);
+        assert!(decode_listeners("x=80").is_err());
+        assert!(decode_listeners("1=127.0.0.1:80").is_err());
+        assert!(decode_listeners("3").is_err());
+    }
+
+    #[test]
+    fn predecessor_round_trip() {
+        let p = decode_predecessor(&encode_predecessor(42, 7)).unwrap();
+        assert_eq!(
+            p,
+            Predecessor {
+                pid: 42,
+                generation: 7
+            }
+        );
+        assert_eq!(decode_predecessor("0:1"), None);
+        assert_eq!(decode_predecessor("junk"), None);
+    }
+
+    #[test]
+    fn port_zero_matches_the_bound_port() {
+        let any = Address::Tcp("127.0.0.1:0".parse().unwrap());
+        let bound = Address::Tcp("127.0.0.1:4000".parse().unwrap());
+        assert!(same_address(&any, &bound));
+        assert!(!same_address(
+            &bound,
+            &Address::Tcp("127.0.0.1:4001".parse().unwrap())
+        ));
+        assert!(!same_address(&Address::Unix("/a".into()), &bound));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_listener() {
+        let inherited = Inherited::from_env(Some("0=127.0.0.1:80;999=127.0.0.1:81"));
+        assert!(inherited.leftovers().is_empty());
+    }
+}

@@ -1,0 +1,414 @@
+//! The master: one single-threaded event loop that owns the configuration,
+//! the listeners, the workers and the pid file.
+//!
+//! Each pass of `run` handles queued signals (one method per signal), reads
+//! exec failures, notify datagrams and status requests, reaps exited
+//! children, fires due timers and tops up the workers; then it sleeps in
+//! poll(2) until the next event or deadline. With nothing to do it never wakes.
+//!
+//! `workers` starts, stops and supervises workers; `reload` is the HUP
+//! rolling restart; `upgrade` is both sides of the USR2 re-exec.
+
+mod reload;
+mod upgrade;
+mod workers;
+
+use crate::config::Config;
+use crate::control::ControlSocket;
+use crate::error::{errno_reason, Error, Result};
+use crate::handoff::Predecessor;
+use crate::launch::Launch;
+use crate::notify::NotifySocket;
+use crate::pidfile;
+use crate::plan::Slot;
+use crate::signals::{Signal, SignalPipe};
+use crate::sockets::Listener;
+use crate::spawn::WorkerTemplate;
+use crate::status::{Operation, Status, WorkerStatus};
+use crate::sys;
+use crate::timers::Timers;
+use crate::worker::Worker;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::unistd::{pipe2, Pid};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+pub use reload::Rollout;
+pub use upgrade::Upgrade;
+
+/// How long a quick stop waits for workers after SIGINT before SIGKILL.
+pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopping { quick: bool },
+}
+
+/// The outcome of the last upgrade or reload, for `status`.
+#[derive(Clone, Debug, Default)]
+struct Record {
+    attempts: u32,
+    state: &'static str,
+    reason: Option<String>,
+    started: Option<Instant>,
+    took: Option<Duration>,
+}
+
+impl Record {
+    fn begin(&mut self, now: Instant) {
+        self.attempts += 1;
+        self.state = "in-progress";
+        self.reason = None;
+        self.started = Some(now);
+        self.took = None;
+    }
+
+    fn end(&mut self, failure: Option<String>) {
+        self.state = if failure.is_some() { "failed" } else { "done" };
+        self.reason = failure;
+        self.took = self.started.map(|s| s.elapsed());
+    }
+
+    fn operation(&self, new_master: Option<i32>) -> Operation {
+        Operation {
+            attempts: self.attempts,
+            state: if self.attempts == 0 {
+                "none"
+            } else {
+                self.state
+            }
+            .to_string(),
+            reason: self.reason.clone(),
+            new_master,
+            secs: self.took.map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+pub struct Master {
+    launch: Launch,
+    config: Config,
+    listeners: Vec<Listener>,
+    signals: SignalPipe,
+    notify: NotifySocket,
+    control: ControlSocket,
+    /// Children write a record here when their setup or exec fails.
+    exec_errors: OwnedFd,
+    exec_errors_write: OwnedFd,
+    /// Exec failures read but not yet matched with the child's exit.
+    exec_failures: HashMap<i32, String>,
+    template: WorkerTemplate,
+    workers: HashMap<i32, Worker>,
+    slots: Vec<Slot>,
+    /// How many workers we want (config, then TTIN/TTOU/WINCH).
+    target: usize,
+    /// Active workers (in a slot) that are ready.
+    ready_count: usize,
+    timers: Timers,
+    phase: Phase,
+    /// Set when a worker slot may need filling or emptying.
+    dirty: bool,
+    generation: u32,
+    /// Boot failures no longer stop us: some worker was ready (at first
+    /// start), or all were (after an upgrade).
+    serving: bool,
+    all_ready_logged: bool,
+    startup_failures: u32,
+    /// Why the master is stopping on its own (startup or upgrade failure).
+    failure: Option<Error>,
+    pid: i32,
+    started: Instant,
+    /// We are the old master and started this new one (USR2).
+    upgrade: Option<Upgrade>,
+    upgrades: Record,
+    /// We are the new master; this old one may still run.
+    predecessor: Option<Predecessor>,
+    retirement: upgrade::Retirement,
+    /// A HUP rolling restart in progress.
+    rollout: Option<Rollout>,
+    reloads: Record,
+}
+
+impl Master {
+    /// Takes over bound listeners; installs signal handling, the notify and
+    /// control sockets.
+    pub fn new(launch: Launch, config: Config, listeners: Vec<Listener>) -> Result<Master> {
+        let io_err = |call| {
+            move |e: std::io::Error| Error::Sys {
+                call,
+                source: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            }
+        };
+        let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
+        let notify = NotifySocket::bind().map_err(io_err("bind notify socket"))?;
+        let control = ControlSocket::bind().map_err(io_err("bind control socket"))?;
+        let (exec_errors, exec_errors_write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|source| Error::Sys {
+                call: "pipe",
+                source,
+            })?;
+        let predecessor = launch.predecessor;
+        let generation = predecessor.map_or(1, |p| p.generation + 1);
+        let template = WorkerTemplate::new(
+            &config,
+            &listeners,
+            &launch.env,
+            &notify.env_value,
+            generation,
+        )
+        .map_err(Error::Config)?;
+        Ok(Master {
+            launch,
+            target: config.workers,
+            config,
+            listeners,
+            signals,
+            notify,
+            control,
+            exec_errors,
+            exec_errors_write,
+            exec_failures: HashMap::new(),
+            template,
+            workers: HashMap::new(),
+            slots: Vec::new(),
+            ready_count: 0,
+            timers: Timers::default(),
+            phase: Phase::Running,
+            dirty: true,
+            generation,
+            serving: false,
+            all_ready_logged: false,
+            startup_failures: 0,
+            failure: None,
+            pid: std::process::id() as i32,
+            started: Instant::now(),
+            upgrade: None,
+            upgrades: Record::default(),
+            predecessor,
+            retirement: upgrade::Retirement::default(),
+            rollout: None,
+            reloads: Record::default(),
+        })
+    }
+
+    /// Runs until stopped. `Err` if the workers could not start at all.
+    pub fn run(mut self) -> Result<()> {
+        log::info!(
+            "event=start workers={} generation={} command=\"{}\"",
+            self.target,
+            self.generation,
+            crate::config::shell_words(&self.config.command)
+        );
+        if let Some(old) = self.predecessor {
+            log::info!(
+                "event=upgrade-start role=new old_master={} retire={}",
+                old.pid,
+                self.config.retire
+            );
+        }
+        loop {
+            let now = Instant::now();
+            for signal in self.signals.drain() {
+                self.on_signal(signal, now);
+            }
+            self.read_exec_errors();
+            self.read_notifications(now);
+            self.reap_children(now);
+            self.fire_timers(now);
+            if self.phase == Phase::Running && self.dirty {
+                self.dirty = false;
+                self.scale_workers(now);
+                self.advance_rollout(now);
+            }
+            self.serve_status();
+            if matches!(self.phase, Phase::Stopping { .. }) && self.workers.is_empty() {
+                return self.finish();
+            }
+            self.sleep();
+        }
+    }
+
+    /// Blocks in poll(2) until a signal, a datagram, an exec error, a status
+    /// request, or the next deadline.
+    fn sleep(&mut self) {
+        let timeout = match self.timers.next_deadline() {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                // Round up: waking a little early would only spin.
+                let ms = wait.as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [
+            PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.exec_errors.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => log::error!("event=poll-failed error=\"{}\"", errno_reason(e)),
+        }
+    }
+
+    fn on_signal(&mut self, signal: Signal, now: Instant) {
+        log::debug!("event=signal signal={}", signal.name());
+        match signal {
+            Signal::Quit => self.on_quit(now),
+            Signal::Term | Signal::Int => self.on_term(signal, now),
+            Signal::Hup => self.on_hup(now),
+            Signal::Usr1 => self.on_usr1(),
+            Signal::Usr2 => self.on_usr2(now),
+            Signal::Winch => self.on_winch(),
+            Signal::Ttin => self.on_ttin(),
+            Signal::Ttou => self.on_ttou(),
+            Signal::Chld => {} // reaped on every pass
+        }
+    }
+
+    /// QUIT: graceful stop; a second one makes it quick.
+    fn on_quit(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Running => {
+                log::info!(
+                    "event=stop mode=graceful signal=QUIT workers={}",
+                    self.workers.len()
+                );
+                self.phase = Phase::Stopping { quick: false };
+                self.abandon_rollout("stopping", now);
+                self.stop_all_workers(false, now);
+            }
+            Phase::Stopping { quick: false } => self.on_term(Signal::Quit, now),
+            Phase::Stopping { quick: true } => {}
+        }
+    }
+
+    /// TERM, INT: quick stop.
+    fn on_term(&mut self, signal: Signal, now: Instant) {
+        if self.phase == (Phase::Stopping { quick: true }) {
+            return;
+        }
+        log::info!(
+            "event=stop mode=quick signal={} workers={}",
+            signal.name(),
+            self.workers.len()
+        );
+        self.phase = Phase::Stopping { quick: true };
+        self.abandon_rollout("stopping", now);
+        self.stop_all_workers(true, now);
+    }
+
+    /// USR1: reopen our log files and pass the signal on to every worker.
+    fn on_usr1(&mut self) {
+        log::info!("event=reopen-logs workers={}", self.workers.len());
+        for pid in self.workers.keys() {
+            let _ = kill(Pid::from_raw(*pid), NixSignal::SIGUSR1);
+        }
+    }
+
+    /// WINCH: stop every worker gracefully but stay (TTIN brings them back).
+    fn on_winch(&mut self) {
+        if sys::stdin_is_terminal() {
+            log::info!("event=signal signal=WINCH action=ignored reason=\"stdin is a terminal\"");
+            return;
+        }
+        self.set_target(0, "WINCH");
+    }
+
+    fn on_ttin(&mut self) {
+        self.set_target((self.target + 1).min(crate::config::MAX_WORKERS), "TTIN");
+    }
+
+    fn on_ttou(&mut self) {
+        self.set_target(self.target.saturating_sub(1), "TTOU");
+    }
+
+    fn set_target(&mut self, target: usize, signal: &str) {
+        if self.phase != Phase::Running {
+            log::info!("event=signal signal={signal} action=ignored reason=stopping");
+            return;
+        }
+        log::info!(
+            "event=scale signal={signal} workers={} previous={}",
+            target,
+            self.target
+        );
+        self.target = target;
+        self.all_ready_logged = false;
+        self.dirty = true;
+    }
+
+    /// Answers status requests on the control socket.
+    fn serve_status(&self) {
+        self.control.serve(|| self.status());
+    }
+
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .values()
+            .map(|w| {
+                let slot = self.slots.get(w.slot);
+                WorkerStatus {
+                    slot: w.slot,
+                    pid: w.pid,
+                    state: w.state_name().to_string(),
+                    generation: w.generation,
+                    uptime_secs: now.duration_since(w.started).as_secs_f64(),
+                    restarts: slot.map_or(0, |s| s.restarts),
+                    last_exit: slot.and_then(|s| s.last_exit.clone()),
+                }
+            })
+            .collect();
+        workers.sort_by_key(|w| (w.slot, w.pid));
+        Status {
+            pid: self.pid,
+            generation: self.generation,
+            uptime_secs: now.duration_since(self.started).as_secs_f64(),
+            phase: match self.phase {
+                Phase::Running => "running",
+                Phase::Stopping { .. } => "stopping",
+            }
+            .to_string(),
+            target: self.target,
+            ready: self.ready_count,
+            old_master: self
+                .predecessor
+                .map(|p| p.pid)
+                .filter(|pid| pidfile::is_alive(*pid)),
+            upgrade: self
+                .upgrades
+                .operation(self.upgrade.as_ref().map(|u| u.pid)),
+            reload: self.reloads.operation(None),
+            workers,
+        }
+    }
+
+    /// Leaves: pid file and socket files removed if still ours.
+    fn finish(self) -> Result<()> {
+        if let Some(path) = &self.config.pid_file {
+            pidfile::remove_if_ours(path, self.pid);
+            pidfile::remove_if_ours(&upgrade::oldbin_path(path), self.pid);
+        }
+        // A new master we started serves on the same socket files.
+        if self.upgrade.is_none() {
+            for listener in &self.listeners {
+                listener.unlink_if_ours();
+            }
+        }
+        match self.failure {
+            Some(e) => Err(e),
+            None => {
+                log::info!("event=exit status=0");
+                Ok(())
+            }
+        }
+    }
+}

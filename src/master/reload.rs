@@ -1,0 +1,165 @@
+//! HUP: re-read the config file and replace the workers one slot at a time
+//! (at most `max_surge` replacements booting at once). A replacement that
+//! fails to become ready stops the rollout; the old workers still running
+//! keep serving and the previous configuration stays in force.
+//!
+//! While this master is the old side of an upgrade, HUP instead brings back
+//! its workers from the configuration in memory (the nginx rollback).
+
+use super::{Master, Phase};
+use crate::config::{self, Config};
+use crate::spawn::WorkerTemplate;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+pub struct Rollout {
+    /// Slots still to replace, in order.
+    queue: VecDeque<usize>,
+    /// What to go back to if a replacement fails.
+    previous: (Config, WorkerTemplate, u32),
+}
+
+impl Master {
+    pub(super) fn on_hup(&mut self, now: Instant) {
+        if self.phase != Phase::Running {
+            log::info!("event=signal signal=HUP action=ignored reason=stopping");
+            return;
+        }
+        if self.upgrade.is_some() {
+            log::info!(
+                "event=restore-workers workers={} reason=\"upgrade in progress: config not re-read\"",
+                self.config.workers
+            );
+            self.target = self.config.workers;
+            self.all_ready_logged = false;
+            self.dirty = true;
+            return;
+        }
+        self.abandon_rollout("superseded by a new HUP", now);
+        self.reloads.begin(now);
+        match self.reloaded_config() {
+            Ok((config, template)) => self.start_rollout(config, template, now),
+            Err(why) => {
+                log::error!("event=reload-failed reason=\"{why}\" action=\"nothing changed\"");
+                self.reloads.end(Some(why));
+            }
+        }
+    }
+
+    /// The config file read afresh with the flags laid over it, and the
+    /// worker template it makes.
+    fn reloaded_config(&self) -> Result<(Config, WorkerTemplate), String> {
+        let mut config = if self.config.config_path.is_some() {
+            config::load(&self.launch.flags, &self.launch.command)?
+        } else {
+            self.config.clone()
+        };
+        if config.listeners != self.config.listeners {
+            log::warn!(
+                "event=reload listeners=unchanged reason=\"a change of listeners needs USR2 (upgrade)\""
+            );
+            config.listeners = self.config.listeners.clone();
+        }
+        if config.pid_file != self.config.pid_file {
+            log::warn!("event=reload pid=unchanged reason=\"a new pid file needs USR2 (upgrade)\"");
+            config.pid_file = self.config.pid_file.clone();
+        }
+        let template = WorkerTemplate::new(
+            &config,
+            &self.listeners,
+            &self.launch.env,
+            &self.notify.env_value,
+            self.generation + 1,
+        )?;
+        Ok((config, template))
+    }
+
+    fn start_rollout(&mut self, config: Config, template: WorkerTemplate, now: Instant) {
+        let old_config = std::mem::replace(&mut self.config, config);
+        let old_template = std::mem::replace(&mut self.template, template);
+        let previous = (old_config, old_template, self.generation);
+        self.generation += 1;
+        self.target = self.config.workers;
+        let queue = (0..self.slots.len().min(self.target))
+            .filter(|&i| self.slots[i].active.is_some())
+            .collect();
+        log::info!(
+            "event=reload-start generation={} workers={} max_surge={}",
+            self.generation,
+            self.target,
+            self.config.max_surge
+        );
+        self.rollout = Some(Rollout { queue, previous });
+        self.all_ready_logged = false;
+        self.dirty = true;
+        self.advance_rollout(now);
+    }
+
+    /// Boots replacements up to `max_surge`; ends the rollout when all are in.
+    pub(super) fn advance_rollout(&mut self, now: Instant) {
+        let Some(rollout) = &mut self.rollout else {
+            return;
+        };
+        let mut booting = self.slots.iter().filter(|s| s.incoming.is_some()).count();
+        let mut starts = Vec::new();
+        while booting < self.config.max_surge {
+            let Some(slot) = rollout.queue.pop_front() else {
+                break;
+            };
+            // An emptied slot is filled by scaling, with the new template.
+            if slot < self.target && self.slots.get(slot).is_some_and(|s| s.active.is_some()) {
+                starts.push(slot);
+                booting += 1;
+            }
+        }
+        let done = rollout.queue.is_empty() && booting == 0;
+        for slot in starts {
+            self.spawn_worker(slot, true, now);
+        }
+        if done && self.rollout.is_some() {
+            self.rollout = None;
+            self.reloads.end(None);
+            log::info!(
+                "event=reload-done generation={} workers={}",
+                self.generation,
+                self.target
+            );
+            self.log_if_all_ready();
+        }
+    }
+
+    /// A replacement failed: stop the rollout, keep the old workers and the
+    /// previous configuration.
+    pub(super) fn fail_rollout(&mut self, reason: String, now: Instant) {
+        let Some(rollout) = self.rollout.take() else {
+            return;
+        };
+        log::error!(
+            "event=reload-failed reason=\"{reason}\" action=\"kept the old workers and configuration\""
+        );
+        self.stop_incoming(now);
+        let (config, template, generation) = rollout.previous;
+        self.config = config;
+        self.template = template;
+        self.generation = generation;
+        self.target = self.config.workers;
+        self.reloads.end(Some(reason));
+        self.dirty = true;
+    }
+
+    /// Ends a rollout without rolling back (a stop, or a newer HUP).
+    pub(super) fn abandon_rollout(&mut self, why: &str, now: Instant) {
+        if self.rollout.take().is_some() {
+            log::info!("event=reload-abandoned reason=\"{why}\"");
+            self.stop_incoming(now);
+            self.reloads.end(Some(format!("abandoned: {why}")));
+        }
+    }
+
+    fn stop_incoming(&mut self, now: Instant) {
+        let incoming: Vec<i32> = self.slots.iter().filter_map(|s| s.incoming).collect();
+        for pid in incoming {
+            self.stop_worker(pid, false, now);
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! USR2, both sides of it.
+//!
+//! The old master renames its pid file to `PIDFILE.oldbin` and forks a child
+//! that execs the forkmaster binary anew, from the start directory and with
+//! the start environment, handing the listeners over (see `handoff`). If
+//! that new master exits before taking over, the old one renames the pid file
+//! back, restores its worker count and keeps serving.
+//!
+//! The new master retires the old one as its own workers become ready:
+//! `retire: gradual` sends TTOU per ready worker and QUIT when all are,
+//! `all` sends QUIT when all are, `manual` leaves it to the operator.
+
+use super::workers::ExitStatus;
+use super::{Master, Phase};
+use crate::config::Retire;
+use crate::error::errno_reason;
+use crate::handoff;
+use crate::pidfile;
+use crate::sys::{self, ExecPlan};
+use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::unistd::Pid;
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The new master we started.
+pub struct Upgrade {
+    pub pid: i32,
+    /// Our worker count when it started, restored if it fails.
+    workers_before: usize,
+    /// Why it failed, as it told us before exiting.
+    pub report: Option<String>,
+}
+
+/// How far the new master is in retiring the old one.
+#[derive(Default)]
+pub struct Retirement {
+    quit_sent: bool,
+}
+
+/// `PIDFILE.oldbin`.
+pub fn oldbin_path(pid_file: &Path) -> PathBuf {
+    let mut name = pid_file.as_os_str().to_os_string();
+    name.push(".oldbin");
+    PathBuf::from(name)
+}
+
+impl Master {
+    pub(super) fn on_usr2(&mut self, now: Instant) {
+        if let Some(why) = self.upgrade_refusal() {
+            log::warn!("event=upgrade-refused reason=\"{why}\"");
+            return;
+        }
+        self.upgrades.begin(now);
+        if let Err(why) = self.hand_off_pid_file() {
+            self.fail_upgrade(why);
+            return;
+        }
+        match self.exec_new_master() {
+            Ok(pid) => {
+                log::info!(
+                    "event=upgrade-start role=old new_master={pid} program={}",
+                    self.launch.program().display()
+                );
+                self.upgrade = Some(Upgrade {
+                    pid,
+                    workers_before: self.target,
+                    report: None,
+                });
+            }
+            Err(why) => {
+                self.restore_pid_file();
+                self.fail_upgrade(why);
+            }
+        }
+    }
+
+    /// Why a USR2 must be refused now, if it must.
+    fn upgrade_refusal(&self) -> Option<String> {
+        if self.phase != Phase::Running {
+            return Some("stopping".into());
+        }
+        if let Some(upgrade) = &self.upgrade {
+            return Some(format!(
+                "an upgrade is in progress: new master pid={}",
+                upgrade.pid
+            ));
+        }
+        if let Some(old) = self.predecessor.filter(|p| pidfile::is_alive(p.pid)) {
+            return Some(format!(
+                "the old master pid={} is still running: retire it first",
+                old.pid
+            ));
+        }
+        if self.rollout.is_some() {
+            return Some("a rolling restart (HUP) is in progress".into());
+        }
+        let oldbin = self.config.pid_file.as_deref().map(oldbin_path)?;
+        match pidfile::read_pid(&oldbin) {
+            Ok(Some(pid)) if pid != self.pid && pidfile::is_alive(pid) => {
+                Some(format!("{} names live process {pid}", oldbin.display()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Renames the pid file to `.oldbin` so the new master can write its own.
+    fn hand_off_pid_file(&self) -> Result<(), String> {
+        let Some(path) = &self.config.pid_file else {
+            return Ok(());
+        };
+        let oldbin = oldbin_path(path);
+        match std::fs::rename(path, &oldbin) {
+            Ok(()) => Ok(()),
+            // Someone removed it: write the .oldbin afresh.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                pidfile::write_pid(&oldbin, self.pid).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!(
+                "rename {} to {}: {}",
+                path.display(),
+                oldbin.display(),
+                crate::error::io_reason(&e)
+            )),
+        }
+    }
+
+    /// Puts the pid file back after a failed upgrade, unless a live process
+    /// other than us holds it.
+    fn restore_pid_file(&self) {
+        let Some(path) = &self.config.pid_file else {
+            return;
+        };
+        match pidfile::read_pid(path) {
+            Ok(Some(pid)) if pid != self.pid && pidfile::is_alive(pid) => {
+                log::warn!(
+                    "event=pid-file-kept path={} pid={pid} reason=\"a live process holds it\"",
+                    path.display()
+                );
+                return;
+            }
+            _ => {}
+        }
+        let oldbin = oldbin_path(path);
+        let renamed = matches!(pidfile::read_pid(&oldbin), Ok(Some(pid)) if pid == self.pid)
+            && std::fs::rename(&oldbin, path).is_ok();
+        if !renamed {
+            if let Err(e) = pidfile::write_pid(path, self.pid) {
+                log::error!("event=pid-file-restore-failed error=\"{e}\"");
+            }
+        }
+    }
+
+    /// Forks and execs the new master with the listeners inherited.
+    fn exec_new_master(&mut self) -> Result<i32, String> {
+        let cstring = |bytes: Vec<u8>, what: &str| {
+            CString::new(bytes).map_err(|_| format!("{what} holds a NUL byte"))
+        };
+        let program = cstring(
+            self.launch.program().into_os_string().into_vec(),
+            "program path",
+        )?;
+        let argv = self
+            .launch
+            .args
+            .iter()
+            .map(|a| cstring(a.as_bytes().to_vec(), "an argument"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fds: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|l| (l.fd.as_raw_fd(), &l.bound))
+            .collect();
+        let env = handoff::upgrade_env(&self.launch.env, &fds, self.pid, self.generation)
+            .into_iter()
+            .map(|(k, v)| {
+                let mut entry = k.into_vec();
+                entry.push(b'=');
+                entry.extend(v.into_vec());
+                cstring(entry, "the environment")
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let chdir = cstring(
+            self.launch.start_dir.as_os_str().as_bytes().to_vec(),
+            "the start directory",
+        )?;
+        let mut plan = ExecPlan::master(
+            program,
+            argv,
+            env,
+            Some(chdir),
+            fds.iter().map(|(fd, _)| *fd).collect(),
+            self.exec_errors_write.as_raw_fd(),
+        );
+        sys::spawn(&mut plan).map_err(|e| format!("fork: {}", errno_reason(e)))
+    }
+
+    fn fail_upgrade(&mut self, why: String) {
+        log::error!("upgrade failed: {why} event=upgrade-failed");
+        self.upgrades.end(Some(why));
+    }
+
+    /// The new master exited (we reaped it). Before it took over, this is a
+    /// failed upgrade: take the pid file back and restore the workers.
+    pub(super) fn on_new_master_exit(
+        &mut self,
+        status: ExitStatus,
+        exec_failure: Option<String>,
+        _now: Instant,
+    ) {
+        let Some(upgrade) = self.upgrade.take() else {
+            return;
+        };
+        if self.phase != Phase::Running {
+            log::info!(
+                "event=new-master-exit pid={} {} phase=stopping",
+                upgrade.pid,
+                status.fields()
+            );
+            return;
+        }
+        let reason = match (exec_failure, upgrade.report) {
+            (Some(exec), _) => exec,
+            (None, Some(report)) => format!("new master pid={}: {report}", upgrade.pid),
+            (None, None) => format!("new master pid={} {status} before taking over", upgrade.pid),
+        };
+        self.restore_pid_file();
+        if self.target < upgrade.workers_before {
+            self.target = upgrade.workers_before;
+            self.all_ready_logged = false;
+            self.dirty = true;
+        }
+        log::info!("event=rollback workers={} pid={}", self.target, self.pid);
+        self.fail_upgrade(reason);
+    }
+
+    /// New master: one more of our workers is ready (gradual retirement).
+    pub(super) fn on_new_worker_ready(&mut self, _now: Instant) {
+        let Some(old) = self.predecessor else {
+            return;
+        };
+        if self.retirement.quit_sent || self.config.retire != Retire::Gradual {
+            return;
+        }
+        if kill(Pid::from_raw(old.pid), NixSignal::SIGTTOU).is_ok() {
+            log::debug!("event=retire-step signal=TTOU old_master={}", old.pid);
+        }
+    }
+
+    /// New master: all our workers are ready; retire the old master.
+    pub(super) fn on_all_ready(&mut self) {
+        let Some(old) = self.predecessor else {
+            return;
+        };
+        if self.retirement.quit_sent {
+            return;
+        }
+        self.retirement.quit_sent = true;
+        if !pidfile::is_alive(old.pid) {
+            log::info!(
+                "event=upgrade-done old_master={} reason=\"old master already gone\"",
+                old.pid
+            );
+            if let Some(path) = &self.config.pid_file {
+                pidfile::remove_if_ours(&oldbin_path(path), old.pid);
+            }
+            return;
+        }
+        match self.config.retire {
+            Retire::Manual => log::info!(
+                "event=upgrade-ready old_master={} retire=manual action=\"send it WINCH then QUIT\"",
+                old.pid
+            ),
+            Retire::Gradual | Retire::All => {
+                let _ = kill(Pid::from_raw(old.pid), NixSignal::SIGQUIT);
+                log::info!("event=retire-old-master pid={} signal=QUIT", old.pid);
+            }
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! Starting, stopping and supervising workers: spawn, readiness, watchdog,
+//! reaping with backoff, and the deadlines that go with them.
+
+use super::{Master, Phase, QUICK_STOP_GRACE};
+use crate::config::ReadyMode;
+use crate::duration::Human;
+use crate::error::{errno_reason, Error};
+use crate::plan::{self, Action, Slot};
+use crate::sys::{self, ChildStage, ERROR_RECORD_LEN};
+use crate::timers::Timer;
+use crate::worker::{KillReason, Worker, WorkerState};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal as NixSignal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+/// How a child ended, as waitpid reports it.
+#[derive(Clone, Copy, Debug)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(NixSignal, bool),
+}
+
+impl ExitStatus {
+    /// As log fields: `status=1` or `signal=SIGSEGV core=yes`.
+    pub fn fields(self) -> String {
+        match self {
+            ExitStatus::Code(code) => format!("status={code}"),
+            ExitStatus::Signal(signal, true) => format!("signal={} core=yes", signal.as_str()),
+            ExitStatus::Signal(signal, false) => format!("signal={}", signal.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exited with status {code}"),
+            ExitStatus::Signal(signal, _) => write!(f, "killed by {}", signal.as_str()),
+        }
+    }
+}
+
+impl Master {
+    /// Fills and empties slots to reach the target.
+    pub(super) fn scale_workers(&mut self, now: Instant) {
+        for action in plan::scale(self.target, &self.slots, now) {
+            match action {
+                Action::Spawn(slot) => self.spawn_worker(slot, false, now),
+                Action::Stop(slot) => {
+                    let s = &self.slots[slot];
+                    for pid in [s.active, s.incoming].into_iter().flatten() {
+                        self.stop_worker(pid, false, now);
+                    }
+                }
+            }
+        }
+        let busy = self
+            .slots
+            .iter()
+            .rposition(|s| s.active.is_some() || s.incoming.is_some())
+            .map_or(0, |i| i + 1);
+        self.slots.truncate(self.target.max(busy));
+        self.log_if_all_ready();
+    }
+
+    /// Starts a worker in `slot`: as its active worker, or as the incoming
+    /// replacement of a rolling restart.
+    pub(super) fn spawn_worker(&mut self, slot: usize, incoming: bool, now: Instant) {
+        if self.slots.len() <= slot {
+            self.slots.resize(slot + 1, Slot::default());
+        }
+        let mut exec = self
+            .template
+            .plan(slot, self.target, self.exec_errors_write.as_raw_fd());
+        let pid = match sys::spawn(&mut exec) {
+            Ok(pid) => pid,
+            Err(e) => {
+                let why = format!("fork: {}", errno_reason(e));
+                log::error!("worker={slot} event=spawn-failed error=\"{why}\"");
+                if incoming {
+                    self.fail_rollout(format!("worker={slot} {why}"), now);
+                } else {
+                    let s = &mut self.slots[slot];
+                    s.failures = s.failures.saturating_add(1);
+                    self.schedule_respawn(slot, why, now);
+                }
+                return;
+            }
+        };
+        log::info!(
+            "worker={slot} pid={pid} event=spawn generation={}{}",
+            self.generation,
+            if incoming { " role=replacement" } else { "" }
+        );
+        let mut worker = Worker::new(slot, pid, now, self.config.ready_timeout, self.generation);
+        if let WorkerState::Booting { deadline } = worker.state {
+            self.timers.add(deadline, Timer::ReadyTimeout(pid));
+        }
+        if let ReadyMode::Delay(delay) = self.config.ready {
+            let at = now + delay;
+            worker.ready_at = Some(at);
+            self.timers.add(at, Timer::ReadyDelay(pid));
+        }
+        let s = &mut self.slots[slot];
+        if incoming {
+            s.incoming = Some(pid);
+        } else {
+            s.active = Some(pid);
+            s.retry_at = None;
+        }
+        self.workers.insert(pid, worker);
+    }
+
+    /// Sends the stop signal (or SIGINT when quick) and arms the kill deadline.
+    /// A worker already stopping is only hurried, never given more time.
+    pub(super) fn stop_worker(&mut self, pid: i32, quick: bool, now: Instant) {
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let (signal, grace) = if quick {
+            (NixSignal::SIGINT, QUICK_STOP_GRACE)
+        } else {
+            (self.config.stop_signal, self.config.graceful_timeout)
+        };
+        let mut kill_at = now + grace;
+        let slot = worker.slot;
+        let was_active = self.slots.get(slot).is_some_and(|s| s.active == Some(pid));
+        match worker.state {
+            WorkerState::Stopping { .. } if !quick => return,
+            WorkerState::Stopping { kill_at: earlier } => kill_at = kill_at.min(earlier),
+            WorkerState::Ready { .. } if was_active => self.ready_count -= 1,
+            _ => {}
+        }
+        let _ = kill(Pid::from_raw(pid), signal);
+        log::info!(
+            "worker={slot} pid={pid} event=stop signal={} grace={}",
+            signal.as_str().trim_start_matches("SIG"),
+            Human(grace)
+        );
+        worker.state = WorkerState::Stopping { kill_at };
+        self.timers.add(kill_at, Timer::Kill(pid));
+        if let Some(s) = self.slots.get_mut(slot) {
+            if s.active == Some(pid) {
+                s.active = None;
+            }
+            if s.incoming == Some(pid) {
+                s.incoming = None;
+            }
+        }
+    }
+
+    pub(super) fn stop_all_workers(&mut self, quick: bool, now: Instant) {
+        let pids: Vec<i32> = self.workers.keys().copied().collect();
+        for pid in pids {
+            self.stop_worker(pid, quick, now);
+        }
+    }
+
+    /// Drains failure records written by children whose setup or exec failed.
+    pub(super) fn read_exec_errors(&mut self) {
+        let mut buf = [0u8; ERROR_RECORD_LEN];
+        while let Ok(ERROR_RECORD_LEN) = nix::unistd::read(&self.exec_errors, &mut buf) {
+            let (pid, stage, errno) = sys::decode_error_record(&buf);
+            let slot = self.workers.get(&pid).map(|w| w.slot);
+            let is_upgrade = self.upgrade.as_ref().is_some_and(|u| u.pid == pid);
+            if slot.is_none() && !is_upgrade {
+                continue;
+            }
+            let what = match stage {
+                Some(ChildStage::Chdir) if is_upgrade => {
+                    format!("chdir {}", self.launch.start_dir.display())
+                }
+                Some(ChildStage::Chdir) => format!(
+                    "chdir {}",
+                    self.config
+                        .working_directory
+                        .as_deref()
+                        .unwrap_or_else(|| std::path::Path::new("?"))
+                        .display()
+                ),
+                Some(ChildStage::Exec) if is_upgrade => {
+                    format!("exec {}", self.launch.program().display())
+                }
+                Some(ChildStage::Exec) => {
+                    format!("exec {}", self.template.program().to_string_lossy())
+                }
+                _ => "child setup".to_string(),
+            };
+            let why = format!("{what}: {}", errno.desc());
+            match slot {
+                Some(slot) => log::error!("worker={slot} {why} pid={pid} event=exec-failed"),
+                None => log::error!("event=exec-failed role=new-master pid={pid} {why}"),
+            }
+            self.exec_failures.insert(pid, why);
+        }
+    }
+
+    /// Handles notify datagrams; only our workers' are believed.
+    pub(super) fn read_notifications(&mut self, now: Instant) {
+        while let Some(received) = self.notify.receive() {
+            let datagram = match received {
+                Ok(d) => d,
+                Err(why) => {
+                    log::warn!("event=notify-ignored reason=\"{why}\"");
+                    continue;
+                }
+            };
+            let pid = datagram.pid;
+            if let Some(upgrade) = self.upgrade.as_mut().filter(|u| u.pid == pid) {
+                upgrade.report = datagram.message.upgrade_failed;
+                continue;
+            }
+            let Some(worker) = self.workers.get(&pid) else {
+                log::warn!("event=notify-ignored sender={pid} reason=\"not a worker\"");
+                continue;
+            };
+            let msg = datagram.message;
+            if let Some(status) = &msg.status {
+                log::debug!(
+                    "worker={} pid={pid} event=status status=\"{status}\"",
+                    worker.slot
+                );
+            }
+            if msg.ready && self.config.ready == ReadyMode::Notify {
+                self.on_ready(pid, now);
+            }
+            if msg.watchdog {
+                self.on_watchdog_ping(pid, now);
+            }
+        }
+    }
+
+    pub(super) fn on_ready(&mut self, pid: i32, now: Instant) {
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        if !matches!(worker.state, WorkerState::Booting { .. }) {
+            return;
+        }
+        let watchdog = self.config.timeout.map(|t| now + t);
+        worker.state = WorkerState::Ready {
+            since: now,
+            watchdog,
+        };
+        worker.was_ready = Some(now);
+        let slot = worker.slot;
+        let boot = now.duration_since(worker.started);
+        if let Some(at) = watchdog {
+            self.timers.add(at, Timer::Watchdog(pid));
+        }
+        log::info!(
+            "worker={slot} pid={pid} event=ready boot_ms={}",
+            boot.as_millis()
+        );
+        let replaced = self
+            .slots
+            .get(slot)
+            .and_then(|s| (s.incoming == Some(pid)).then_some(s.active));
+        if let Some(old) = replaced {
+            // Stop the old one while it still counts as the slot's worker.
+            if let Some(old) = old {
+                self.stop_worker(old, false, now);
+            }
+            self.slots[slot].incoming = None;
+            self.slots[slot].active = Some(pid);
+            self.dirty = true;
+        }
+        self.ready_count += 1;
+        if !self.serving && (self.predecessor.is_none() || self.ready_count >= self.target) {
+            self.serving = true;
+            self.startup_failures = 0;
+        }
+        self.on_new_worker_ready(now);
+        self.log_if_all_ready();
+    }
+
+    fn on_watchdog_ping(&mut self, pid: i32, now: Instant) {
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        if let (
+            WorkerState::Ready {
+                watchdog: Some(deadline),
+                ..
+            },
+            Some(timeout),
+        ) = (&mut worker.state, self.config.timeout)
+        {
+            // The armed timer re-arms itself at the new deadline when it fires.
+            *deadline = now + timeout;
+        }
+    }
+
+    pub(super) fn log_if_all_ready(&mut self) {
+        if !self.all_ready_logged
+            && self.phase == Phase::Running
+            && self.rollout.is_none()
+            && self.ready_count == self.target
+        {
+            self.all_ready_logged = true;
+            log::info!(
+                "event=all-ready workers={} generation={}",
+                self.target,
+                self.generation
+            );
+            self.on_all_ready();
+        }
+    }
+
+    /// Reaps every exited child and decides what each exit means.
+    pub(super) fn reap_children(&mut self, now: Instant) {
+        loop {
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, core)) => {
+                    (pid.as_raw(), ExitStatus::Signal(signal, core))
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("event=waitpid-failed error=\"{}\"", errno_reason(e));
+                    return;
+                }
+            };
+            let exec_failure = self.exec_failures.remove(&pid);
+            if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+                self.on_new_master_exit(status, exec_failure, now);
+            } else {
+                self.on_worker_exit(pid, status, exec_failure, now);
+            }
+        }
+    }
+
+    fn on_worker_exit(
+        &mut self,
+        pid: i32,
+        status: ExitStatus,
+        exec_failure: Option<String>,
+        now: Instant,
+    ) {
+        let Some(worker) = self.workers.remove(&pid) else {
+            return;
+        };
+        let slot = worker.slot;
+        if worker.is_stopping() {
+            log::info!(
+                "worker={slot} pid={pid} event=exit {} stopped=yes",
+                status.fields()
+            );
+            self.log_if_all_ready();
+            return;
+        }
+        let why = match (worker.killed, exec_failure) {
+            (_, Some(exec)) => exec,
+            (Some(KillReason::ReadyTimeout), _) => {
+                format!("not ready within {}", Human(self.config.ready_timeout))
+            }
+            (Some(KillReason::Watchdog), _) => "watchdog timeout".to_string(),
+            (None, None) if worker.was_ready.is_none() => format!("{status} before ready"),
+            (None, None) => status.to_string(),
+        };
+        log::warn!(
+            "worker={slot} pid={pid} event=exit {} reason=\"{why}\"",
+            status.fields()
+        );
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if s.incoming == Some(pid) {
+            s.incoming = None;
+            self.fail_rollout(format!("worker={slot} {why}"), now);
+            return;
+        }
+        if s.active == Some(pid) {
+            s.active = None;
+            if matches!(worker.state, WorkerState::Ready { .. }) {
+                self.ready_count -= 1;
+            }
+        }
+        if self.phase != Phase::Running {
+            return;
+        }
+        if !self.serving && worker.was_ready.is_none() {
+            self.startup_failures += 1;
+            if self.startup_failures >= plan::STARTUP_ATTEMPTS {
+                self.give_up(format!("worker={slot} {why}"), now);
+                return;
+            }
+        }
+        let ready_for = worker.was_ready.map(|at| now.duration_since(at));
+        let s = &mut self.slots[slot];
+        s.failures = plan::failures_after_exit(s.failures, ready_for);
+        s.restarts += 1;
+        self.schedule_respawn(slot, why, now);
+    }
+
+    /// Workers cannot boot: stop everything and exit non-zero with `reason`.
+    fn give_up(&mut self, reason: String, now: Instant) {
+        log::error!(
+            "event=startup-failed attempts={} reason=\"{reason}\"",
+            self.startup_failures
+        );
+        self.failure = Some(match self.predecessor {
+            Some(old) => {
+                // Tell the old master why, for `forkmaster upgrade --wait`.
+                let report = format!("FORKMASTER_UPGRADE_FAILED={reason}\n");
+                let _ = crate::notify::send_to_master(old.pid, &report);
+                Error::UpgradeFailed(reason)
+            }
+            None => Error::StartupFailed(reason),
+        });
+        self.phase = Phase::Stopping { quick: true };
+        self.stop_all_workers(true, now);
+    }
+
+    /// Marks a slot to be filled after its backoff.
+    fn schedule_respawn(&mut self, slot: usize, why: String, now: Instant) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        s.last_exit = Some(why);
+        let delay = plan::backoff(s.failures);
+        if slot < self.target {
+            log::info!(
+                "worker={slot} event=respawn delay={} failures={}",
+                Human(delay),
+                s.failures
+            );
+        }
+        if delay.is_zero() {
+            s.retry_at = None;
+        } else {
+            let at = now + delay;
+            s.retry_at = Some(at);
+            self.timers.add(at, Timer::Respawn(slot));
+        }
+        self.dirty = true;
+    }
+
+    /// Fires every due timer that still means something.
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some((at, timer)) = self.timers.pop_due(now) {
+            match timer {
+                Timer::ReadyDelay(pid) => {
+                    if self
+                        .workers
+                        .get(&pid)
+                        .is_some_and(|w| w.ready_at == Some(at))
+                    {
+                        self.on_ready(pid, now);
+                    }
+                }
+                Timer::ReadyTimeout(pid) => {
+                    let Some(worker) = self.workers.get_mut(&pid) else {
+                        continue;
+                    };
+                    if worker.state == (WorkerState::Booting { deadline: at }) {
+                        log::warn!(
+                            "worker={} pid={pid} event=ready-timeout after={}",
+                            worker.slot,
+                            Human(self.config.ready_timeout)
+                        );
+                        worker.killed = Some(KillReason::ReadyTimeout);
+                        kill_group(pid);
+                    }
+                }
+                Timer::Watchdog(pid) => {
+                    let Some(worker) = self.workers.get_mut(&pid) else {
+                        continue;
+                    };
+                    let WorkerState::Ready {
+                        watchdog: Some(deadline),
+                        ..
+                    } = worker.state
+                    else {
+                        continue;
+                    };
+                    if deadline > at {
+                        self.timers.add(deadline, Timer::Watchdog(pid));
+                    } else {
+                        log::warn!(
+                            "worker={} pid={pid} event=watchdog-timeout action=kill",
+                            worker.slot
+                        );
+                        worker.killed = Some(KillReason::Watchdog);
+                        kill_group(pid);
+                    }
+                }
+                Timer::Kill(pid) => {
+                    let Some(worker) = self.workers.get(&pid) else {
+                        continue;
+                    };
+                    if worker.state == (WorkerState::Stopping { kill_at: at }) {
+                        log::warn!(
+                            "worker={} pid={pid} event=kill reason=\"did not stop in time\"",
+                            worker.slot
+                        );
+                        kill_group(pid);
+                    }
+                }
+                Timer::Respawn(slot) => {
+                    if let Some(s) = self.slots.get_mut(slot) {
+                        if s.retry_at == Some(at) {
+                            s.retry_at = None;
+                            self.dirty = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGKILL to a worker and its process group (anything it forked).
+fn kill_group(pid: i32) {
+    let pid = Pid::from_raw(pid);
+    let _ = killpg(pid, NixSignal::SIGKILL);
+    let _ = kill(pid, NixSignal::SIGKILL);
+}

@@ -1,0 +1,104 @@
+//! The master's state as `forkmaster status` shows it, and as the client
+//! commands read it to know how an upgrade or reload ended. Serialised as
+//! JSON on the control socket (see `control`).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub pid: i32,
+    pub generation: u32,
+    pub uptime_secs: f64,
+    /// `running` or `stopping`.
+    pub phase: String,
+    /// Workers wanted, and how many of those are ready.
+    pub target: usize,
+    pub ready: usize,
+    /// Set when this master was started by an upgrade and the old one may still run.
+    pub old_master: Option<i32>,
+    pub upgrade: Operation,
+    pub reload: Operation,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// Progress of the USR2 upgrades or HUP reloads this master has run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Operation {
+    /// How many were started; a client compares before and after its signal.
+    pub attempts: u32,
+    /// `none`, `in-progress`, `done` or `failed`.
+    pub state: String,
+    /// Why the last one failed.
+    pub reason: Option<String>,
+    /// The new master of an upgrade in progress.
+    pub new_master: Option<i32>,
+    pub secs: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub pid: i32,
+    /// `booting`, `ready` or `stopping`.
+    pub state: String,
+    pub generation: u32,
+    pub uptime_secs: f64,
+    /// Deaths of this slot's workers not asked for by the master.
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+}
+
+impl Status {
+    /// A table for people, in the spirit of passenger-status.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "master: pid={} generation={} uptime={} phase={} workers={}/{} ready\n",
+            self.pid,
+            self.generation,
+            secs(self.uptime_secs),
+            self.phase,
+            self.ready,
+            self.target
+        );
+        if let Some(old) = self.old_master {
+            out.push_str(&format!("old master: pid={old} (still running)\n"));
+        }
+        for (name, op) in [("upgrade", &self.upgrade), ("reload", &self.reload)] {
+            if op.attempts == 0 {
+                continue;
+            }
+            out.push_str(&format!("{name}: {}", op.state));
+            if let Some(pid) = op.new_master {
+                out.push_str(&format!(" new_master={pid}"));
+            }
+            if let Some(reason) = &op.reason {
+                out.push_str(&format!(" reason=\"{reason}\""));
+            }
+            out.push('\n');
+        }
+        out.push_str("SLOT  PID      STATE     GEN  UPTIME    RESTARTS  LAST EXIT\n");
+        for w in &self.workers {
+            out.push_str(&format!(
+                "{:<5} {:<8} {:<9} {:<4} {:<9} {:<9} {}\n",
+                w.slot,
+                w.pid,
+                w.state,
+                w.generation,
+                secs(w.uptime_secs),
+                w.restarts,
+                w.last_exit.as_deref().unwrap_or("-")
+            ));
+        }
+        out
+    }
+}
+
+fn secs(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{:.1}h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1}m", s / 60.0)
+    } else {
+        format!("{s:.1}s")
+    }
+}
