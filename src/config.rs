@@ -462,6 +462,8 @@ fn workers_value(text: &str) -> Result<usize, String> {
 fn validate_env_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.contains('=') || key.contains('\0') {
         Err(format!("{key:?}: not a variable name"))
+    } else if crate::spawn::is_ours(std::ffi::OsStr::new(key)) {
+        Err(format!("{key:?}: set by forkmaster itself for each worker"))
     } else {
         Ok(())
     }
@@ -527,6 +529,12 @@ fn listen_entry(value: &Value) -> Result<ListenSpec, String> {
                     .ok()
                     .filter(|b| (1..=65535).contains(b))
                     .ok_or_else(|| format!("backlog {text:?}: expected 1 to 65535"))?;
+            }
+            "mode" if matches!(value, Value::Number(_)) => {
+                return Err(format!(
+                    "mode {text}: write it quoted, e.g. mode: '0660' (an unquoted number \
+                     is read as decimal or 0o-octal, which is easy to get wrong)"
+                ))
             }
             "mode" => spec.mode = Some(parse_mode(&text)?),
             other => {

@@ -46,7 +46,18 @@ fn serve(launch: Launch, config: config::Config) -> Result<(), Error> {
     for spec in &config.listeners {
         let (listener, how) = match inherited.take(spec) {
             Some(listener) => (listener, "inherited"),
-            None => (Listener::bind(spec)?, "bound"),
+            None => match Listener::bind(spec) {
+                Ok(listener) => (listener, "bound"),
+                Err(e) => {
+                    // Leave no socket file behind that we created.
+                    for (listener, how) in &listeners {
+                        if *how == "bound" {
+                            Listener::unlink_if_ours(listener);
+                        }
+                    }
+                    return Err(e);
+                }
+            },
         };
         log::info!(
             "event=listen addr={} fd={} name={} how={how}",
@@ -54,8 +65,9 @@ fn serve(launch: Launch, config: config::Config) -> Result<(), Error> {
             3 + listeners.len(),
             spec.fd_name()
         );
-        listeners.push(listener);
+        listeners.push((listener, how));
     }
+    let listeners: Vec<Listener> = listeners.into_iter().map(|(l, _)| l).collect();
     for addr in inherited.leftovers() {
         log::info!("event=listen-closed addr={addr} reason=\"no longer configured\"");
     }

@@ -29,7 +29,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Variables the master sets itself; inherited values of these are dropped.
-fn is_ours(key: &OsStr) -> bool {
+pub fn is_ours(key: &OsStr) -> bool {
     let key = key.as_bytes();
     key.starts_with(b"LISTEN_")
         || key.starts_with(b"EINHORN_")

@@ -16,7 +16,7 @@
 //!
 //! Boot: the token comes from `--token-file`/`DEMO_TOKEN_FILE` (read once), else `DEMO_TOKEN`,
 //! else `none`. After `--boot-delay`/`DEMO_BOOT_DELAY` it exits with `DEMO_FAIL_BOOT` if that is
-//! set, else starts serving and sends `READY=1` to `NOTIFY_SOCKET` (unless `DEMO_NO_READY=1`).
+//! set (only in slot `DEMO_FAIL_WORKER` if that is set too), else starts serving and sends `READY=1` to `NOTIFY_SOCKET` (unless `DEMO_NO_READY=1`).
 //! With `WATCHDOG_USEC` it sends `WATCHDOG=1` every third of that interval.
 //!
 //! Signals: TERM/QUIT stop gracefully (no new connections, in-flight requests finish, keep-alive
@@ -87,6 +87,8 @@ struct App {
     /// The body of `GET /`.
     body: String,
     fds: String,
+    /// The parent-death signal as read on the main thread at start.
+    pdeathsig: libc::c_int,
     notify_socket: Option<String>,
     stopping: AtomicBool,
     hang_watchdog: AtomicBool,
@@ -588,9 +590,7 @@ fn route(app: &App, method: &str, target: &str) -> (u16, String) {
         }
         "/fds" => (200, app.fds.clone()),
         "/info" => {
-            let mut pdeathsig: libc::c_int = 0;
-            // SAFETY: PR_GET_PDEATHSIG writes one c_int through the valid pointer given.
-            unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, ptr::addr_of_mut!(pdeathsig)) };
+            let pdeathsig = app.pdeathsig;
             // SAFETY: getpgrp takes no arguments and cannot fail.
             let pgid = unsafe { libc::getpgrp() };
             let ppid = std::os::unix::process::parent_id();
@@ -742,6 +742,10 @@ fn parse_args() -> Args {
 
 fn main() {
     let fds = snapshot_fds(); // first, before anything else opens a descriptor
+    // The parent-death signal is per thread; read it on the main thread.
+    let mut pdeathsig: libc::c_int = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes one c_int through the valid pointer given.
+    unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, ptr::addr_of_mut!(pdeathsig)) };
     prepare_signals();
     let signals = Signals::new([SIGTERM, SIGQUIT, SIGINT, SIGHUP, SIGUSR1])
         .unwrap_or_else(|e| fatal!("cannot install signal handlers: {e}"));
@@ -761,11 +765,14 @@ fn main() {
         Some(d) => parse_duration(&d).unwrap_or_else(|| fatal!("invalid boot delay {d:?}")),
         None => Duration::ZERO,
     };
-    let fail_boot = env_nonempty("DEMO_FAIL_BOOT").map(|v| {
-        v.trim()
-            .parse::<i32>()
-            .unwrap_or_else(|_| fatal!("invalid DEMO_FAIL_BOOT={v:?}"))
-    });
+    let fail_boot = env_nonempty("DEMO_FAIL_BOOT")
+        .map(|v| {
+            v.trim()
+                .parse::<i32>()
+                .unwrap_or_else(|_| fatal!("invalid DEMO_FAIL_BOOT={v:?}"))
+        })
+        // DEMO_FAIL_WORKER=N limits the failure to the worker in slot N.
+        .filter(|_| env_nonempty("DEMO_FAIL_WORKER").is_none_or(|w| w.trim() == worker));
     let no_ready = env_nonempty("DEMO_NO_READY").is_some_and(|v| v.trim() != "0");
     let listeners = match inherited_listeners() {
         Ok(Some(listeners)) => listeners,
@@ -785,6 +792,7 @@ fn main() {
     let app: &'static App = Box::leak(Box::new(App {
         body: format!("pid={pid} worker={worker} generation={generation} token={token}\n"),
         fds,
+        pdeathsig,
         notify_socket: env_nonempty("NOTIFY_SOCKET"),
         stopping: AtomicBool::new(false),
         hang_watchdog: AtomicBool::new(false),

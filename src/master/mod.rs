@@ -397,8 +397,11 @@ impl Master {
             pidfile::remove_if_ours(path, self.pid);
             pidfile::remove_if_ours(&upgrade::oldbin_path(path), self.pid);
         }
-        // A new master we started serves on the same socket files.
-        if self.upgrade.is_none() {
+        // Another generation may serve on the same socket files: the new
+        // master we started, or the old master whose upgrade we failed.
+        let shared = self.upgrade.is_some()
+            || self.predecessor.is_some_and(|p| pidfile::is_alive(p.pid));
+        if !shared {
             for listener in &self.listeners {
                 listener.unlink_if_ours();
             }
