@@ -80,7 +80,10 @@ fn env_nonempty(key: &str) -> Option<String> {
 struct State {
     stopping: bool,
     inflight: usize,
-    exiting: bool,
+    /// Accept threads inside accept(2), which may still hand us a connection.
+    accepting: usize,
+    /// Accept threads still running, to interrupt with SIGUSR2 on a stop.
+    acceptors: Vec<libc::pthread_t>,
 }
 
 struct App {
@@ -121,12 +124,28 @@ impl App {
     }
 
     /// Blocks until a stop was requested and no connection is left, then exits 0.
+    ///
+    /// An accept thread blocked in accept(2) (it lost a race for a connection
+    /// to another worker) could still be handed one; exiting then would reset
+    /// it. So it is interrupted with SIGUSR2, again until it has left accept.
     fn exit_when_stopped(&self) -> ! {
         let mut st = self.lock();
-        while !(st.stopping && st.inflight == 0) {
-            st = self.cond.wait(st).unwrap_or_else(PoisonError::into_inner);
+        while !(st.stopping && st.inflight == 0 && st.accepting == 0) {
+            if st.stopping && st.accepting > 0 {
+                for &thread in &st.acceptors {
+                    // SAFETY: threads remove themselves from `acceptors` (under this
+                    // lock) before they end, so each id names a live thread.
+                    unsafe { libc::pthread_kill(thread, libc::SIGUSR2) };
+                }
+                st = self
+                    .cond
+                    .wait_timeout(st, Duration::from_millis(10))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            } else {
+                st = self.cond.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
         }
-        st.exiting = true;
         log!("event=exit status=0");
         process::exit(0);
     }
@@ -149,17 +168,6 @@ impl App {
 
 /// Counts an open connection; dropping it wakes the main thread when the last one ends.
 struct Inflight(&'static App);
-
-impl Inflight {
-    fn register(app: &'static App) -> Option<Inflight> {
-        let mut st = app.lock();
-        if st.exiting {
-            return None;
-        }
-        st.inflight += 1;
-        Some(Inflight(app))
-    }
-}
 
 impl Drop for Inflight {
     fn drop(&mut self) {
@@ -270,8 +278,16 @@ fn prepare_signals() {
         }
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        // SIGUSR2 interrupts a blocked accept(2) on a stop: a handler that does
+        // nothing, installed without SA_RESTART so the call fails with EINTR.
+        let mut action: libc::sigaction = mem::zeroed();
+        action.sa_sigaction = interrupt as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGUSR2, &action, ptr::null_mut());
     }
 }
+
+extern "C" fn interrupt(_: libc::c_int) {}
 
 /// Wraps an inherited listening socket.
 fn adopt(fd: RawFd) -> Result<Listener, String> {
@@ -362,6 +378,18 @@ fn bind(addr: &str) -> Result<Listener, String> {
 
 /// Accepts connections until a stop is requested. Never shuts the shared listener down.
 fn accept_loop(app: &'static App, listener: Listener) {
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    app.lock().acceptors.push(me);
+    accept_until_stopped(app, &listener);
+    // SAFETY: as above.
+    app.lock()
+        .acceptors
+        .retain(|t| unsafe { libc::pthread_equal(*t, me) } == 0);
+    app.cond.notify_all();
+}
+
+fn accept_until_stopped(app: &'static App, listener: &Listener) {
     let pollfd = |fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -386,8 +414,27 @@ fn accept_loop(app: &'static App, listener: Listener) {
             continue;
         }
         // Another worker may win the race and this accept then blocks until the next
-        // connection; a stop does not wait for this thread, so that is harmless.
-        let conn = match listener.accept() {
+        // connection; a stop interrupts it (see `exit_when_stopped`).
+        {
+            let mut st = app.lock();
+            if st.stopping {
+                return;
+            }
+            st.accepting += 1;
+        }
+        let accepted = listener.accept();
+        let guard = {
+            let mut st = app.lock();
+            st.accepting -= 1;
+            app.cond.notify_all();
+            if accepted.is_ok() {
+                st.inflight += 1;
+                Some(Inflight(app))
+            } else {
+                None
+            }
+        };
+        let conn = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 use io::ErrorKind::{ConnectionAborted, Interrupted, WouldBlock};
@@ -404,7 +451,7 @@ fn accept_loop(app: &'static App, listener: Listener) {
                 continue;
             }
         };
-        let Some(guard) = Inflight::register(app) else {
+        let Some(guard) = guard else {
             return;
         };
         let spawned = thread::Builder::new().name("conn".into()).spawn(move || {
@@ -742,7 +789,7 @@ fn parse_args() -> Args {
 
 fn main() {
     let fds = snapshot_fds(); // first, before anything else opens a descriptor
-    // The parent-death signal is per thread; read it on the main thread.
+                              // The parent-death signal is per thread; read it on the main thread.
     let mut pdeathsig: libc::c_int = 0;
     // SAFETY: PR_GET_PDEATHSIG writes one c_int through the valid pointer given.
     unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, ptr::addr_of_mut!(pdeathsig)) };
@@ -799,7 +846,8 @@ fn main() {
         state: Mutex::new(State {
             stopping: false,
             inflight: 0,
-            exiting: false,
+            accepting: 0,
+            acceptors: Vec::new(),
         }),
         cond: Condvar::new(),
         stop_tx,

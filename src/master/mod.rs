@@ -399,8 +399,8 @@ impl Master {
         }
         // Another generation may serve on the same socket files: the new
         // master we started, or the old master whose upgrade we failed.
-        let shared = self.upgrade.is_some()
-            || self.predecessor.is_some_and(|p| pidfile::is_alive(p.pid));
+        let shared =
+            self.upgrade.is_some() || self.predecessor.is_some_and(|p| pidfile::is_alive(p.pid));
         if !shared {
             for listener in &self.listeners {
                 listener.unlink_if_ours();

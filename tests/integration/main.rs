@@ -10,3 +10,4 @@ mod pidfile;
 mod serving;
 mod signals;
 mod supervision;
+mod upgrades;

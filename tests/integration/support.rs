@@ -84,6 +84,8 @@ pub struct Master {
     pub child: Child,
     pub log_path: PathBuf,
     status: Option<ExitStatus>,
+    /// Masters started by upgrades are found through the pid file.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Master {
@@ -110,6 +112,7 @@ impl Master {
             child,
             log_path,
             status: None,
+            pid_file: None,
         }
     }
 
@@ -193,6 +196,21 @@ impl Master {
 
 impl Drop for Master {
     fn drop(&mut self) {
+        // Later generations (USR2) are not our children: find them by pid file.
+        if let Some(path) = &self.pid_file {
+            let oldbin = PathBuf::from(format!("{}.oldbin", path.display()));
+            for file in [path, &oldbin] {
+                let Some(pid) = read_pid(file) else { continue };
+                if pid == self.pid() || !is_running(pid) {
+                    continue;
+                }
+                let doomed = descendants_of(pid);
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                for p in doomed {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+                }
+            }
+        }
         if self.status.is_none() {
             let doomed = descendants_of(self.pid());
             let _ = self.child.kill();
@@ -391,4 +409,19 @@ pub fn listen_addr(log: &str, index: usize) -> SocketAddr {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no listen line {index} in log:\n{log}"))
+}
+
+/// The pid in a pid file, if any.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Runs a forkmaster client command to completion: (exit code, stdout, stderr).
+pub fn client(args: &[&str], timeout: Duration) -> (i32, String, String) {
+    let out = run(args, timeout);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -1,0 +1,308 @@
+//! USR2 upgrades and HUP rolling restarts under load: not one failed request.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// A bounded HTTP load: threads sending `GET /` until stopped, counting.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(target: &Target, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let deadline = Instant::now() + secs(300);
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, errors, target) =
+                    (stop.clone(), ok.clone(), errors.clone(), target.clone());
+                std::thread::spawn(move || {
+                    // Bounded in count and time, whatever the test does.
+                    for _ in 0..1_000_000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                            return;
+                        }
+                        match get(&target, "/") {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => errors.lock().unwrap().push(format!("status {}", r.status)),
+                            Err(e) => errors.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            errors,
+            threads,
+        }
+    }
+
+    /// Stops the load; (requests answered 200, failures).
+    fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().expect("load thread");
+        }
+        let errors = std::mem::take(&mut *self.errors.lock().unwrap());
+        (self.ok.load(Ordering::Relaxed), errors)
+    }
+}
+
+/// A config file for the demo app behind a Unix socket, with a token file.
+struct App {
+    dir: TempDir,
+    config: PathBuf,
+    pid_file: PathBuf,
+    token: PathBuf,
+    target: Target,
+}
+
+impl App {
+    fn new(workers: usize, extra: &str) -> App {
+        let dir = TempDir::new();
+        let config = dir.join("forkmaster.yml");
+        let pid_file = dir.join("app.pid");
+        let token = dir.join("token");
+        let socket = dir.join("app.sock");
+        std::fs::write(&token, "boot-0").unwrap();
+        let app = App {
+            target: Target::unix(&socket),
+            config,
+            pid_file,
+            token,
+            dir,
+        };
+        app.write_config(workers, extra);
+        app
+    }
+
+    fn write_config(&self, workers: usize, extra: &str) {
+        let text = format!(
+            "pid: {pid}\nlisten: ['unix:{sock}']\nworkers: {workers}\nready: notify\n\
+             graceful_timeout: 10s\nenv: {{DEMO_TOKEN_FILE: '{token}'}}\ncommand: ['{demo}']\n{extra}",
+            pid = self.pid_file.display(),
+            sock = match &self.target {
+                Target::Unix(p) => p.display().to_string(),
+                Target::Tcp(a) => a.to_string(),
+            },
+            token = self.token.display(),
+            demo = demo(),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn start(&self) -> Master {
+        let mut master = Master::start(&self.dir, &["-c", self.config.to_str().unwrap()]);
+        master.pid_file = Some(self.pid_file.clone());
+        master.wait_ready();
+        master
+    }
+
+    fn cfg(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+
+    fn set_token(&self, token: &str) {
+        std::fs::write(&self.token, token).unwrap();
+    }
+
+    fn token_served(&self) -> String {
+        let r = get(&self.target, "/").expect("GET /");
+        r.fields()["token"].clone()
+    }
+
+    fn master_pid(&self) -> i32 {
+        read_pid(&self.pid_file).expect("pid file")
+    }
+
+    fn oldbin(&self) -> PathBuf {
+        PathBuf::from(format!("{}.oldbin", self.pid_file.display()))
+    }
+}
+
+fn zombies_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| matches!(proc_stat(*p), Some(('Z', ppid, _)) if ppid == pid))
+        .collect()
+}
+
+fn assert_gone(path: &Path) {
+    assert!(!path.exists(), "{} should not exist", path.display());
+}
+
+#[test]
+fn five_upgrades_and_five_reloads_under_load_fail_no_request() {
+    let app = App::new(2, "");
+    let mut master = app.start();
+    // Measured on the first re-exec'd master: the first one may hold fds
+    // it inherited from the test runner (close-on-exec, but open).
+    let mut fds_before = 0;
+    let load = Load::start(&app.target, 2);
+    wait_for("load to get answers", secs(10), || {
+        (load.ok.load(Ordering::Relaxed) > 10).then_some(())
+    });
+    for i in 1..=5 {
+        let token = format!("upgrade-{i}");
+        app.set_token(&token);
+        let old = app.master_pid();
+        let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(120));
+        assert_eq!(code, 0, "upgrade {i}: {out}{err}\n{}", master.log());
+        assert!(
+            out.starts_with(&format!("upgraded: pid {old} -> ")),
+            "{out}"
+        );
+        assert!(out.contains("2 workers ready in"), "{out}");
+        // The old master is gone: every answer comes from the new generation.
+        assert_eq!(app.token_served(), token);
+        assert_gone(&app.oldbin());
+        if i == 1 {
+            assert!(master.wait_exit(secs(10)).success());
+            fds_before = fd_count(app.master_pid());
+        }
+
+        let token = format!("reload-{i}");
+        app.set_token(&token);
+        let (code, out, err) = client(&["reload", "-c", app.cfg(), "--wait"], secs(120));
+        assert_eq!(code, 0, "reload {i}: {out}{err}\n{}", master.log());
+        assert!(out.starts_with("reloaded: pid "), "{out}");
+        // Old workers may finish a request they had accepted; then only new ones answer.
+        wait_for("only reloaded workers to answer", secs(10), || {
+            (0..5).all(|_| app.token_served() == token).then_some(())
+        });
+    }
+    let (ok, errors) = load.finish();
+    assert!(
+        errors.is_empty(),
+        "{} failed of {}: {:?}",
+        errors.len(),
+        ok,
+        &errors[..errors.len().min(5)]
+    );
+    assert!(ok > 100, "only {ok} requests answered");
+    let current = app.master_pid();
+    assert!(
+        zombies_of(current).is_empty(),
+        "zombies: {:?}",
+        zombies_of(current)
+    );
+    assert_eq!(
+        fd_count(current),
+        fds_before,
+        "the master's fd count changed"
+    );
+    assert_gone(&app.oldbin());
+    eprintln!("{ok} requests answered, none failed");
+}
+
+#[test]
+fn retire_all_waits_for_every_new_worker_then_quits_the_old_master() {
+    let app = App::new(3, "retire: all\n");
+    let mut master = app.start();
+    let old = master.pid();
+    app.set_token("new");
+    let (code, out, err) = client(
+        &["upgrade", "-p", app.pid_file.to_str().unwrap(), "--wait"],
+        secs(60),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(master.wait_exit(secs(10)).success());
+    let log = master.log();
+    assert!(
+        log.contains(&format!("event=retire-old-master pid={old} signal=QUIT")),
+        "{log}"
+    );
+    // With `all`, the old master is never told TTOU.
+    assert!(!log.contains(&format!(
+        "INFO INFO forkmaster[{old}] event=scale signal=TTOU"
+    )));
+    assert!(!log.contains("signal=TTOU"), "{log}");
+    assert_eq!(app.token_served(), "new");
+    let status = client(&["status", "-c", app.cfg(), "--json"], secs(10));
+    assert_eq!(status.0, 0);
+    let json: serde_json::Value = serde_json::from_str(&status.1).unwrap();
+    assert_eq!(json["generation"], 2);
+    assert_eq!(json["ready"], 3);
+    assert_eq!(json["workers"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn retire_gradual_sends_ttou_per_ready_worker() {
+    let app = App::new(2, "");
+    let mut master = app.start();
+    let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(60));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(master.wait_exit(secs(10)).success());
+    let old = master.pid();
+    let log = master.log();
+    assert!(
+        log.contains(&format!("INFO forkmaster[{old}] event=scale signal=TTOU"))
+            || log.contains("signal=TTOU"),
+        "{log}"
+    );
+}
+
+#[test]
+fn manual_retire_leaves_the_old_master_and_hup_rolls_back() {
+    let app = App::new(2, "retire: manual\n");
+    let mut master = app.start();
+    let old = master.pid();
+    app.set_token("new");
+    master.signal(Signal::SIGUSR2);
+    master.wait_log("retire=manual action=", secs(30));
+    let new = app.master_pid();
+    assert_ne!(new, old);
+    assert_eq!(read_pid(&app.oldbin()), Some(old));
+    // Operator: stop the old workers; the new ones serve alone.
+    master.signal(Signal::SIGWINCH);
+    master.wait_log(
+        &format!("INFO forkmaster[{old}] event=scale signal=WINCH workers=0"),
+        secs(10),
+    );
+    wait_for("the old workers to be gone", secs(20), || {
+        master.children().iter().all(|p| *p == new).then_some(())
+    });
+    assert_eq!(app.token_served(), "new");
+    // Rollback: HUP brings the old workers back from memory, QUIT the new master.
+    master.signal(Signal::SIGHUP);
+    master.wait_log(
+        &format!("INFO forkmaster[{old}] event=restore-workers"),
+        secs(10),
+    );
+    wait_for("the old master to have 2 workers again", secs(20), || {
+        (master.children().iter().filter(|p| **p != new).count() == 2).then_some(())
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(new), Signal::SIGQUIT).unwrap();
+    wait_for(
+        "the pid file to name the old master again",
+        secs(20),
+        || (read_pid(&app.pid_file) == Some(old)).then_some(()),
+    );
+    assert_gone(&app.oldbin());
+    // The restored workers read the token file anew; their generation tells them apart.
+    wait_for("only the old generation to answer", secs(20), || {
+        (0..5)
+            .all(|_| get(&app.target, "/").is_ok_and(|r| r.fields()["generation"] == "1"))
+            .then_some(())
+    });
+    let (code, out, _) = client(&["status", "-c", app.cfg()], secs(10));
+    assert_eq!(code, 0);
+    assert!(out.contains("upgrade: failed"), "{out}");
+}
