@@ -37,6 +37,25 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Brings the earliest entry up to date: `refresh` says when a timer should
+    /// really fire (`None`: never). Stale entries are dropped and moved ones
+    /// re-queued until the earliest is real, so the loop wakes only at real
+    /// deadlines.
+    pub fn settle(&mut self, mut refresh: impl FnMut(Instant, Timer) -> Option<Instant>) {
+        while let Some(&Reverse((at, timer))) = self.heap.peek() {
+            match refresh(at, timer) {
+                Some(real) if real == at => return,
+                Some(real) => {
+                    self.heap.pop();
+                    self.heap.push(Reverse((real, timer)));
+                }
+                None => {
+                    self.heap.pop();
+                }
+            }
+        }
+    }
+
     /// Takes the earliest timer due at `now`, if any.
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, Timer)> {
         match self.heap.peek() {
@@ -71,5 +90,22 @@ mod tests {
         assert_eq!(timers.pop_due(now).map(|e| e.1), Some(Timer::Respawn(0)));
         assert_eq!(timers.pop_due(now).map(|e| e.1), Some(Timer::Kill(2)));
         assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn settle_drops_stale_and_moves_postponed() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(5);
+        let mut timers = Timers::default();
+        timers.add(t0, Timer::Kill(1));
+        timers.add(t0 + Duration::from_secs(1), Timer::Watchdog(2));
+        timers.add(t0 + Duration::from_secs(2), Timer::Respawn(3));
+        timers.settle(|at, timer| match timer {
+            Timer::Kill(_) => None,
+            Timer::Watchdog(_) => Some(later),
+            _ => Some(at),
+        });
+        assert_eq!(timers.next_deadline(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(timers.len(), 2);
     }
 }

@@ -236,6 +236,7 @@ impl Master {
     /// Blocks in poll(2) until a signal, a datagram, an exec error, a status
     /// request, or the next deadline.
     fn sleep(&mut self) {
+        self.settle_timers();
         let timeout = match self.timers.next_deadline() {
             None => PollTimeout::NONE,
             Some(at) => {

@@ -440,60 +440,76 @@ impl Master {
         self.dirty = true;
     }
 
-    /// Fires every due timer that still means something.
+    /// When a queued timer should really fire, given the current state;
+    /// `None` if it no longer applies (the worker moved on or is gone).
+    fn timer_due(&self, at: Instant, timer: Timer) -> Option<Instant> {
+        match timer {
+            Timer::ReadyDelay(pid) => {
+                let w = self.workers.get(&pid)?;
+                (matches!(w.state, WorkerState::Booting { .. }) && w.ready_at == Some(at))
+                    .then_some(at)
+            }
+            Timer::ReadyTimeout(pid) => match self.workers.get(&pid)?.state {
+                WorkerState::Booting { deadline } if deadline == at => Some(at),
+                _ => None,
+            },
+            Timer::Watchdog(pid) => match self.workers.get(&pid)?.state {
+                WorkerState::Ready {
+                    watchdog: Some(deadline),
+                    ..
+                } => Some(deadline),
+                _ => None,
+            },
+            Timer::Kill(pid) => match self.workers.get(&pid)?.state {
+                WorkerState::Stopping { kill_at } if kill_at == at => Some(at),
+                _ => None,
+            },
+            Timer::Respawn(slot) => (self.slots.get(slot)?.retry_at == Some(at)).then_some(at),
+        }
+    }
+
+    /// Drops stale timers and re-queues postponed ones (watchdog pings), so
+    /// the earliest queued deadline is a real one.
+    pub(super) fn settle_timers(&mut self) {
+        let mut timers = std::mem::take(&mut self.timers);
+        timers.settle(|at, timer| self.timer_due(at, timer));
+        self.timers = timers;
+    }
+
+    /// Fires every due timer.
     pub(super) fn fire_timers(&mut self, now: Instant) {
-        while let Some((at, timer)) = self.timers.pop_due(now) {
+        loop {
+            self.settle_timers();
+            let Some((_, timer)) = self.timers.pop_due(now) else {
+                return;
+            };
             match timer {
-                Timer::ReadyDelay(pid) => {
-                    if self
-                        .workers
-                        .get(&pid)
-                        .is_some_and(|w| w.ready_at == Some(at))
-                    {
-                        self.on_ready(pid, now);
-                    }
-                }
+                Timer::ReadyDelay(pid) => self.on_ready(pid, now),
                 Timer::ReadyTimeout(pid) => {
                     let Some(worker) = self.workers.get_mut(&pid) else {
                         continue;
                     };
-                    if worker.state == (WorkerState::Booting { deadline: at }) {
-                        log::warn!(
-                            "worker={} pid={pid} event=ready-timeout after={}",
-                            worker.slot,
-                            Human(self.config.ready_timeout)
-                        );
-                        worker.killed = Some(KillReason::ReadyTimeout);
-                        kill_group(pid);
-                    }
+                    log::warn!(
+                        "worker={} pid={pid} event=ready-timeout after={}",
+                        worker.slot,
+                        Human(self.config.ready_timeout)
+                    );
+                    worker.killed = Some(KillReason::ReadyTimeout);
+                    kill_group(pid);
                 }
                 Timer::Watchdog(pid) => {
                     let Some(worker) = self.workers.get_mut(&pid) else {
                         continue;
                     };
-                    let WorkerState::Ready {
-                        watchdog: Some(deadline),
-                        ..
-                    } = worker.state
-                    else {
-                        continue;
-                    };
-                    if deadline > at {
-                        self.timers.add(deadline, Timer::Watchdog(pid));
-                    } else {
-                        log::warn!(
-                            "worker={} pid={pid} event=watchdog-timeout action=kill",
-                            worker.slot
-                        );
-                        worker.killed = Some(KillReason::Watchdog);
-                        kill_group(pid);
-                    }
+                    log::warn!(
+                        "worker={} pid={pid} event=watchdog-timeout action=kill",
+                        worker.slot
+                    );
+                    worker.killed = Some(KillReason::Watchdog);
+                    kill_group(pid);
                 }
                 Timer::Kill(pid) => {
-                    let Some(worker) = self.workers.get(&pid) else {
-                        continue;
-                    };
-                    if worker.state == (WorkerState::Stopping { kill_at: at }) {
+                    if let Some(worker) = self.workers.get(&pid) {
                         log::warn!(
                             "worker={} pid={pid} event=kill reason=\"did not stop in time\"",
                             worker.slot
@@ -503,10 +519,8 @@ impl Master {
                 }
                 Timer::Respawn(slot) => {
                     if let Some(s) = self.slots.get_mut(slot) {
-                        if s.retry_at == Some(at) {
-                            s.retry_at = None;
-                            self.dirty = true;
-                        }
+                        s.retry_at = None;
+                        self.dirty = true;
                     }
                 }
             }
