@@ -254,6 +254,11 @@ impl Layer {
     }
 }
 
+/// The error for a master with nothing to listen on (checked once socket
+/// activation had its say).
+pub const NO_LISTENER: &str =
+    "no listener: give --listen ADDR or `listen:` in the config file, or start with systemd socket activation";
+
 /// Fills defaults and checks what only the whole can tell.
 pub fn resolve(config_path: Option<PathBuf>, layer: Layer) -> Result<Config, String> {
     let config = Config {
@@ -280,9 +285,6 @@ pub fn resolve(config_path: Option<PathBuf>, layer: Layer) -> Result<Config, Str
     }
     if config.command[0].is_empty() {
         return Err("command: empty program name".into());
-    }
-    if config.listeners.is_empty() {
-        return Err("no listener: give --listen ADDR or `listen:` in the config file".into());
     }
     if config.ready_timeout.is_zero() {
         return Err("ready_timeout: must be more than 0".into());
@@ -676,9 +678,7 @@ mod tests {
             .err()
             .unwrap()
             .contains("missing command"));
-        let mut l = parse_file("command: [app]\n").unwrap();
-        assert!(resolve(None, l).err().unwrap().contains("no listener"));
-        l = parse_file("listen: [8080]\ncommand: [app]\ntimeout: 5s\n").unwrap();
+        let mut l = parse_file("listen: [8080]\ncommand: [app]\ntimeout: 5s\n").unwrap();
         assert!(resolve(None, l)
             .err()
             .unwrap()

@@ -27,30 +27,35 @@ pub struct Predecessor {
     pub generation: u32,
 }
 
-/// `3=127.0.0.1:8080;4=unix:/run/app.sock` for these listeners.
-pub fn encode_listeners(listeners: &[(RawFd, &Address)]) -> String {
+/// `3=127.0.0.1:8080;s4=unix:/run/app.sock` for these listeners; `s` marks
+/// a socket systemd owns (socket activation).
+pub fn encode_listeners(listeners: &[(RawFd, &Address, bool)]) -> String {
     listeners
         .iter()
-        .map(|(fd, addr)| format!("{fd}={addr}"))
+        .map(|(fd, addr, external)| format!("{}{fd}={addr}", if *external { "s" } else { "" }))
         .collect::<Vec<_>>()
         .join(";")
 }
 
-/// Parses `FORKMASTER_INHERIT_FDS`.
-pub fn decode_listeners(text: &str) -> Result<Vec<(RawFd, Address)>, String> {
+/// Parses `FORKMASTER_INHERIT_FDS`: (fd, address, owned by systemd).
+pub fn decode_listeners(text: &str) -> Result<Vec<(RawFd, Address, bool)>, String> {
     text.split(';')
         .filter(|part| !part.is_empty())
         .map(|part| {
             let (fd, addr) = part
                 .split_once('=')
                 .ok_or_else(|| format!("{INHERIT_VAR}: {part:?} is not FD=ADDRESS"))?;
+            let (fd, external) = match fd.strip_prefix('s') {
+                Some(fd) => (fd, true),
+                None => (fd, false),
+            };
             let fd: RawFd = fd
                 .parse()
                 .ok()
                 .filter(|fd| *fd >= 3)
                 .ok_or_else(|| format!("{INHERIT_VAR}: bad fd {fd:?}"))?;
             let addr = parse_address(addr).map_err(|w| format!("{INHERIT_VAR}: {w}"))?;
-            Ok((fd, addr))
+            Ok((fd, addr, external))
         })
         .collect()
 }
@@ -67,16 +72,27 @@ pub fn decode_predecessor(text: &str) -> Option<Predecessor> {
     })
 }
 
-/// Sockets a previous master left us, verified, keyed by the address bound.
+/// An adopted socket: where it is bound, its systemd name, and whether it
+/// belongs to systemd (socket activation: never unlinked by us).
+struct Adopted {
+    bound: Address,
+    name: Option<String>,
+    external: bool,
+    fd: OwnedFd,
+}
+
+/// Sockets handed to us, verified: by a previous master (upgrade) or by
+/// systemd (socket activation).
+#[derive(Default)]
 pub struct Inherited {
-    sockets: Vec<(Address, OwnedFd)>,
+    sockets: Vec<Adopted>,
 }
 
 impl Inherited {
     /// Takes the fds named in `FORKMASTER_INHERIT_FDS` that really are
     /// listening sockets bound where they claim; logs and skips the others.
     pub fn from_env(value: Option<&str>) -> Inherited {
-        let mut sockets = Vec::new();
+        let mut inherited = Inherited::default();
         let entries = match value.map(decode_listeners).transpose() {
             Ok(entries) => entries.unwrap_or_default(),
             Err(why) => {
@@ -84,38 +100,84 @@ impl Inherited {
                 Vec::new()
             }
         };
-        for (fd, claimed) in entries {
-            match verify(fd, &claimed) {
-                // SAFETY: `fd` is open, a listening socket bound to `claimed`
-                // (just verified), and named to us alone by our parent; we
-                // take ownership once (duplicates are rejected by `verify`).
-                Ok(()) if !sockets.iter().any(|(a, _)| *a == claimed) => {
-                    sockets.push((claimed, unsafe { OwnedFd::from_raw_fd(fd) }));
-                }
-                Ok(()) => {
-                    log::warn!("event=inherit-ignored fd={fd} reason=\"address given twice\"")
-                }
+        for (fd, claimed, external) in entries {
+            match verify(fd) {
+                Ok(bound) if bound == claimed => inherited.adopt(fd, bound, None, external),
+                Ok(bound) => log::warn!(
+                    "event=inherit-ignored fd={fd} addr={claimed} reason=\"bound to {bound}\""
+                ),
                 Err(why) => {
                     log::warn!("event=inherit-ignored fd={fd} addr={claimed} reason=\"{why}\"")
                 }
             }
         }
-        Inherited { sockets }
+        inherited
     }
 
-    /// Hands over the socket for `spec`, if one was inherited.
+    /// Adds the sockets of systemd socket activation (fd, `LISTEN_FDNAMES` name).
+    pub fn add_activated(&mut self, fds: &[(RawFd, Option<String>)]) {
+        for (fd, name) in fds {
+            match verify(*fd) {
+                Ok(bound) => self.adopt(*fd, bound, name.clone(), true),
+                Err(why) => log::warn!("event=activation-ignored fd={fd} reason=\"{why}\""),
+            }
+        }
+    }
+
+    fn adopt(&mut self, fd: RawFd, bound: Address, name: Option<String>, external: bool) {
+        if self.sockets.iter().any(|a| a.bound == bound) {
+            log::warn!("event=inherit-ignored fd={fd} addr={bound} reason=\"given twice\"");
+            return;
+        }
+        // SAFETY: `fd` is open and a listening socket (verified just before),
+        // named to us alone by whoever started us, and adopted only once (an
+        // address given twice is refused above).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        self.sockets.push(Adopted {
+            bound,
+            name,
+            external,
+            fd,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Hands over the socket for `spec`, if there is one: by name when both
+    /// have one, else by address.
     pub fn take(&mut self, spec: &ListenSpec) -> Option<Listener> {
         let i = self
             .sockets
             .iter()
-            .position(|(addr, _)| same_address(&spec.address, addr))?;
-        let (bound, fd) = self.sockets.remove(i);
-        Some(Listener::adopt(spec, bound, fd))
+            .position(|a| match (&spec.name, &a.name) {
+                (Some(want), Some(have)) if want == have => true,
+                _ => same_address(&spec.address, &a.bound),
+            })?;
+        let a = self.sockets.remove(i);
+        Some(Listener::adopt(spec, a.bound, a.fd, a.external))
     }
 
-    /// The inherited sockets no longer configured; dropping them closes ours.
+    /// All remaining sockets as listeners (socket activation without `--listen`).
+    pub fn take_all(&mut self) -> Vec<Listener> {
+        self.sockets
+            .drain(..)
+            .map(|a| {
+                let spec = ListenSpec {
+                    address: a.bound.clone(),
+                    name: a.name,
+                    backlog: crate::listen::DEFAULT_BACKLOG,
+                    mode: None,
+                };
+                Listener::adopt(&spec, a.bound, a.fd, a.external)
+            })
+            .collect()
+    }
+
+    /// The sockets no longer configured; dropping them closes ours.
     pub fn leftovers(self) -> Vec<Address> {
-        self.sockets.into_iter().map(|(addr, _)| addr).collect()
+        self.sockets.into_iter().map(|a| a.bound).collect()
     }
 }
 
@@ -130,7 +192,8 @@ fn same_address(configured: &Address, bound: &Address) -> bool {
     }
 }
 
-fn verify(fd: RawFd, claimed: &Address) -> Result<(), String> {
+/// Checks `fd` is an open, listening socket; its bound address.
+fn verify(fd: RawFd) -> Result<Address, String> {
     // SAFETY: F_GETFD only inspects the descriptor table.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err("not open".into());
@@ -144,18 +207,14 @@ fn verify(fd: RawFd, claimed: &Address) -> Result<(), String> {
     if !getsockopt(&borrowed, sockopt::AcceptConn).unwrap_or(false) {
         return Err("not a listening socket".into());
     }
-    match bound_address(&borrowed) {
-        Some(bound) if bound == *claimed => Ok(()),
-        Some(bound) => Err(format!("bound to {bound}")),
-        None => Err("no address".into()),
-    }
+    bound_address(&borrowed).ok_or_else(|| "no address".into())
 }
 
 /// The environment a new master starts with: ours as we started, less any
 /// handoff variables, plus the new ones.
 pub fn upgrade_env(
     base: &[(OsString, OsString)],
-    listeners: &[(RawFd, &Address)],
+    listeners: &[(RawFd, &Address, bool)],
     pid: i32,
     generation: u32,
 ) -> Vec<(OsString, OsString)> {
@@ -180,9 +239,12 @@ mod tests {
     fn listeners_round_trip() {
         let tcp = Address::Tcp("127.0.0.1:8080".parse().unwrap());
         let unix = Address::Unix("/run/app.sock".into());
-        let text = encode_listeners(&[(3, &tcp), (4, &unix)]);
-        assert_eq!(text, "3=127.0.0.1:8080;4=unix:/run/app.sock");
-        assert_eq!(decode_listeners(&text).unwrap(), vec![(3, tcp), (4, unix)]);
+        let text = encode_listeners(&[(3, &tcp, false), (4, &unix, true)]);
+        assert_eq!(text, "3=127.0.0.1:8080;s4=unix:/run/app.sock");
+        assert_eq!(
+            decode_listeners(&text).unwrap(),
+            vec![(3, tcp, false), (4, unix, true)]
+        );
         assert_eq!(decode_listeners("").unwrap(), vec![]);
         assert!(decode_listeners("x=80").is_err());
         assert!(decode_listeners("1=127.0.0.1:80").is_err());

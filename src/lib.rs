@@ -23,5 +23,6 @@ pub mod sockets;
 pub mod spawn;
 pub mod status;
 pub mod sys;
+pub mod systemd;
 pub mod timers;
 pub mod worker;

@@ -12,7 +12,7 @@ use forkmaster::handoff::Inherited;
 use forkmaster::launch::Launch;
 use forkmaster::master::Master;
 use forkmaster::sockets::Listener;
-use forkmaster::{client, config, logging, pidfile, sys};
+use forkmaster::{client, config, logging, pidfile, sys, systemd};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -25,6 +25,13 @@ fn main() -> ExitCode {
         Err(why) => return fail(&Error::Config(why)),
     };
     if cli.options.check {
+        let activated = systemd::activated_fds(
+            &std::env::vars_os().collect::<Vec<_>>(),
+            std::process::id() as i32,
+        );
+        if config.listeners.is_empty() && activated.is_empty() {
+            return fail(&Error::Config(config::NO_LISTENER.into()));
+        }
         print!("{}", config.describe());
         println!("configuration ok");
         return ExitCode::SUCCESS;
@@ -42,9 +49,32 @@ fn serve(launch: Launch, config: config::Config) -> Result<(), Error> {
         pidfile::ensure_not_running(path)?;
     }
     let mut inherited = Inherited::from_env(launch.inherited_fds.as_deref());
+    inherited.add_activated(&systemd::activated_fds(
+        &launch.env,
+        std::process::id() as i32,
+    ));
+    let mut config = config;
+    if config.listeners.is_empty() {
+        // Socket activation without --listen: serve on everything passed.
+        let adopted = inherited.take_all();
+        if adopted.is_empty() {
+            return Err(Error::Config(config::NO_LISTENER.into()));
+        }
+        config.listeners = adopted.iter().map(|l| l.spec.clone()).collect();
+        for (i, listener) in adopted.iter().enumerate() {
+            log::info!(
+                "event=listen addr={} fd={} name={} how=activated",
+                listener.bound,
+                3 + i,
+                listener.spec.fd_name()
+            );
+        }
+        return run_master(launch, config, adopted);
+    }
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for spec in &config.listeners {
         let (listener, how) = match inherited.take(spec) {
+            Some(listener) if listener.external => (listener, "activated"),
             Some(listener) => (listener, "inherited"),
             None => match Listener::bind(spec) {
                 Ok(listener) => (listener, "bound"),
@@ -71,6 +101,14 @@ fn serve(launch: Launch, config: config::Config) -> Result<(), Error> {
     for addr in inherited.leftovers() {
         log::info!("event=listen-closed addr={addr} reason=\"no longer configured\"");
     }
+    run_master(launch, config, listeners)
+}
+
+fn run_master(
+    launch: Launch,
+    config: config::Config,
+    listeners: Vec<Listener>,
+) -> Result<(), Error> {
     // Nothing the master inherited may leak into workers.
     sys::set_cloexec_from_3(&[]);
     let master = Master::new(launch, config.clone(), listeners)?;

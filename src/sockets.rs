@@ -28,6 +28,8 @@ pub struct Listener {
     pub fd: OwnedFd,
     /// For a Unix socket: the identity of the file we bound.
     pub socket_file: Option<(u64, u64)>,
+    /// Owned by systemd (socket activation): never unlinked by us.
+    pub external: bool,
 }
 
 impl Listener {
@@ -47,11 +49,12 @@ impl Listener {
             bound,
             fd,
             socket_file,
+            external: false,
         })
     }
 
-    /// Wraps a socket inherited from a previous master.
-    pub fn adopt(spec: &ListenSpec, bound: Address, fd: OwnedFd) -> Listener {
+    /// Wraps a socket inherited from a previous master or from systemd.
+    pub fn adopt(spec: &ListenSpec, bound: Address, fd: OwnedFd, external: bool) -> Listener {
         let socket_file = match &bound {
             Address::Unix(path) => file_identity(path),
             Address::Tcp(_) => None,
@@ -61,6 +64,7 @@ impl Listener {
             bound,
             fd,
             socket_file,
+            external,
         }
     }
 
@@ -70,6 +74,9 @@ impl Listener {
         let (Address::Unix(path), Some(ours)) = (&self.bound, self.socket_file) else {
             return;
         };
+        if self.external {
+            return;
+        }
         if file_identity(path) == Some(ours) {
             let _ = std::fs::remove_file(path);
         }

@@ -21,6 +21,8 @@ pub enum Timer {
     Kill(i32),
     /// This slot's backoff is over.
     Respawn(usize),
+    /// Time to tell systemd we are alive (`WATCHDOG=1`).
+    SystemdWatchdog,
 }
 
 #[derive(Default)]

@@ -26,7 +26,8 @@ use crate::sockets::Listener;
 use crate::spawn::WorkerTemplate;
 use crate::status::{Operation, Status, WorkerStatus};
 use crate::sys;
-use crate::timers::Timers;
+use crate::systemd::{self, Notifier};
+use crate::timers::{Timer, Timers};
 use crate::worker::Worker;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -132,6 +133,8 @@ pub struct Master {
     /// A HUP rolling restart in progress.
     rollout: Option<Rollout>,
     reloads: Record,
+    /// systemd's notify socket, when it started us with one.
+    systemd: Option<Notifier>,
 }
 
 impl Master {
@@ -153,6 +156,8 @@ impl Master {
                 source,
             })?;
         let predecessor = launch.predecessor;
+        let pid = std::process::id() as i32;
+        let systemd = Notifier::from_env(&launch.env, &[pid, predecessor.map_or(pid, |p| p.pid)]);
         let generation = predecessor.map_or(1, |p| p.generation + 1);
         let template = WorkerTemplate::new(
             &config,
@@ -185,7 +190,7 @@ impl Master {
             all_ready_logged: false,
             startup_failures: 0,
             failure: None,
-            pid: std::process::id() as i32,
+            pid,
             started: Instant::now(),
             upgrade: None,
             upgrades: Record::default(),
@@ -193,6 +198,7 @@ impl Master {
             retirement: upgrade::Retirement::default(),
             rollout: None,
             reloads: Record::default(),
+            systemd,
         })
     }
 
@@ -210,6 +216,10 @@ impl Master {
                 old.pid,
                 self.config.retire
             );
+        }
+        if let Some(interval) = self.systemd.as_ref().and_then(|s| s.watchdog_interval) {
+            self.timers
+                .add(Instant::now() + interval, Timer::SystemdWatchdog);
         }
         loop {
             let now = Instant::now();
@@ -282,6 +292,7 @@ impl Master {
                     self.workers.len()
                 );
                 self.phase = Phase::Stopping { quick: false };
+                self.notify_stopping();
                 self.abandon_rollout("stopping", now);
                 self.stop_all_workers(false, now);
             }
@@ -300,6 +311,9 @@ impl Master {
             signal.name(),
             self.workers.len()
         );
+        if self.phase == Phase::Running {
+            self.notify_stopping();
+        }
         self.phase = Phase::Stopping { quick: true };
         self.abandon_rollout("stopping", now);
         self.stop_all_workers(true, now);
@@ -343,6 +357,39 @@ impl Master {
         self.target = target;
         self.all_ready_logged = false;
         self.dirty = true;
+    }
+
+    /// Tells systemd (if it listens) something about the master.
+    fn notify_systemd(&self, message: &str) {
+        if let Some(systemd) = &self.systemd {
+            log::debug!("event=sd-notify message={message:?}");
+            systemd.send(message);
+        }
+    }
+
+    /// `STATUS=` as systemd shows it: `4/4 workers ready, generation 3`.
+    fn status_line(&self) -> String {
+        format!(
+            "STATUS={}/{} workers ready, generation {}\n",
+            self.ready_count, self.target, self.generation
+        )
+    }
+
+    /// `READY=1`: serving with every worker ready (again).
+    fn notify_ready(&self) {
+        self.notify_systemd(&format!("READY=1\n{}", self.status_line()));
+    }
+
+    fn notify_reloading(&self, what: &str) {
+        self.notify_systemd(&systemd::reloading_message(what));
+    }
+
+    /// `STOPPING=1`, unless a new master we started is taking over: then
+    /// systemd follows it (`MAINPID`), and our stop is not the service's.
+    fn notify_stopping(&self) {
+        if self.upgrade.is_none() {
+            self.notify_systemd("STOPPING=1\n");
+        }
     }
 
     /// Answers status requests on the control socket.

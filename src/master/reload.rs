@@ -37,11 +37,13 @@ impl Master {
         }
         self.abandon_rollout("superseded by a new HUP", now);
         self.reloads.begin(now);
+        self.notify_reloading("reloading (HUP)");
         match self.reloaded_config() {
             Ok((config, template)) => self.start_rollout(config, template, now),
             Err(why) => {
                 log::error!("event=reload-failed reason=\"{why}\" action=\"nothing changed\"");
                 self.reloads.end(Some(why));
+                self.notify_ready();
             }
         }
     }
@@ -144,6 +146,7 @@ impl Master {
         self.generation = generation;
         self.target = self.config.workers;
         self.reloads.end(Some(reason));
+        self.notify_ready();
         self.dirty = true;
     }
 

@@ -54,6 +54,7 @@ impl Master {
             return;
         }
         self.upgrades.begin(now);
+        self.notify_reloading("upgrading (USR2)");
         if let Err(why) = self.hand_off_pid_file() {
             self.fail_upgrade(why);
             return;
@@ -171,7 +172,7 @@ impl Master {
         let fds: Vec<_> = self
             .listeners
             .iter()
-            .map(|l| (l.fd.as_raw_fd(), &l.bound))
+            .map(|l| (l.fd.as_raw_fd(), &l.bound, l.external))
             .collect();
         let env = handoff::upgrade_env(&self.launch.env, &fds, self.pid, self.generation)
             .into_iter()
@@ -191,7 +192,7 @@ impl Master {
             argv,
             env,
             Some(chdir),
-            fds.iter().map(|(fd, _)| *fd).collect(),
+            fds.iter().map(|(fd, _, _)| *fd).collect(),
             self.exec_errors_write.as_raw_fd(),
         );
         sys::spawn(&mut plan).map_err(|e| format!("fork: {}", errno_reason(e)))
@@ -200,6 +201,7 @@ impl Master {
     fn fail_upgrade(&mut self, why: String) {
         log::error!("upgrade failed: {why} event=upgrade-failed");
         self.upgrades.end(Some(why));
+        self.notify_ready();
     }
 
     /// The new master exited (we reaped it). Before it took over, this is a
@@ -249,15 +251,24 @@ impl Master {
         }
     }
 
-    /// New master: all our workers are ready; retire the old master.
+    /// All our workers are ready. A new master takes over: tells systemd it
+    /// is the main process now, then retires the old master.
     pub(super) fn on_all_ready(&mut self) {
-        let Some(old) = self.predecessor else {
+        let Some(old) = self.predecessor.filter(|_| !self.retirement.quit_sent) else {
+            // While a new master takes over, our worker count only shrinks
+            // (TTOU): nothing to tell systemd, which follows the new master.
+            if self.upgrade.is_none() {
+                self.notify_ready();
+            }
             return;
         };
-        if self.retirement.quit_sent {
-            return;
-        }
         self.retirement.quit_sent = true;
+        // Before the old master exits, or systemd would stop the service.
+        self.notify_systemd(&format!(
+            "MAINPID={}\nREADY=1\n{}",
+            self.pid,
+            self.status_line()
+        ));
         if !pidfile::is_alive(old.pid) {
             log::info!(
                 "event=upgrade-done old_master={} reason=\"old master already gone\"",

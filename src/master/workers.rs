@@ -465,6 +465,7 @@ impl Master {
                 _ => None,
             },
             Timer::Respawn(slot) => (self.slots.get(slot)?.retry_at == Some(at)).then_some(at),
+            Timer::SystemdWatchdog => Some(at),
         }
     }
 
@@ -521,6 +522,14 @@ impl Master {
                     if let Some(s) = self.slots.get_mut(slot) {
                         s.retry_at = None;
                         self.dirty = true;
+                    }
+                }
+                Timer::SystemdWatchdog => {
+                    if let Some(systemd) = &self.systemd {
+                        systemd.send("WATCHDOG=1\n");
+                        if let Some(interval) = systemd.watchdog_interval {
+                            self.timers.add(now + interval, Timer::SystemdWatchdog);
+                        }
                     }
                 }
             }
