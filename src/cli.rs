@@ -92,6 +92,33 @@ pub struct MasterFlags {
     #[arg(long, value_name = "N")]
     pub max_surge: Option<String>,
 
+    /// Where the master's and the workers' stdout go (reopened on USR1).
+    #[arg(long, value_name = "FILE")]
+    pub stdout_path: Option<PathBuf>,
+
+    /// Where the master's and the workers' stderr (and the master's log) go
+    /// (reopened on USR1).
+    #[arg(long, value_name = "FILE")]
+    pub stderr_path: Option<PathBuf>,
+
+    /// Detach into the background; exit 0 once every worker is ready, 1 with
+    /// the reason if startup failed.
+    #[arg(short = 'D', long)]
+    pub daemonize: bool,
+
+    /// Run workers as this user (name or uid) with its groups; the master
+    /// stays as the starting user.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run workers with this primary group (name or gid) [default: the user's].
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// File mode creation mask for the master and workers, octal (e.g. 0027).
+    #[arg(long, value_name = "MASK")]
+    pub umask: Option<String>,
+
     /// Load and validate the configuration, print what would run, and exit 0 or 1.
     #[arg(short = 't', long)]
     pub check: bool,

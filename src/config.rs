@@ -58,6 +58,30 @@ pub struct Config {
     pub command: Vec<OsString>,
     pub retire: Retire,
     pub max_surge: usize,
+    pub stdout_path: Option<PathBuf>,
+    pub stderr_path: Option<PathBuf>,
+    pub daemonize: bool,
+    /// Run workers as this user (and its groups), resolved at load.
+    pub user: Option<Account>,
+    pub group: Option<Group>,
+    pub umask: Option<u32>,
+}
+
+/// A user to run workers as: its ids and supplementary groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    pub groups: Vec<u32>,
+}
+
+/// A group to run workers as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub gid: u32,
 }
 
 /// One source of settings; `None` means "not said here".
@@ -77,6 +101,12 @@ pub struct Layer {
     pub command: Option<Vec<OsString>>,
     pub retire: Option<Retire>,
     pub max_surge: Option<usize>,
+    pub stdout_path: Option<PathBuf>,
+    pub stderr_path: Option<PathBuf>,
+    pub daemonize: Option<bool>,
+    pub user: Option<Account>,
+    pub group: Option<Group>,
+    pub umask: Option<u32>,
 }
 
 /// The YAML file as written. Values stay loose here so that each key's error
@@ -98,6 +128,12 @@ struct FileKeys {
     command: Option<Vec<String>>,
     retire: Option<String>,
     max_surge: Option<Value>,
+    stdout_path: Option<PathBuf>,
+    stderr_path: Option<PathBuf>,
+    daemonize: Option<bool>,
+    user: Option<Value>,
+    group: Option<Value>,
+    umask: Option<Value>,
 }
 
 /// Loads the file (if any), lays the flags over it, validates, fills defaults.
@@ -127,6 +163,9 @@ pub fn parse_file(text: &str) -> Result<Layer, String> {
     let mut layer = Layer {
         pid: keys.pid,
         working_directory: keys.working_directory,
+        stdout_path: keys.stdout_path,
+        stderr_path: keys.stderr_path,
+        daemonize: keys.daemonize,
         command: keys
             .command
             .map(|c| c.into_iter().map(OsString::from).collect()),
@@ -171,6 +210,21 @@ pub fn parse_file(text: &str) -> Result<Layer, String> {
         let n = max_surge_value(&scalar(&value)).map_err(|w| format!("max_surge: {w}"))?;
         layer.max_surge = Some(n);
     }
+    if let Some(value) = keys.user {
+        layer.user = Some(parse_user(&scalar(&value)).map_err(|w| format!("user: {w}"))?);
+    }
+    if let Some(value) = keys.group {
+        layer.group = Some(parse_group(&scalar(&value)).map_err(|w| format!("group: {w}"))?);
+    }
+    if let Some(value) = keys.umask {
+        if matches!(value, Value::Number(_)) {
+            return Err(
+                "umask: write it quoted, e.g. umask: '0027' (an unquoted number is ambiguous)"
+                    .into(),
+            );
+        }
+        layer.umask = Some(parse_mode(&scalar(&value)).map_err(|w| format!("umask: {w}"))?);
+    }
     Ok(layer)
 }
 
@@ -178,6 +232,9 @@ fn flag_layer(flags: &MasterFlags, command: &[OsString]) -> Result<Layer, String
     let mut layer = Layer {
         pid: flags.pid.clone(),
         working_directory: flags.working_directory.clone(),
+        stdout_path: flags.stdout_path.clone(),
+        stderr_path: flags.stderr_path.clone(),
+        daemonize: flags.daemonize.then_some(true),
         command: (!command.is_empty()).then(|| command.to_vec()),
         ..Layer::default()
     };
@@ -227,6 +284,15 @@ fn flag_layer(flags: &MasterFlags, command: &[OsString]) -> Result<Layer, String
     if let Some(text) = &flags.max_surge {
         layer.max_surge = Some(max_surge_value(text).map_err(|w| format!("--max-surge {w}"))?);
     }
+    if let Some(text) = &flags.user {
+        layer.user = Some(parse_user(text).map_err(|w| format!("--user {w}"))?);
+    }
+    if let Some(text) = &flags.group {
+        layer.group = Some(parse_group(text).map_err(|w| format!("--group {w}"))?);
+    }
+    if let Some(text) = &flags.umask {
+        layer.umask = Some(parse_mode(text).map_err(|w| format!("--umask {w}"))?);
+    }
     Ok(layer)
 }
 
@@ -250,6 +316,12 @@ impl Layer {
             command: self.command.or(base.command),
             retire: self.retire.or(base.retire),
             max_surge: self.max_surge.or(base.max_surge),
+            stdout_path: self.stdout_path.or(base.stdout_path),
+            stderr_path: self.stderr_path.or(base.stderr_path),
+            daemonize: self.daemonize.or(base.daemonize),
+            user: self.user.or(base.user),
+            group: self.group.or(base.group),
+            umask: self.umask.or(base.umask),
         }
     }
 }
@@ -279,6 +351,12 @@ pub fn resolve(config_path: Option<PathBuf>, layer: Layer) -> Result<Config, Str
         command: layer.command.unwrap_or_default(),
         retire: layer.retire.unwrap_or(Retire::Gradual),
         max_surge: layer.max_surge.unwrap_or(1),
+        stdout_path: layer.stdout_path,
+        stderr_path: layer.stderr_path,
+        daemonize: layer.daemonize.unwrap_or(false),
+        user: layer.user,
+        group: layer.group,
+        umask: layer.umask,
     };
     if config.command.is_empty() {
         return Err("missing command: give the app after `--` (forkmaster [OPTIONS] -- COMMAND [ARGS...]) or `command:` in the config file".into());
@@ -344,6 +422,29 @@ impl Config {
         ));
         line(format!("retire: {}", self.retire));
         line(format!("max_surge: {}", self.max_surge));
+        if let Some(user) = &self.user {
+            line(format!(
+                "user: {} (uid {}, gid {})",
+                user.name, user.uid, user.gid
+            ));
+        }
+        if let Some(group) = &self.group {
+            line(format!("group: {} (gid {})", group.name, group.gid));
+        }
+        if let Some(umask) = self.umask {
+            line(format!("umask: {umask:04o}"));
+        }
+        for (key, path) in [
+            ("stdout_path", &self.stdout_path),
+            ("stderr_path", &self.stderr_path),
+        ] {
+            if let Some(path) = path {
+                line(format!("{key}: {}", path.display()));
+            }
+        }
+        if self.daemonize {
+            line("daemonize: yes".into());
+        }
         if let Some(pid) = &self.pid_file {
             line(format!("pid: {}", pid.display()));
         }
@@ -397,6 +498,48 @@ pub fn parse_retire(text: &str) -> Result<Retire, String> {
         "manual" => Ok(Retire::Manual),
         _ => Err(format!("{text:?}: expected gradual, all or manual")),
     }
+}
+
+/// A user by name or uid, with its primary group and supplementary groups.
+pub fn parse_user(text: &str) -> Result<Account, String> {
+    use nix::unistd::{Uid, User};
+    let found = match text.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(text),
+    };
+    let user = found
+        .map_err(|e| format!("{text:?}: {}", e.desc()))?
+        .ok_or_else(|| format!("{text:?}: no such user"))?;
+    let name =
+        std::ffi::CString::new(user.name.as_str()).map_err(|_| format!("{text:?}: bad name"))?;
+    let groups = nix::unistd::getgrouplist(&name, user.gid)
+        .map_err(|e| format!("{text:?}: groups: {}", e.desc()))?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    Ok(Account {
+        name: user.name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        home: user.dir,
+        groups,
+    })
+}
+
+/// A group by name or gid.
+pub fn parse_group(text: &str) -> Result<Group, String> {
+    use nix::unistd::{Gid, Group as NixGroup};
+    let found = match text.parse::<u32>() {
+        Ok(gid) => NixGroup::from_gid(Gid::from_raw(gid)),
+        Err(_) => NixGroup::from_name(text),
+    };
+    let group = found
+        .map_err(|e| format!("{text:?}: {}", e.desc()))?
+        .ok_or_else(|| format!("{text:?}: no such group"))?;
+    Ok(Group {
+        name: group.name,
+        gid: group.gid.as_raw(),
+    })
 }
 
 fn max_surge_value(text: &str) -> Result<usize, String> {
@@ -599,7 +742,8 @@ mod tests {
              workers: 4\npid: /tmp/fm.pid\nworking_directory: /srv/app/current\n\
              env: {PORT: 8080, MODE: prod}\nready: notify\nready_timeout: 30s\ntimeout: 10s\n\
              stop_signal: QUIT\ngraceful_timeout: 1m\nlog_level: debug\ncommand: [ruby, app.rb]\n\
-             retire: manual\nmax_surge: 2\n",
+             retire: manual\nmax_surge: 2\nstdout_path: /tmp/out.log\nstderr_path: /tmp/err.log\n\
+             user: root\ngroup: 0\numask: '0027'\ndaemonize: true\n",
         )
         .unwrap();
         let c = resolve(None, layer).unwrap();
@@ -615,6 +759,11 @@ mod tests {
         assert_eq!(c.stop_signal, Signal::SIGQUIT);
         assert_eq!(c.command, vec![OsString::from("ruby"), "app.rb".into()]);
         assert_eq!(c.retire, Retire::Manual);
+        assert_eq!(c.stdout_path, Some(PathBuf::from("/tmp/out.log")));
+        assert_eq!(c.user.as_ref().map(|u| u.uid), Some(0));
+        assert_eq!(c.group.as_ref().map(|g| g.gid), Some(0));
+        assert_eq!(c.umask, Some(0o027));
+        assert!(c.daemonize);
         assert_eq!(c.max_surge, 2);
     }
 
@@ -685,6 +834,19 @@ mod tests {
             .contains("needs `ready: notify`"));
         l = parse_file("listen: [8080, '0.0.0.0:8080']\ncommand: [app]\n").unwrap();
         assert!(resolve(None, l).err().unwrap().contains("given twice"));
+    }
+
+    #[test]
+    fn accounts() {
+        assert_eq!(parse_user("0").unwrap().name, "root");
+        assert!(parse_user("no-such-user-xyz")
+            .unwrap_err()
+            .contains("no such user"));
+        assert!(parse_group("no-such-group-xyz")
+            .unwrap_err()
+            .contains("no such group"));
+        let err = parse_file("umask: 27\n").err().unwrap();
+        assert!(err.contains("quoted"), "{err}");
     }
 
     #[test]

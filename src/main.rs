@@ -10,9 +10,12 @@ use forkmaster::cli::Cli;
 use forkmaster::error::Error;
 use forkmaster::handoff::Inherited;
 use forkmaster::launch::Launch;
+use forkmaster::logs::LogFiles;
 use forkmaster::master::Master;
 use forkmaster::sockets::Listener;
-use forkmaster::{client, config, logging, pidfile, sys, systemd};
+use forkmaster::{client, config, daemon, logging, pidfile, sys, systemd};
+use nix::sys::stat::Mode;
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -36,18 +39,42 @@ fn main() -> ExitCode {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
+    if config.daemonize && config.stderr_path.is_none() {
+        eprintln!(
+            "forkmaster: warning: --daemonize without --stderr-path: the log goes to /dev/null"
+        );
+    }
+    let report = match config.daemonize.then(daemon::daemonize).transpose() {
+        Ok(report) => report,
+        Err(e) => return fail(&e),
+    };
+    // A copy to report a failure with, once the master owns the original.
+    let failure_report = report.as_ref().and_then(|r| r.try_clone().ok());
     logging::init(config.log_level.as_deref());
     let launch = Launch::capture(&cli.options, &cli.command);
-    match serve(launch, config) {
+    match serve(launch, config, report) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(e) => {
+            if let Some(report) = failure_report {
+                let _ = nix::unistd::write(&report, format!("{e}\n").as_bytes());
+            }
+            fail(&e)
+        }
     }
 }
 
-fn serve(launch: Launch, config: config::Config) -> Result<(), Error> {
+fn serve(launch: Launch, config: config::Config, report: Option<OwnedFd>) -> Result<(), Error> {
+    if let Some(mask) = config.umask {
+        nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    }
+    check_may_switch_user(&config)?;
     if let Some(path) = &config.pid_file {
         pidfile::ensure_not_running(path)?;
     }
+    let mut logs = LogFiles::open(config.stdout_path.as_deref(), config.stderr_path.as_deref())
+        .map_err(Error::Config)?;
+    let (uid, gid) = worker_owner(&config);
+    logs.chown(uid, gid);
     let mut inherited = Inherited::from_env(launch.inherited_fds.as_deref());
     inherited.add_activated(&systemd::activated_fds(
         &launch.env,
@@ -69,9 +96,9 @@ fn serve(launch: Launch, config: config::Config) -> Result<(), Error> {
                 listener.spec.fd_name()
             );
         }
-        return run_master(launch, config, adopted);
+        return run_master(launch, config, adopted, logs, report);
     }
-    let mut listeners = Vec::with_capacity(config.listeners.len());
+    let mut listeners: Vec<(Listener, &str)> = Vec::with_capacity(config.listeners.len());
     for spec in &config.listeners {
         let (listener, how) = match inherited.take(spec) {
             Some(listener) if listener.external => (listener, "activated"),
@@ -89,6 +116,9 @@ fn serve(launch: Launch, config: config::Config) -> Result<(), Error> {
                 }
             },
         };
+        if how == "bound" {
+            listener.chown(uid, gid);
+        }
         log::info!(
             "event=listen addr={} fd={} name={} how={how}",
             listener.bound,
@@ -101,21 +131,56 @@ fn serve(launch: Launch, config: config::Config) -> Result<(), Error> {
     for addr in inherited.leftovers() {
         log::info!("event=listen-closed addr={addr} reason=\"no longer configured\"");
     }
-    run_master(launch, config, listeners)
+    run_master(launch, config, listeners, logs, report)
 }
 
 fn run_master(
     launch: Launch,
     config: config::Config,
     listeners: Vec<Listener>,
+    logs: LogFiles,
+    report: Option<OwnedFd>,
 ) -> Result<(), Error> {
     // Nothing the master inherited may leak into workers.
     sys::set_cloexec_from_3(&[]);
-    let master = Master::new(launch, config.clone(), listeners)?;
+    let master = Master::new(launch, config.clone(), listeners, logs, report)?;
     if let Some(path) = &config.pid_file {
         pidfile::write_pid(path, std::process::id() as i32)?;
     }
     master.run()
+}
+
+/// The owner for files workers use (socket and log files): the worker user.
+fn worker_owner(config: &config::Config) -> (Option<u32>, Option<u32>) {
+    let uid = config.user.as_ref().map(|u| u.uid);
+    let gid = config
+        .group
+        .as_ref()
+        .map(|g| g.gid)
+        .or(config.user.as_ref().map(|u| u.gid));
+    (uid, gid)
+}
+
+/// Only root may run workers as someone else: refuse clearly up front.
+fn check_may_switch_user(config: &config::Config) -> Result<(), Error> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 {
+        return Ok(());
+    }
+    let egid = nix::unistd::getegid().as_raw();
+    if let Some(user) = config.user.as_ref().filter(|u| u.uid != euid) {
+        return Err(Error::Config(format!(
+            "user {}: switching workers to another user needs root (running as uid {euid})",
+            user.name
+        )));
+    }
+    if let Some(group) = config.group.as_ref().filter(|g| g.gid != egid) {
+        return Err(Error::Config(format!(
+            "group {}: switching workers to another group needs root (running as uid {euid})",
+            group.name
+        )));
+    }
+    Ok(())
 }
 
 fn fail(e: &Error) -> ExitCode {

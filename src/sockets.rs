@@ -53,6 +53,15 @@ impl Listener {
         })
     }
 
+    /// Gives our Unix socket file to the workers' user and group.
+    pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) {
+        if let (Address::Unix(path), false) = (&self.bound, uid.is_none() && gid.is_none()) {
+            if let Err(e) = std::os::unix::fs::chown(path, uid, gid) {
+                log::warn!("event=chown-failed path={} error=\"{e}\"", path.display());
+            }
+        }
+    }
+
     /// Wraps a socket inherited from a previous master or from systemd.
     pub fn adopt(spec: &ListenSpec, bound: Address, fd: OwnedFd, external: bool) -> Listener {
         let socket_file = match &bound {

@@ -21,7 +21,7 @@
 use crate::config::{Config, ReadyMode};
 use crate::listen::Address;
 use crate::sockets::Listener;
-use crate::sys::ExecPlan;
+use crate::sys::{Credentials, ExecPlan};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -47,6 +47,8 @@ pub struct WorkerTemplate {
     path_var: Option<OsString>,
     chdir: Option<CString>,
     listener_fds: Vec<RawFd>,
+    credentials: Option<Credentials>,
+    stdio: (Option<RawFd>, Option<RawFd>),
 }
 
 impl WorkerTemplate {
@@ -65,6 +67,20 @@ impl WorkerTemplate {
             .cloned()
             .collect();
         vars.extend(config.env.iter().map(|(k, v)| (k.into(), v.into())));
+        if let Some(user) = &config.user {
+            // As login(1) and systemd's User= set them, unless given.
+            let home = user.home.clone().into_os_string();
+            for (key, value) in [
+                ("USER", user.name.clone().into()),
+                ("LOGNAME", user.name.clone().into()),
+                ("HOME", home),
+            ] {
+                if !config.env.contains_key(key) {
+                    vars.retain(|(k, _)| k != key);
+                    vars.push((key.into(), value));
+                }
+            }
+        }
         let path_var = vars
             .iter()
             .find(|(k, _)| k == "PATH")
@@ -118,7 +134,14 @@ impl WorkerTemplate {
             path_var,
             chdir,
             listener_fds: listeners.iter().map(|l| l.fd.as_raw_fd()).collect(),
+            credentials: credentials(config),
+            stdio: (None, None),
         })
+    }
+
+    /// Workers' stdout and stderr go to these descriptors (the log pipes).
+    pub fn set_stdio(&mut self, stdio: (Option<RawFd>, Option<RawFd>)) {
+        self.stdio = stdio;
     }
 
     /// The program as the user wrote it, for messages.
@@ -145,6 +168,32 @@ impl WorkerTemplate {
             self.listener_fds.clone(),
             error_fd,
         )
+        .with_stdio(self.stdio.0, self.stdio.1)
+        .with_credentials(self.credentials.clone())
+    }
+}
+
+/// Who workers run as: `user` with its groups, `group` as primary group.
+fn credentials(config: &Config) -> Option<Credentials> {
+    match (&config.user, &config.group) {
+        (None, None) => None,
+        (Some(user), group) => {
+            let gid = group.as_ref().map_or(user.gid, |g| g.gid);
+            let mut groups = user.groups.clone();
+            if !groups.contains(&gid) {
+                groups.push(gid);
+            }
+            Some(Credentials {
+                uid: user.uid,
+                gid,
+                groups,
+            })
+        }
+        (None, Some(group)) => Some(Credentials {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: group.gid,
+            groups: vec![group.gid],
+        }),
     }
 }
 

@@ -81,6 +81,7 @@ pub enum ChildStage {
     Chdir = 1,
     Exec = 2,
     Setup = 3,
+    Credentials = 4,
 }
 
 impl ChildStage {
@@ -89,6 +90,7 @@ impl ChildStage {
             1 => Some(ChildStage::Chdir),
             2 => Some(ChildStage::Exec),
             3 => Some(ChildStage::Setup),
+            4 => Some(ChildStage::Credentials),
             _ => None,
         }
     }
@@ -124,6 +126,18 @@ pub struct ExecPlan {
     /// A worker gets its own process group, a parent-death signal and the
     /// listeners renumbered from 3; a new master keeps the fds where they are.
     worker: bool,
+    /// Descriptors to become the worker's stdout and stderr.
+    stdio: [Option<RawFd>; 2],
+    /// User, group and supplementary groups to switch to.
+    credentials: Option<Credentials>,
+}
+
+/// Who a worker runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -164,7 +178,21 @@ impl ExecPlan {
             error_fd,
             parent: std::process::id() as pid_t,
             worker: true,
+            stdio: [None, None],
+            credentials: None,
         }
+    }
+
+    /// Sends the worker's stdout and stderr to these descriptors.
+    pub fn with_stdio(mut self, stdout: Option<RawFd>, stderr: Option<RawFd>) -> ExecPlan {
+        self.stdio = [stdout, stderr];
+        self
+    }
+
+    /// Runs the worker as another user.
+    pub fn with_credentials(mut self, credentials: Option<Credentials>) -> ExecPlan {
+        self.credentials = credentials;
+        self
     }
 
     /// Prepares the exec of a new master (an upgrade): `listeners` stay at
@@ -238,6 +266,22 @@ unsafe fn exec_child(plan: &mut ExecPlan) -> ! {
     // does not reach workers; the master signals them itself.
     if libc::setpgid(0, 0) != 0 {
         fail(plan.error_fd, ChildStage::Setup);
+    }
+    for (i, fd) in plan.stdio.iter().enumerate() {
+        if let Some(fd) = fd {
+            if libc::dup2(*fd, 1 + i as c_int) < 0 {
+                fail(plan.error_fd, ChildStage::Setup);
+            }
+        }
+    }
+    // Before the death signal: changing credentials clears it.
+    if let Some(c) = &plan.credentials {
+        if libc::setgroups(c.groups.len(), c.groups.as_ptr()) != 0
+            || libc::setgid(c.gid) != 0
+            || libc::setuid(c.uid) != 0
+        {
+            fail(plan.error_fd, ChildStage::Credentials);
+        }
     }
     // Die with the master, so no orphan keeps serving on the port.
     if libc::prctl(

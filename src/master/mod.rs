@@ -18,6 +18,7 @@ use crate::control::ControlSocket;
 use crate::error::{errno_reason, Error, Result};
 use crate::handoff::Predecessor;
 use crate::launch::Launch;
+use crate::logs::LogFiles;
 use crate::notify::NotifySocket;
 use crate::pidfile;
 use crate::plan::Slot;
@@ -135,12 +136,22 @@ pub struct Master {
     reloads: Record,
     /// systemd's notify socket, when it started us with one.
     systemd: Option<Notifier>,
+    /// `stdout_path`/`stderr_path` and the pipes workers write into.
+    logs: LogFiles,
+    /// `--daemonize`: tells the launching process once all workers are ready.
+    ready_report: Option<OwnedFd>,
 }
 
 impl Master {
     /// Takes over bound listeners; installs signal handling, the notify and
     /// control sockets.
-    pub fn new(launch: Launch, config: Config, listeners: Vec<Listener>) -> Result<Master> {
+    pub fn new(
+        launch: Launch,
+        config: Config,
+        listeners: Vec<Listener>,
+        logs: LogFiles,
+        ready_report: Option<OwnedFd>,
+    ) -> Result<Master> {
         let io_err = |call| {
             move |e: std::io::Error| Error::Sys {
                 call,
@@ -159,7 +170,7 @@ impl Master {
         let pid = std::process::id() as i32;
         let systemd = Notifier::from_env(&launch.env, &[pid, predecessor.map_or(pid, |p| p.pid)]);
         let generation = predecessor.map_or(1, |p| p.generation + 1);
-        let template = WorkerTemplate::new(
+        let mut template = WorkerTemplate::new(
             &config,
             &listeners,
             &launch.env,
@@ -167,6 +178,7 @@ impl Master {
             generation,
         )
         .map_err(Error::Config)?;
+        template.set_stdio(logs.worker_stdio());
         Ok(Master {
             launch,
             target: config.workers,
@@ -199,6 +211,8 @@ impl Master {
             rollout: None,
             reloads: Record::default(),
             systemd,
+            logs,
+            ready_report,
         })
     }
 
@@ -236,6 +250,7 @@ impl Master {
                 self.advance_rollout(now);
             }
             self.serve_status();
+            self.logs.drain();
             if matches!(self.phase, Phase::Stopping { .. }) && self.workers.is_empty() {
                 return self.finish();
             }
@@ -256,12 +271,17 @@ impl Master {
                 PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.exec_errors.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
         ];
+        fds.extend(
+            self.logs
+                .poll_fds()
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+        );
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => log::error!("event=poll-failed error=\"{}\"", errno_reason(e)),
@@ -322,6 +342,7 @@ impl Master {
     /// USR1: reopen our log files and pass the signal on to every worker.
     fn on_usr1(&mut self) {
         log::info!("event=reopen-logs workers={}", self.workers.len());
+        self.logs.reopen();
         for pid in self.workers.keys() {
             let _ = kill(Pid::from_raw(*pid), NixSignal::SIGUSR1);
         }
@@ -375,8 +396,12 @@ impl Master {
         )
     }
 
-    /// `READY=1`: serving with every worker ready (again).
-    fn notify_ready(&self) {
+    /// `READY=1`: serving with every worker ready (again). The first time,
+    /// a launching process waiting on `--daemonize` hears it too.
+    fn notify_ready(&mut self) {
+        if let Some(report) = self.ready_report.take() {
+            let _ = nix::unistd::write(&report, b"ready\n");
+        }
         self.notify_systemd(&format!("READY=1\n{}", self.status_line()));
     }
 
@@ -440,7 +465,8 @@ impl Master {
     }
 
     /// Leaves: pid file and socket files removed if still ours.
-    fn finish(self) -> Result<()> {
+    fn finish(mut self) -> Result<()> {
+        self.logs.drain();
         if let Some(path) = &self.config.pid_file {
             pidfile::remove_if_ours(path, self.pid);
             pidfile::remove_if_ours(&upgrade::oldbin_path(path), self.pid);

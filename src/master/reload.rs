@@ -66,13 +66,23 @@ impl Master {
             log::warn!("event=reload pid=unchanged reason=\"a new pid file needs USR2 (upgrade)\"");
             config.pid_file = self.config.pid_file.clone();
         }
-        let template = WorkerTemplate::new(
+        let mut template = WorkerTemplate::new(
             &config,
             &self.listeners,
             &self.launch.env,
             &self.notify.env_value,
             self.generation + 1,
         )?;
+        template.set_stdio(self.logs.worker_stdio());
+        if (&config.stdout_path, &config.stderr_path)
+            != (&self.config.stdout_path, &self.config.stderr_path)
+        {
+            log::warn!(
+                "event=reload log_files=unchanged reason=\"new log files need USR2 (upgrade)\""
+            );
+            config.stdout_path = self.config.stdout_path.clone();
+            config.stderr_path = self.config.stderr_path.clone();
+        }
         Ok((config, template))
     }
 

@@ -187,6 +187,10 @@ impl Master {
                 Some(ChildStage::Exec) => {
                     format!("exec {}", self.template.program().to_string_lossy())
                 }
+                Some(ChildStage::Credentials) => match &self.config.user {
+                    Some(user) => format!("switch to user {}", user.name),
+                    None => "switch group".to_string(),
+                },
                 _ => "child setup".to_string(),
             };
             let why = format!("{what}: {}", errno.desc());
