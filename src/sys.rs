@@ -218,20 +218,51 @@ pub fn spawn(plan: &mut ExecPlan) -> Result<pid_t, Errno> {
     // Keep the box alive and unmoved across the fork; the child writes into it
     // through `listen_pid_ptr`.
     let _ = &plan.listen_pid;
+    // Signals stay blocked across the fork until the child has reset our
+    // handlers: a handler run in the child would write into the master's
+    // self-pipe, and the master would act on a signal that was not its own.
+    // SAFETY: sigfillset initialises the set; sigprocmask reads it and
+    // writes the old mask into `old`.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+    }
     // SAFETY: the master is single-threaded; the child only runs
     // `exec_child`, which is async-signal-safe and never returns.
-    match unsafe { libc::fork() } {
+    let result = match unsafe { libc::fork() } {
         -1 => Err(Errno::last()),
         0 => unsafe { exec_child(plan) },
         pid => Ok(pid),
-    }
+    };
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    result
 }
+
+/// Signals the master handles; a child resets them before unblocking.
+static HANDLED: [c_int; 10] = [
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGCHLD,
+];
 
 /// The child side. Only async-signal-safe calls; ends in exec or `_exit`.
 ///
 /// # Safety
 /// Must be called only in a freshly forked child of a single-threaded parent.
 unsafe fn exec_child(plan: &mut ExecPlan) -> ! {
+    for signal in HANDLED {
+        libc::signal(signal, libc::SIG_DFL);
+    }
     let empty: libc::sigset_t = {
         let mut set = std::mem::zeroed();
         libc::sigemptyset(&mut set);
