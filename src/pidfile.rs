@@ -90,11 +90,12 @@ pub fn write_pid(path: &Path, pid: i32) -> Result<()> {
         source,
     };
     let tmp = temp_path(path);
+    // No fsync: the rename alone makes the change atomic for readers, and a
+    // pid file need not survive a power cut. Under I/O load an fsync can
+    // stall for seconds, and an upgrading master writes this before it
+    // starts its workers.
     let result = std::fs::File::create(&tmp)
-        .and_then(|mut file| {
-            file.write_all(format!("{pid}\n").as_bytes())?;
-            file.sync_all()
-        })
+        .and_then(|mut file| file.write_all(format!("{pid}\n").as_bytes()))
         .and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -206,14 +206,30 @@ impl Listener {
     }
 
     /// std's accept uses accept4(SOCK_CLOEXEC); the listener's own flags are left alone.
+    /// One accept(2), returning EINTR to the caller (std's accept retries on
+    /// EINTR, which would defeat the interrupt a stop relies on).
     fn accept(&self) -> io::Result<Conn> {
+        // SAFETY: null address arguments are allowed; the fd is our listener.
+        let fd = unsafe {
+            libc::accept4(
+                self.fd(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: accept4 returned a new descriptor that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(match self {
-            Listener::Tcp(l) => {
-                let (s, _) = l.accept()?;
+            Listener::Tcp(_) => {
+                let s = TcpStream::from(owned);
                 let _ = s.set_nodelay(true);
                 Box::new(s)
             }
-            Listener::Unix(l) => Box::new(l.accept()?.0),
+            Listener::Unix(_) => Box::new(UnixStream::from(owned)),
         })
     }
 }
