@@ -27,35 +27,64 @@ pub struct Predecessor {
     pub generation: u32,
 }
 
-/// `3=127.0.0.1:8080;s4=unix:/run/app.sock` for these listeners; `s` marks
-/// a socket systemd owns (socket activation).
-pub fn encode_listeners(listeners: &[(RawFd, &Address, bool)]) -> String {
+/// One socket handed to a new master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handed {
+    pub fd: RawFd,
+    pub address: Address,
+    /// Owned by systemd (socket activation): never unlinked by us.
+    pub external: bool,
+    /// Its systemd `LISTEN_FDNAMES` name, kept across upgrades.
+    pub name: Option<String>,
+}
+
+/// `3=127.0.0.1:8080;s4:web=unix:/run/app.sock`: `s` marks a socket systemd
+/// owns, `:NAME` its systemd name (names hold no `:` or `=`).
+pub fn encode_listeners(listeners: &[Handed]) -> String {
     listeners
         .iter()
-        .map(|(fd, addr, external)| format!("{}{fd}={addr}", if *external { "s" } else { "" }))
+        .map(|h| {
+            let s = if h.external { "s" } else { "" };
+            let name = h
+                .name
+                .as_deref()
+                .map(|n| format!(":{n}"))
+                .unwrap_or_default();
+            format!("{s}{}{name}={}", h.fd, h.address)
+        })
         .collect::<Vec<_>>()
         .join(";")
 }
 
-/// Parses `FORKMASTER_INHERIT_FDS`: (fd, address, owned by systemd).
-pub fn decode_listeners(text: &str) -> Result<Vec<(RawFd, Address, bool)>, String> {
+/// Parses `FORKMASTER_INHERIT_FDS`.
+pub fn decode_listeners(text: &str) -> Result<Vec<Handed>, String> {
     text.split(';')
         .filter(|part| !part.is_empty())
         .map(|part| {
-            let (fd, addr) = part
+            let (head, addr) = part
                 .split_once('=')
                 .ok_or_else(|| format!("{INHERIT_VAR}: {part:?} is not FD=ADDRESS"))?;
-            let (fd, external) = match fd.strip_prefix('s') {
-                Some(fd) => (fd, true),
-                None => (fd, false),
+            let (head, external) = match head.strip_prefix('s') {
+                Some(head) => (head, true),
+                None => (head, false),
+            };
+            let (fd, name) = match head.split_once(':') {
+                Some((fd, name)) if !name.is_empty() => (fd, Some(name.to_string())),
+                Some(_) => return Err(format!("{INHERIT_VAR}: empty name in {part:?}")),
+                None => (head, None),
             };
             let fd: RawFd = fd
                 .parse()
                 .ok()
                 .filter(|fd| *fd >= 3)
                 .ok_or_else(|| format!("{INHERIT_VAR}: bad fd {fd:?}"))?;
-            let addr = parse_address(addr).map_err(|w| format!("{INHERIT_VAR}: {w}"))?;
-            Ok((fd, addr, external))
+            let address = parse_address(addr).map_err(|w| format!("{INHERIT_VAR}: {w}"))?;
+            Ok(Handed {
+                fd,
+                address,
+                external,
+                name,
+            })
         })
         .collect()
 }
@@ -100,9 +129,15 @@ impl Inherited {
                 Vec::new()
             }
         };
-        for (fd, claimed, external) in entries {
+        for Handed {
+            fd,
+            address: claimed,
+            external,
+            name,
+        } in entries
+        {
             match verify(fd) {
-                Ok(bound) if bound == claimed => inherited.adopt(fd, bound, None, external),
+                Ok(bound) if bound == claimed => inherited.adopt(fd, bound, name, external),
                 Ok(bound) => log::warn!(
                     "event=inherit-ignored fd={fd} addr={claimed} reason=\"bound to {bound}\""
                 ),
@@ -156,7 +191,7 @@ impl Inherited {
                 _ => same_address(&spec.address, &a.bound),
             })?;
         let a = self.sockets.remove(i);
-        Some(Listener::adopt(spec, a.bound, a.fd, a.external))
+        Some(Listener::adopt(spec, a.bound, a.fd, a.external, a.name))
     }
 
     /// All remaining sockets as listeners (socket activation without `--listen`).
@@ -166,11 +201,11 @@ impl Inherited {
             .map(|a| {
                 let spec = ListenSpec {
                     address: a.bound.clone(),
-                    name: a.name,
+                    name: a.name.clone(),
                     backlog: crate::listen::DEFAULT_BACKLOG,
                     mode: None,
                 };
-                Listener::adopt(&spec, a.bound, a.fd, a.external)
+                Listener::adopt(&spec, a.bound, a.fd, a.external, a.name)
             })
             .collect()
     }
@@ -214,7 +249,7 @@ fn verify(fd: RawFd) -> Result<Address, String> {
 /// handoff variables, plus the new ones.
 pub fn upgrade_env(
     base: &[(OsString, OsString)],
-    listeners: &[(RawFd, &Address, bool)],
+    listeners: &[Handed],
     pid: i32,
     generation: u32,
 ) -> Vec<(OsString, OsString)> {
@@ -239,12 +274,24 @@ mod tests {
     fn listeners_round_trip() {
         let tcp = Address::Tcp("127.0.0.1:8080".parse().unwrap());
         let unix = Address::Unix("/run/app.sock".into());
-        let text = encode_listeners(&[(3, &tcp, false), (4, &unix, true)]);
-        assert_eq!(text, "3=127.0.0.1:8080;s4=unix:/run/app.sock");
-        assert_eq!(
-            decode_listeners(&text).unwrap(),
-            vec![(3, tcp, false), (4, unix, true)]
-        );
+        let handed = vec![
+            Handed {
+                fd: 3,
+                address: tcp,
+                external: false,
+                name: None,
+            },
+            Handed {
+                fd: 4,
+                address: unix,
+                external: true,
+                name: Some("web".into()),
+            },
+        ];
+        let text = encode_listeners(&handed);
+        assert_eq!(text, "3=127.0.0.1:8080;s4:web=unix:/run/app.sock");
+        assert_eq!(decode_listeners(&text).unwrap(), handed);
+        assert!(decode_listeners("s4:=unix:/a").is_err());
         assert_eq!(decode_listeners("").unwrap(), vec![]);
         assert!(decode_listeners("x=80").is_err());
         assert!(decode_listeners("1=127.0.0.1:80").is_err());

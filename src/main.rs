@@ -39,12 +39,20 @@ fn main() -> ExitCode {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
-    if config.daemonize && config.stderr_path.is_none() {
+    if config.daemonize
+        && config.stderr_path.is_none()
+        && std::env::var_os(forkmaster::handoff::UPGRADE_VAR).is_none()
+    {
         eprintln!(
             "forkmaster: warning: --daemonize without --stderr-path: the log goes to /dev/null"
         );
     }
-    let report = match config.daemonize.then(daemon::daemonize).transpose() {
+    // A master started by an upgrade runs where its old master put it.
+    let upgrading = std::env::var_os(forkmaster::handoff::UPGRADE_VAR).is_some();
+    let report = match (config.daemonize && !upgrading)
+        .then(daemon::daemonize)
+        .transpose()
+    {
         Ok(report) => report,
         Err(e) => return fail(&e),
     };

@@ -30,6 +30,8 @@ pub struct Listener {
     pub socket_file: Option<(u64, u64)>,
     /// Owned by systemd (socket activation): never unlinked by us.
     pub external: bool,
+    /// Its systemd name (`LISTEN_FDNAMES`), handed on at upgrades.
+    pub systemd_name: Option<String>,
 }
 
 impl Listener {
@@ -50,6 +52,7 @@ impl Listener {
             fd,
             socket_file,
             external: false,
+            systemd_name: None,
         })
     }
 
@@ -63,7 +66,13 @@ impl Listener {
     }
 
     /// Wraps a socket inherited from a previous master or from systemd.
-    pub fn adopt(spec: &ListenSpec, bound: Address, fd: OwnedFd, external: bool) -> Listener {
+    pub fn adopt(
+        spec: &ListenSpec,
+        bound: Address,
+        fd: OwnedFd,
+        external: bool,
+        systemd_name: Option<String>,
+    ) -> Listener {
         let socket_file = match &bound {
             Address::Unix(path) => file_identity(path),
             Address::Tcp(_) => None,
@@ -74,6 +83,7 @@ impl Listener {
             fd,
             socket_file,
             external,
+            systemd_name,
         }
     }
 

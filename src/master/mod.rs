@@ -411,8 +411,11 @@ impl Master {
 
     /// `STOPPING=1`, unless a new master we started is taking over: then
     /// systemd follows it (`MAINPID`), and our stop is not the service's.
+    /// The same holds for a new master stopped while its old master still
+    /// serves (a rollback): the old one takes the service back.
     fn notify_stopping(&self) {
-        if self.upgrade.is_none() {
+        let old_serves = self.predecessor.is_some_and(|p| pidfile::is_alive(p.pid));
+        if self.upgrade.is_none() && !old_serves {
             self.notify_systemd("STOPPING=1\n");
         }
     }

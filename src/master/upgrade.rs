@@ -172,7 +172,12 @@ impl Master {
         let fds: Vec<_> = self
             .listeners
             .iter()
-            .map(|l| (l.fd.as_raw_fd(), &l.bound, l.external))
+            .map(|l| handoff::Handed {
+                fd: l.fd.as_raw_fd(),
+                address: l.bound.clone(),
+                external: l.external,
+                name: l.systemd_name.clone(),
+            })
             .collect();
         let env = handoff::upgrade_env(&self.launch.env, &fds, self.pid, self.generation)
             .into_iter()
@@ -192,7 +197,7 @@ impl Master {
             argv,
             env,
             Some(chdir),
-            fds.iter().map(|(fd, _, _)| *fd).collect(),
+            fds.iter().map(|h| h.fd).collect(),
             self.exec_errors_write.as_raw_fd(),
         );
         sys::spawn(&mut plan).map_err(|e| format!("fork: {}", errno_reason(e)))
@@ -201,7 +206,12 @@ impl Master {
     fn fail_upgrade(&mut self, why: String) {
         log::error!("upgrade failed: {why} event=upgrade-failed");
         self.upgrades.end(Some(why));
-        self.notify_ready();
+        // The new master may have told systemd it was the main process.
+        self.notify_systemd(&format!(
+            "MAINPID={}\nREADY=1\n{}",
+            self.pid,
+            self.status_line()
+        ));
     }
 
     /// The new master exited (we reaped it). Before it took over, this is a

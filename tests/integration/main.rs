@@ -11,3 +11,9 @@ mod serving;
 mod signals;
 mod supervision;
 mod upgrades;
+
+mod daemon;
+mod init_script;
+mod log_files;
+mod privileges;
+mod systemd;

@@ -425,3 +425,95 @@ pub fn client(args: &[&str], timeout: Duration) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Starts any command that becomes forkmaster (e.g. `/bin/sh -c '... exec
+/// forkmaster ...'`, which keeps the shell's pid), guarded like `start`:
+/// stdin from /dev/null, both output streams into `<dir>/spawned-<n>.log`.
+pub fn spawn_master(dir: &TempDir, mut cmd: Command) -> Master {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let log_path = dir.join(&format!("spawned-{n}.log"));
+    let log = std::fs::File::create(&log_path).expect("create log");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .env_remove("RUST_LOG");
+    let child = cmd.spawn().expect("spawn forkmaster");
+    Master {
+        child,
+        log_path,
+        status: None,
+        pid_file: None,
+    }
+}
+
+/// Runs any command to completion with its output captured, killing it and
+/// its descendants if it outlives `timeout`.
+pub fn run_command(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("RUST_LOG")
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            for p in descendants_of(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+            }
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "{cmd:?} did not exit within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("wait_with_output")
+}
+
+/// A file's content as text (lossy), empty if it cannot be read.
+pub fn file_text(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// Waits until the file holds `needle` at least `count` times; its content.
+pub fn wait_file_count(path: &Path, needle: &str, count: usize, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = file_text(path);
+        if text.matches(needle).count() >= count {
+            return text;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {count} x {needle:?} in {}:\n{text}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn wait_file(path: &Path, needle: &str, timeout: Duration) -> String {
+    wait_file_count(path, needle, 1, timeout)
+}
+
+/// What `/proc/<pid>/fd/<fd>` points at (`/dev/null`, `pipe:[123]`, a path).
+pub fn fd_target(pid: i32, fd: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("<{e}>"))
+}
+
+/// A field of `/proc/<pid>/status` (`Uid`, `Gid`, `Groups`, `Umask`), trimmed.
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
