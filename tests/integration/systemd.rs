@@ -333,7 +333,10 @@ fn a_failed_upgrade_or_reload_reports_ready_again() {
     // The old master takes the service back: MAINPID names it again.
     let back = systemd.next("MAINPID + READY after the failure");
     assert_eq!(back.pid, old);
-    assert_eq!(back.text, format!("MAINPID={old}\n{}", ready_note(old, 1).text));
+    assert_eq!(
+        back.text,
+        format!("MAINPID={old}\n{}", ready_note(old, 1).text)
+    );
     let served = get(&Target::unix(dir.join("app.sock")), "/").expect("GET /");
     assert_eq!(served.fields()["generation"], "1");
     assert_eq!(read_pid(&pid_file), Some(old));
