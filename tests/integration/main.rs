@@ -11,3 +11,7 @@ mod serving;
 mod signals;
 mod supervision;
 mod upgrades;
+
+mod clients;
+mod reloads;
+mod upgrade_failures;
