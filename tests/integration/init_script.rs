@@ -63,6 +63,25 @@ fn is_forkmaster(pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok() == ours
 }
 
+/// Live processes of our forkmaster binary whose command line names `config`.
+fn masters_of(config: &Path) -> Vec<i32> {
+    let config = config.to_string_lossy();
+    let mut found: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| is_running(pid) && is_forkmaster(pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).split('\0').any(|a| a == config))
+                .unwrap_or(false)
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
 /// One service: a config in a temp dir, driven through the init script.
 struct Service<'a> {
     dir: &'a TempDir,
@@ -217,6 +236,7 @@ fn init_script_drives_the_whole_life_of_a_service() {
     assert!(is_running(first));
     let answer = serves_now(&target);
     assert_eq!(answer["generation"], "1", "{answer:?}");
+    assert_eq!(masters_of(&service.config), vec![first]);
 
     let status = service.expect("status", 0);
     assert!(
@@ -241,6 +261,8 @@ fn init_script_drives_the_whole_life_of_a_service() {
         assert!(!is_running(pid), "old worker {pid} still runs");
     }
     assert!(!dir.join("app.pid.oldbin").exists());
+    // The new master did not daemonize again: no second launcher lingers.
+    assert_eq!(masters_of(&service.config), vec![second]);
     let answer = serves_now(&target);
     assert_eq!(answer["generation"], "2", "{answer:?}");
     service.expect("status", 0);

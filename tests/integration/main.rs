@@ -3,17 +3,19 @@
 
 mod support;
 
+mod clients;
 mod config_errors;
+mod daemon;
 mod environment;
+mod init_script;
 mod listeners;
+mod log_files;
 mod pidfile;
+mod privileges;
+mod reloads;
 mod serving;
 mod signals;
 mod supervision;
-mod upgrades;
-
-mod daemon;
-mod init_script;
-mod log_files;
-mod privileges;
 mod systemd;
+mod upgrade_failures;
+mod upgrades;

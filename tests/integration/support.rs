@@ -6,13 +6,15 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use nix::sys::signal::Signal;
@@ -96,11 +98,27 @@ impl Master {
     }
 
     pub fn start_with(dir: &TempDir, args: &[&str], setup: impl FnOnce(&mut Command)) -> Master {
+        Master::start_program_with(dir, Path::new(forkmaster()), args, setup)
+    }
+
+    /// Starts the master as `program ARGS` (e.g. a symlink to the binary, so
+    /// that an upgrade re-execs whatever that path names then).
+    pub fn start_program(dir: &TempDir, program: &Path, args: &[&str]) -> Master {
+        Master::start_program_with(dir, program, args, |_| {})
+    }
+
+    /// `start_program` with a last say on the command (e.g. other streams).
+    pub fn start_program_with(
+        dir: &TempDir,
+        program: &Path,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Master {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let log_path = dir.join(&format!("master-{n}.log"));
         let log = std::fs::File::create(&log_path).expect("create log");
-        let mut cmd = Command::new(forkmaster());
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -516,4 +534,262 @@ pub fn proc_status(pid: i32, field: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| v.trim().to_string())
+}
+
+/// A bounded HTTP load: threads sending `GET /` until stopped, counting
+/// answers (by the generation that gave them) and failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    generations: Arc<Mutex<BTreeMap<String, u64>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(target: &Target, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let generations = Arc::new(Mutex::new(BTreeMap::new()));
+        let deadline = Instant::now() + secs(300);
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, errors, generations, target) = (
+                    stop.clone(),
+                    ok.clone(),
+                    errors.clone(),
+                    generations.clone(),
+                    target.clone(),
+                );
+                std::thread::spawn(move || {
+                    // Bounded in count and time, whatever the test does.
+                    for _ in 0..1_000_000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                            return;
+                        }
+                        match get(&target, "/") {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                let generation =
+                                    r.fields().remove("generation").unwrap_or_default();
+                                *generations.lock().unwrap().entry(generation).or_default() += 1;
+                            }
+                            Ok(r) => errors.lock().unwrap().push(format!("status {}", r.status)),
+                            Err(e) => errors.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            errors,
+            generations,
+            threads,
+        }
+    }
+
+    /// Waits until at least `n` more requests have been answered.
+    pub fn wait_answers(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        wait_for(&format!("{n} more answers under load"), secs(20), || {
+            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    /// Answers so far, by the `generation` that gave them.
+    pub fn generations(&self) -> BTreeMap<String, u64> {
+        self.generations.lock().unwrap().clone()
+    }
+
+    /// Stops the load; (requests answered 200, failures).
+    pub fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().expect("load thread");
+        }
+        let errors = std::mem::take(&mut *self.errors.lock().unwrap());
+        (self.ok.load(Ordering::Relaxed), errors)
+    }
+
+    /// Stops the load and panics unless every request was answered 200;
+    /// the answers by generation.
+    pub fn finish_without_failures(self) -> BTreeMap<String, u64> {
+        let generations = self.generations();
+        let (ok, errors) = self.finish();
+        assert!(
+            errors.is_empty(),
+            "{} requests failed, {ok} answered: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        assert!(ok > 0, "no request was answered");
+        generations
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // A test that panics must not leave load threads hammering on.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A config file for the demo app behind a Unix socket, with a token file.
+pub struct App {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub pid_file: PathBuf,
+    pub token: PathBuf,
+    pub target: Target,
+}
+
+impl App {
+    pub fn new(workers: usize, extra: &str) -> App {
+        let dir = TempDir::new();
+        let config = dir.join("forkmaster.yml");
+        let pid_file = dir.join("app.pid");
+        let token = dir.join("token");
+        let socket = dir.join("app.sock");
+        std::fs::write(&token, "boot-0").unwrap();
+        let app = App {
+            target: Target::unix(&socket),
+            config,
+            pid_file,
+            token,
+            dir,
+        };
+        app.write_config(workers, extra);
+        app
+    }
+
+    /// Rewrites the config file; `extra` holds more YAML lines, which may
+    /// replace base keys (`listen`, `env`, `command`, ...).
+    pub fn write_config(&self, workers: usize, extra: &str) {
+        std::fs::write(&self.config, self.config_text(workers, extra)).unwrap();
+    }
+
+    /// The config file text `write_config` writes: the base keys, less the
+    /// ones `extra` gives itself, then `extra`.
+    pub fn config_text(&self, workers: usize, extra: &str) -> String {
+        let base = [
+            ("pid", format!("{}", self.pid_file.display())),
+            ("listen", format!("['unix:{}']", self.socket().display())),
+            ("workers", workers.to_string()),
+            ("ready", "notify".to_string()),
+            ("graceful_timeout", "10s".to_string()),
+            (
+                "env",
+                format!("{{DEMO_TOKEN_FILE: '{}'}}", self.token.display()),
+            ),
+            ("command", format!("['{}']", demo())),
+        ];
+        let mut text = String::new();
+        for (key, value) in base {
+            if !extra.lines().any(|l| l.starts_with(&format!("{key}:"))) {
+                text.push_str(&format!("{key}: {value}\n"));
+            }
+        }
+        text.push_str(extra);
+        text
+    }
+
+    /// `env:` with the token file and these extra `KEY: 'value'` pairs.
+    pub fn env_line(&self, extra: &[(&str, &str)]) -> String {
+        let mut pairs = vec![format!("DEMO_TOKEN_FILE: '{}'", self.token.display())];
+        pairs.extend(extra.iter().map(|(k, v)| format!("{k}: '{v}'")));
+        format!("env: {{{}}}\n", pairs.join(", "))
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        match &self.target {
+            Target::Unix(p) => p.clone(),
+            Target::Tcp(a) => panic!("App serves on a Unix socket, not {a}"),
+        }
+    }
+
+    pub fn start(&self) -> Master {
+        self.start_program(Path::new(forkmaster()))
+    }
+
+    /// Starts the master as `program -c CONFIG` and waits until all ready.
+    pub fn start_program(&self, program: &Path) -> Master {
+        let mut master = Master::start_program(&self.dir, program, &["-c", self.cfg()]);
+        master.pid_file = Some(self.pid_file.clone());
+        master.wait_ready();
+        master
+    }
+
+    pub fn cfg(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+
+    pub fn set_token(&self, token: &str) {
+        std::fs::write(&self.token, token).unwrap();
+    }
+
+    pub fn token_served(&self) -> String {
+        let r = get(&self.target, "/").expect("GET /");
+        r.fields()["token"].clone()
+    }
+
+    pub fn master_pid(&self) -> i32 {
+        read_pid(&self.pid_file).expect("pid file")
+    }
+
+    pub fn oldbin(&self) -> PathBuf {
+        PathBuf::from(format!("{}.oldbin", self.pid_file.display()))
+    }
+
+    /// `forkmaster status -p PIDFILE --json`, parsed; `None` unless it
+    /// exits 0. (By pid file: the config file may be broken on purpose.)
+    pub fn try_status(&self) -> Option<serde_json::Value> {
+        let pid_file = self.pid_file.to_str().unwrap();
+        let (code, out, _) = client(&["status", "-p", pid_file, "--json"], secs(10));
+        (code == 0).then(|| serde_json::from_str(&out).expect("status --json is JSON"))
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let pid_file = self.pid_file.to_str().unwrap();
+        let (code, out, err) = client(&["status", "-p", pid_file, "--json"], secs(10));
+        assert_eq!(code, 0, "status: {out}{err}");
+        serde_json::from_str(&out).expect("status --json is JSON")
+    }
+
+    /// Polls the status until `check` holds; panics with the last status.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.try_status();
+            if let Some(s) = status.as_ref().filter(|s| check(s)) {
+                return s.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}; last status: {status:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The worker pids in a status, by slot.
+    pub fn worker_pids(status: &serde_json::Value) -> Vec<(u64, i64)> {
+        status["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| (w["slot"].as_u64().unwrap(), w["pid"].as_i64().unwrap()))
+            .collect()
+    }
+}
+
+/// Asserts `path` does not exist.
+pub fn assert_no_file(path: &Path) {
+    assert!(!path.exists(), "{} should not exist", path.display());
 }
