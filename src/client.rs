@@ -239,7 +239,7 @@ fn reload(args: &WaitArgs) -> Step<Outcome> {
         );
         match s.reload.state.as_str() {
             "failed" => Some(Err(Outcome::Failed(format!(
-                "reload failed: {}; the old workers keep serving",
+                "reload failed: {}; the rollout stopped and the previous configuration stays in force",
                 s.reload.reason.unwrap_or_default()
             )))),
             "done" if s.ready == s.target => Some(Ok(format!(

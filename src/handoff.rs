@@ -4,7 +4,7 @@
 //! | variable                  | value                                      |
 //! |---------------------------|--------------------------------------------|
 //! | `FORKMASTER_INHERIT_FDS`  | `3=127.0.0.1:8080;4=unix:/run/app.sock`    |
-//! | `FORKMASTER_UPGRADE_FROM` | `<old master pid>:<old generation>`        |
+//! | `FORKMASTER_UPGRADE_FROM` | `<old master pid>:<highest generation>`    |
 //!
 //! The fd numbers come from the environment, so this is the one place that
 //! trusts a raw fd number: each is checked to be a listening socket bound to

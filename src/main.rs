@@ -25,7 +25,11 @@ fn main() -> ExitCode {
     }
     let config = match config::load(&cli.options, &cli.command) {
         Ok(config) => config,
-        Err(why) => return fail(&Error::Config(why)),
+        Err(why) => {
+            let e = Error::Config(why);
+            report_to_old_master(&e);
+            return fail(&e);
+        }
     };
     if cli.options.check {
         let activated = systemd::activated_fds(
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
             if let Some(report) = failure_report {
                 let _ = nix::unistd::write(&report, format!("{e}\n").as_bytes());
             }
+            report_to_old_master(&e);
             fail(&e)
         }
     }
@@ -189,6 +194,19 @@ fn check_may_switch_user(config: &config::Config) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// A new master that fails before it runs tells the old master why, for
+/// `forkmaster upgrade --wait` (a failure while running is reported by the
+/// master itself).
+fn report_to_old_master(e: &Error) {
+    let predecessor = std::env::var(forkmaster::handoff::UPGRADE_VAR)
+        .ok()
+        .and_then(|v| forkmaster::handoff::decode_predecessor(&v));
+    if let (Some(old), false) = (predecessor, matches!(e, Error::UpgradeFailed(_))) {
+        let message = format!("FORKMASTER_UPGRADE_FAILED={e}\n");
+        let _ = forkmaster::notify::send_to_master(old.pid, &message);
+    }
 }
 
 fn fail(e: &Error) -> ExitCode {

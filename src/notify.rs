@@ -25,6 +25,10 @@ pub struct Message {
     pub status: Option<String>,
     /// From a new master to the old one: why the upgrade failed.
     pub upgrade_failed: Option<String>,
+    /// From a new master to the old one: how many of its workers are ready
+    /// (gradual retirement; a count, unlike repeated TTOU signals, cannot
+    /// be merged by the kernel).
+    pub retire: Option<usize>,
 }
 
 /// Parses `KEY=VALUE` lines; unknown keys are ignored as systemd does.
@@ -40,6 +44,9 @@ pub fn parse_message(bytes: &[u8]) -> Message {
             b"WATCHDOG" => msg.watchdog |= value == b"1",
             b"STOPPING" => msg.stopping |= value == b"1",
             b"STATUS" => msg.status = Some(String::from_utf8_lossy(value).into_owned()),
+            b"FORKMASTER_RETIRE" => {
+                msg.retire = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+            }
             b"FORKMASTER_UPGRADE_FAILED" => {
                 msg.upgrade_failed = Some(String::from_utf8_lossy(value).into_owned())
             }

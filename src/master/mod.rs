@@ -116,6 +116,9 @@ pub struct Master {
     /// Set when a worker slot may need filling or emptying.
     dirty: bool,
     generation: u32,
+    /// The highest generation ever used here: never reused, even after a
+    /// failed rollout went back to an older one.
+    generations_issued: u32,
     /// Boot failures no longer stop us: some worker was ready (at first
     /// start), or all were (after an upgrade).
     serving: bool,
@@ -198,6 +201,7 @@ impl Master {
             phase: Phase::Running,
             dirty: true,
             generation,
+            generations_issued: generation,
             serving: false,
             all_ready_logged: false,
             startup_failures: 0,

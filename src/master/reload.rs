@@ -15,8 +15,9 @@ use std::time::Instant;
 pub struct Rollout {
     /// Slots still to replace, in order.
     queue: VecDeque<usize>,
-    /// What to go back to if a replacement fails.
-    previous: (Config, WorkerTemplate, u32),
+    /// What to go back to if a replacement fails; `None` while rolling
+    /// back (a failure then just stops).
+    previous: Option<(Config, WorkerTemplate, u32)>,
 }
 
 impl Master {
@@ -35,15 +36,21 @@ impl Master {
             self.dirty = true;
             return;
         }
-        self.abandon_rollout("superseded by a new HUP", now);
+        // Read first: an invalid file must not disturb a rollout in progress.
+        let reloaded = self.reloaded_config();
+        if reloaded.is_ok() {
+            self.abandon_rollout("superseded by a new HUP", now);
+        }
         self.reloads.begin(now);
         self.notify_reloading("reloading (HUP)");
-        match self.reloaded_config() {
+        match reloaded {
             Ok((config, template)) => self.start_rollout(config, template, now),
             Err(why) => {
                 log::error!("event=reload-failed reason=\"{why}\" action=\"nothing changed\"");
                 self.reloads.end(Some(why));
-                self.notify_ready();
+                if self.rollout.is_none() {
+                    self.notify_ready();
+                }
             }
         }
     }
@@ -71,7 +78,7 @@ impl Master {
             &self.listeners,
             &self.launch.env,
             &self.notify.env_value,
-            self.generation + 1,
+            self.generations_issued + 1,
         )?;
         template.set_stdio(self.logs.worker_stdio());
         if (&config.stdout_path, &config.stderr_path)
@@ -90,7 +97,8 @@ impl Master {
         let old_config = std::mem::replace(&mut self.config, config);
         let old_template = std::mem::replace(&mut self.template, template);
         let previous = (old_config, old_template, self.generation);
-        self.generation += 1;
+        self.generations_issued += 1;
+        self.generation = self.generations_issued;
         self.target = self.config.workers;
         let queue = (0..self.slots.len().min(self.target))
             .filter(|&i| self.slots[i].active.is_some())
@@ -101,7 +109,10 @@ impl Master {
             self.target,
             self.config.max_surge
         );
-        self.rollout = Some(Rollout { queue, previous });
+        self.rollout = Some(Rollout {
+            queue,
+            previous: Some(previous),
+        });
         self.all_ready_logged = false;
         self.dirty = true;
         self.advance_rollout(now);
@@ -128,43 +139,72 @@ impl Master {
         for slot in starts {
             self.spawn_worker(slot, true, now);
         }
-        if done && self.rollout.is_some() {
-            self.rollout = None;
-            self.reloads.end(None);
-            log::info!(
-                "event=reload-done generation={} workers={}",
-                self.generation,
-                self.target
-            );
+        if !done {
+            return;
+        }
+        if let Some(rollout) = self.rollout.take() {
+            if rollout.previous.is_some() {
+                self.reloads.end(None);
+                log::info!(
+                    "event=reload-done generation={} workers={}",
+                    self.generation,
+                    self.target
+                );
+            } else {
+                log::info!("event=rollback-done generation={}", self.generation);
+            }
             self.log_if_all_ready();
         }
     }
 
-    /// A replacement failed: stop the rollout, keep the old workers and the
-    /// previous configuration.
+    /// A replacement failed: stop the rollout, go back to the previous
+    /// configuration, keep the old workers still running, and replace the
+    /// slots already rolled forward with workers of the previous
+    /// configuration again (one at a time, as a rollout), so no worker of
+    /// the abandoned configuration is left.
     pub(super) fn fail_rollout(&mut self, reason: String, now: Instant) {
         let Some(rollout) = self.rollout.take() else {
             return;
         };
-        log::error!(
-            "event=reload-failed reason=\"{reason}\" action=\"kept the old workers and configuration\""
-        );
         self.stop_incoming(now);
-        let (config, template, generation) = rollout.previous;
+        let Some((config, template, generation)) = rollout.previous else {
+            log::error!("event=rollback-failed reason=\"{reason}\" action=\"stopped\"");
+            return;
+        };
+        log::error!(
+            "event=reload-failed reason=\"{reason}\" action=\"back to generation {generation}\""
+        );
+        let abandoned = self.generation;
         self.config = config;
         self.template = template;
         self.generation = generation;
         self.target = self.config.workers;
         self.reloads.end(Some(reason));
         self.notify_ready();
+        let queue: VecDeque<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let active = self.slots[i].active.and_then(|pid| self.workers.get(&pid));
+                active.is_some_and(|w| w.generation == abandoned)
+            })
+            .collect();
+        if !queue.is_empty() {
+            log::info!("event=rollback-start slots={}", queue.len());
+            self.rollout = Some(Rollout {
+                queue,
+                previous: None,
+            });
+        }
         self.dirty = true;
     }
 
     /// Ends a rollout without rolling back (a stop, or a newer HUP).
     pub(super) fn abandon_rollout(&mut self, why: &str, now: Instant) {
-        if self.rollout.take().is_some() {
-            log::info!("event=reload-abandoned reason=\"{why}\"");
-            self.stop_incoming(now);
+        let Some(rollout) = self.rollout.take() else {
+            return;
+        };
+        log::info!("event=reload-abandoned reason=\"{why}\"");
+        self.stop_incoming(now);
+        if rollout.previous.is_some() {
             self.reloads.end(Some(format!("abandoned: {why}")));
         }
     }

@@ -179,7 +179,7 @@ impl Master {
                 name: l.systemd_name.clone(),
             })
             .collect();
-        let env = handoff::upgrade_env(&self.launch.env, &fds, self.pid, self.generation)
+        let env = handoff::upgrade_env(&self.launch.env, &fds, self.pid, self.generations_issued)
             .into_iter()
             .map(|(k, v)| {
                 let mut entry = k.into_vec();
@@ -248,7 +248,8 @@ impl Master {
         self.fail_upgrade(reason);
     }
 
-    /// New master: one more of our workers is ready (gradual retirement).
+    /// New master: one more of our workers is ready. With `retire: gradual`
+    /// the old master retires one of its own per ready new worker.
     pub(super) fn on_new_worker_ready(&mut self, _now: Instant) {
         let Some(old) = self.predecessor else {
             return;
@@ -256,8 +257,36 @@ impl Master {
         if self.retirement.quit_sent || self.config.retire != Retire::Gradual {
             return;
         }
-        if kill(Pid::from_raw(old.pid), NixSignal::SIGTTOU).is_ok() {
-            log::debug!("event=retire-step signal=TTOU old_master={}", old.pid);
+        let message = format!("FORKMASTER_RETIRE={}\n", self.ready_count);
+        if crate::notify::send_to_master(old.pid, &message).is_ok() {
+            log::debug!(
+                "event=retire-step old_master={} ready={}",
+                old.pid,
+                self.ready_count
+            );
+        }
+    }
+
+    /// Old master: a message from the new master we started.
+    pub(super) fn on_new_master_message(&mut self, message: crate::notify::Message) {
+        let Some(upgrade) = self.upgrade.as_mut() else {
+            return;
+        };
+        if let Some(reason) = message.upgrade_failed {
+            upgrade.report = Some(reason);
+        }
+        if let Some(ready) = message.retire {
+            // As many TTOUs as the new master has ready workers.
+            let target = upgrade.workers_before.saturating_sub(ready);
+            if target < self.target && self.phase == Phase::Running {
+                log::info!(
+                    "event=scale reason=retire new_master={} ready={ready} workers={target} previous={}",
+                    upgrade.pid,
+                    self.target
+                );
+                self.target = target;
+                self.dirty = true;
+            }
         }
     }
 

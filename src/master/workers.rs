@@ -213,8 +213,8 @@ impl Master {
                 }
             };
             let pid = datagram.pid;
-            if let Some(upgrade) = self.upgrade.as_mut().filter(|u| u.pid == pid) {
-                upgrade.report = datagram.message.upgrade_failed;
+            if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+                self.on_new_master_message(datagram.message);
                 continue;
             }
             let Some(worker) = self.workers.get(&pid) else {
@@ -329,6 +329,9 @@ impl Master {
                     return;
                 }
             };
+            // The child wrote its failure record before exiting: read it now,
+            // in case it exited after this pass's earlier read.
+            self.read_exec_errors();
             let exec_failure = self.exec_failures.remove(&pid);
             if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
                 self.on_new_master_exit(status, exec_failure, now);
@@ -416,8 +419,9 @@ impl Master {
             }
             None => Error::StartupFailed(reason),
         });
-        self.phase = Phase::Stopping { quick: true };
-        self.stop_all_workers(true, now);
+        // Gracefully: after a failed upgrade, ready workers may be serving.
+        self.phase = Phase::Stopping { quick: false };
+        self.stop_all_workers(false, now);
     }
 
     /// Marks a slot to be filled after its backoff.

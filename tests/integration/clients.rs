@@ -371,7 +371,6 @@ fn blocked_in_accept(pid: i32) -> bool {
 }
 
 #[test]
-#[ignore = "bug: the demo cannot interrupt an accept(2) its thread is blocked in (std's accept retries on EINTR, so the SIGUSR2 of src/bin/forkmaster-demo.rs exit_when_stopped does nothing): a worker that lost an accept race only stops when SIGKILLed after graceful_timeout"]
 fn stop_wait_is_not_held_up_by_a_worker_blocked_in_accept() {
     let app = App::new(4, "graceful_timeout: 30s\n");
     let master = app.start();

@@ -227,7 +227,8 @@ fn an_invalid_config_changes_nothing() {
         err.starts_with(&format!(
             "forkmaster: reload failed: config {}: ",
             app.config.display()
-        )) && err.ends_with("; the old workers keep serving\n"),
+        )) && err
+            .ends_with("; the rollout stopped and the previous configuration stays in force\n"),
         "{err}"
     );
     let log = master.wait_log("event=reload-failed", secs(10));
@@ -256,14 +257,14 @@ fn a_replacement_that_cannot_boot_stops_the_rollout_and_keeps_the_old_config() {
     assert_eq!(
         err,
         "forkmaster: reload failed: worker=0 exited with status 3 before ready; \
-         the old workers keep serving\n"
+         the rollout stopped and the previous configuration stays in force\n"
     );
     load.wait_answers(5);
     let generations = load.finish_without_failures();
     assert_eq!(generations.keys().collect::<Vec<_>>(), ["1"]);
     let log = master.log();
     assert!(
-        log.contains("action=\"kept the old workers and configuration\""),
+        log.contains("event=reload-failed") && log.contains("action=\"back to generation 1\""),
         "{log}"
     );
     // Only slot 0 was tried.
@@ -359,7 +360,6 @@ fn a_second_hup_supersedes_a_rollout_in_progress() {
 }
 
 #[test]
-#[ignore = "bug: a HUP whose config file is invalid first abandons the rollout in progress (src/master/reload.rs on_hup calls abandon_rollout before reading the file), then logs \"nothing changed\": the workers not yet replaced never are"]
 fn an_invalid_config_does_not_stop_a_rollout_in_progress() {
     let app = App::new(3, "");
     let mut master = app.start();
@@ -379,7 +379,6 @@ fn an_invalid_config_does_not_stop_a_rollout_in_progress() {
 }
 
 #[test]
-#[ignore = "bug: a rollout that fails after replacing some slots leaves their workers running with the abandoned config and its generation number, which the next reload gives to another config (src/master/reload.rs fail_rollout)"]
 fn a_failed_rollout_leaves_no_worker_of_the_abandoned_generation() {
     let app = App::new(2, "");
     let master = app.start();

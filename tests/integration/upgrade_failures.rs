@@ -186,7 +186,6 @@ fn a_binary_that_is_not_executable_fails_the_exec() {
 }
 
 #[test]
-#[ignore = "bug: the old master reads exec failure records before it reaps, in the same pass: a new master whose exec fails in between is reported as `exited with status 127`, without the exec error (src/master/workers.rs reap_children)"]
 fn an_exec_failure_is_named_even_if_the_new_master_is_reaped_in_the_same_pass() {
     // Warnings only: nothing is logged between the fork and the read of
     // exec failures, and the first warning comes after it.
@@ -281,10 +280,7 @@ fn an_invalid_config_stops_the_new_master_at_boot() {
         2,
         During::OldGenerationOnly,
     );
-    assert!(
-        err.contains("exited with status 1 before taking over"),
-        "{err}"
-    );
+    assert!(err.contains("unknown field `no_such_key`"), "{err}");
     // The new master shares the old one's stderr: the log says why.
     let log = master.log();
     assert!(
@@ -294,7 +290,6 @@ fn an_invalid_config_stops_the_new_master_at_boot() {
 }
 
 #[test]
-#[ignore = "bug: a new master that fails before its workers start (bad config, busy port) does not tell the old master why, so `upgrade --wait` cannot name the cause"]
 fn upgrade_wait_names_an_invalid_config() {
     let app = App::new(1, "");
     let mut master = app.start();
@@ -330,10 +325,7 @@ fn a_busy_port_stops_the_new_master_at_boot() {
         2,
         During::OldGenerationOnly,
     );
-    assert!(
-        err.contains("exited with status 1 before taking over"),
-        "{err}"
-    );
+    assert!(err.contains("address already in use"), "{err}");
     let log = master.log();
     assert!(
         log.contains(&format!("listen 127.0.0.1:{port}: address already in use")),
@@ -345,7 +337,6 @@ fn a_busy_port_stops_the_new_master_at_boot() {
 }
 
 #[test]
-#[ignore = "bug: a new master that fails before its workers start (bad config, busy port) does not tell the old master why, so `upgrade --wait` cannot name the cause"]
 fn upgrade_wait_names_a_busy_port() {
     let app = App::new(1, "");
     let mut master = app.start();
@@ -439,12 +430,13 @@ fn a_failure_after_gradual_retirement_restores_every_old_worker() {
     );
     assert_old_master_restored(&app, &mut master, 3);
     let log = master.log();
-    // Ready new workers retired old ones (one TTOU each; see
+    // Ready new workers retired old ones (one each; see
     // gradual_retirement_retires_one_old_worker_per_ready_new_worker)...
     assert!(
-        log.contains(&format!(
-            "forkmaster[{old}] event=scale signal=TTOU workers=2 previous=3"
-        )),
+        log.lines().any(
+            |l| l.contains(&format!("forkmaster[{old}] event=scale reason=retire"))
+                && l.contains("workers=2 previous=3")
+        ),
         "{log}"
     );
     // ...and the failure brought them all back.
@@ -467,7 +459,6 @@ fn count_lines(log: &str, pid: i32, needles: &[&str]) -> usize {
 }
 
 #[test]
-#[ignore = "bug: a new master whose upgrade fails stops its ready, serving workers with SIGINT (quick stop, src/master/workers.rs give_up), so requests they are serving are cut off"]
 fn a_failed_upgrade_lets_ready_new_workers_finish_their_requests() {
     let app = App::new(3, "");
     let mut master = app.start();
@@ -524,7 +515,6 @@ fn pin_to_one_cpu(pid: i32, idle: bool) {
 }
 
 #[test]
-#[ignore = "bug: gradual retirement counts TTOU signals, which the kernel coalesces: when several new workers become ready in one pass of the new master, the old master retires only one old worker (src/master/upgrade.rs on_new_worker_ready)"]
 fn gradual_retirement_retires_one_old_worker_per_ready_new_worker() {
     let app = App::new(6, "");
     let mut master = app.start();
@@ -550,11 +540,12 @@ fn gradual_retirement_retires_one_old_worker_per_ready_new_worker() {
         5,
         "{log}"
     );
-    let steps = count_lines(&log, old, &["event=scale signal=TTOU"]);
+    let steps = count_lines(&log, old, &["event=scale reason=retire"]);
     assert!(
-        log.contains(&format!(
-            "forkmaster[{old}] event=scale signal=TTOU workers=1 previous=2"
-        )),
+        log.lines().any(
+            |l| l.contains(&format!("forkmaster[{old}] event=scale reason=retire"))
+                && l.contains("ready=5 workers=1")
+        ),
         "5 new workers were ready but the old master stepped down {steps} time(s):\n{log}"
     );
 }

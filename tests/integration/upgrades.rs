@@ -100,11 +100,8 @@ fn retire_all_waits_for_every_new_worker_then_quits_the_old_master() {
         log.contains(&format!("event=retire-old-master pid={old} signal=QUIT")),
         "{log}"
     );
-    // With `all`, the old master is never told TTOU.
-    assert!(!log.contains(&format!(
-        "INFO INFO forkmaster[{old}] event=scale signal=TTOU"
-    )));
-    assert!(!log.contains("signal=TTOU"), "{log}");
+    // With `all`, the old master keeps every worker until the QUIT.
+    assert!(!log.contains("reason=retire"), "{log}");
     assert_eq!(app.token_served(), "new");
     let status = client(&["status", "-c", app.cfg(), "--json"], secs(10));
     assert_eq!(status.0, 0);
@@ -115,7 +112,7 @@ fn retire_all_waits_for_every_new_worker_then_quits_the_old_master() {
 }
 
 #[test]
-fn retire_gradual_sends_ttou_per_ready_worker() {
+fn retire_gradual_retires_an_old_worker_per_ready_new_worker() {
     let app = App::new(2, "");
     let mut master = app.start();
     let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(60));
@@ -124,8 +121,7 @@ fn retire_gradual_sends_ttou_per_ready_worker() {
     let old = master.pid();
     let log = master.log();
     assert!(
-        log.contains(&format!("INFO forkmaster[{old}] event=scale signal=TTOU"))
-            || log.contains("signal=TTOU"),
+        log.contains(&format!("INFO forkmaster[{old}] event=scale reason=retire")),
         "{log}"
     );
 }
