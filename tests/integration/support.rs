@@ -793,3 +793,80 @@ impl App {
 pub fn assert_no_file(path: &Path) {
     assert!(!path.exists(), "{} should not exist", path.display());
 }
+
+// Helpers for the signal and supervision tests.
+
+/// The master's own log lines (never the demo's) whose `event=` is `event`,
+/// as their `key=value` fields, oldest first. Quoted values with spaces are
+/// cut at the first space; use the raw line for those.
+pub fn master_events(log: &str, event: &str) -> Vec<HashMap<String, String>> {
+    log.lines()
+        .filter(|line| line.contains(" forkmaster["))
+        .map(fields)
+        .filter(|f| f.get("event").map(String::as_str) == Some(event))
+        .collect()
+}
+
+/// The `pid=` field of an event, as a pid.
+pub fn event_pid(event: &HashMap<String, String>) -> i32 {
+    event
+        .get("pid")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {event:?}"))
+}
+
+/// Waits until the master has exactly `n` live children; returns their pids.
+pub fn wait_children(master: &Master, n: usize) -> Vec<i32> {
+    wait_for(&format!("{n} workers"), secs(20), || {
+        let children = master.children();
+        (children.len() == n).then_some(children)
+    })
+}
+
+/// Panics with the log if the master has exited.
+pub fn assert_master_running(master: &mut Master) {
+    if let Some(status) = master.child.try_wait().expect("try_wait") {
+        panic!("master exited ({status}); log:\n{}", master.log());
+    }
+}
+
+/// The environment `pid` was exec'd with (`/proc/<pid>/environ`).
+pub fn proc_environ(pid: i32) -> HashMap<String, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    raw.split(|&b| b == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (k, v) = entry.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// How many connections the demo app `pid` holds open (one `conn` thread each).
+pub fn open_connections(pid: i32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "conn")
+        })
+        .count()
+}
+
+/// Sends one sd_notify datagram from this process to `socket`, a
+/// `NOTIFY_SOCKET` value (`@name` is the abstract namespace).
+pub fn send_notify(socket: &str, message: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let client = UnixDatagram::unbound()?;
+    match socket.strip_prefix('@') {
+        Some(name) => {
+            let addr = UnixAddr::from_abstract_name(name.as_bytes())?;
+            client.send_to_addr(message.as_bytes(), &addr)
+        }
+        None => client.send_to(message.as_bytes(), socket),
+    }
+    .map(drop)
+}
