@@ -7,7 +7,10 @@
 
 use crate::cli::MasterFlags;
 use crate::duration::{parse_duration, Human};
-use crate::listen::{parse_address, parse_listen, parse_mode, ListenSpec, DEFAULT_BACKLOG};
+use crate::listen::{
+    parse_address_with, parse_listen, parse_listen_with, parse_mode, ListenSpec, Resolve,
+    DEFAULT_BACKLOG,
+};
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -155,6 +158,11 @@ pub fn read_file(path: &Path) -> Result<Layer, String> {
 
 /// Parses config file text into a layer.
 pub fn parse_file(text: &str) -> Result<Layer, String> {
+    parse_file_with(text, crate::listen::resolve_host)
+}
+
+/// `parse_file` with host names in `listen` looked up by `resolve`.
+pub fn parse_file_with(text: &str, resolve: Resolve) -> Result<Layer, String> {
     let keys: FileKeys = if text.trim().is_empty() {
         FileKeys::default()
     } else {
@@ -174,7 +182,7 @@ pub fn parse_file(text: &str) -> Result<Layer, String> {
     if let Some(entries) = keys.listen {
         let specs = entries
             .iter()
-            .map(listen_entry)
+            .map(|entry| listen_entry(entry, resolve))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|why| format!("listen: {why}"))?;
         layer.listen = Some(specs);
@@ -635,19 +643,17 @@ fn scalar(value: &Value) -> String {
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Null => String::new(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        // A list or map where a scalar belongs: shown on one line.
+        other => serde_json::to_string(other).unwrap_or_default(),
     }
 }
 
 /// One `listen:` entry: a string or port, or a map with `address`, `name`,
 /// `backlog` and (for Unix sockets) `mode`.
-fn listen_entry(value: &Value) -> Result<ListenSpec, String> {
+fn listen_entry(value: &Value, resolve: Resolve) -> Result<ListenSpec, String> {
     let map = match value {
         Value::Mapping(map) => map,
-        Value::String(_) | Value::Number(_) => return parse_listen(&scalar(value)),
+        Value::String(_) | Value::Number(_) => return parse_listen_with(&scalar(value), resolve),
         _ => return Err("expected an address or a map with `address`".into()),
     };
     let mut address = None;
@@ -662,7 +668,8 @@ fn listen_entry(value: &Value) -> Result<ListenSpec, String> {
         let text = scalar(value);
         match key.as_str() {
             "address" => {
-                address = Some(parse_address(&text).map_err(|w| format!("{text:?}: {w}"))?)
+                address =
+                    Some(parse_address_with(&text, resolve).map_err(|w| format!("{text:?}: {w}"))?)
             }
             "name" => {
                 let probe = parse_listen(&format!("{text}=0"))?;
@@ -684,7 +691,7 @@ fn listen_entry(value: &Value) -> Result<ListenSpec, String> {
             "mode" => spec.mode = Some(parse_mode(&text)?),
             other => {
                 return Err(format!(
-                    "unknown key `{other}` (expected address, name, backlog, mode)"
+                    "unknown key {other:?} (expected address, name, backlog, mode)"
                 ))
             }
         }
@@ -700,7 +707,8 @@ fn listen_entry(value: &Value) -> Result<ListenSpec, String> {
 }
 
 fn yaml_reason(e: &serde_yaml::Error) -> String {
-    let text = e.to_string();
+    // Keys quoted in the message may hold newlines: keep it to one line.
+    let text = e.to_string().replace('\n', "\\n");
     // serde_yaml appends " at line L column C"; put the place first.
     match (e.location(), text.find(" at line ")) {
         (Some(loc), Some(at)) => format!("line {}: {}", loc.line(), &text[..at]),

@@ -10,7 +10,7 @@
 //! trusts a raw fd number: each is checked to be a listening socket bound to
 //! the address it claims before it is adopted.
 
-use crate::listen::{parse_address, Address, ListenSpec};
+use crate::listen::{parse_address_with, Address, ListenSpec};
 use crate::sockets::{bound_address, Listener};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::sys::stat::{fstat, SFlag};
@@ -78,7 +78,9 @@ pub fn decode_listeners(text: &str) -> Result<Vec<Handed>, String> {
                 .ok()
                 .filter(|fd| *fd >= 3)
                 .ok_or_else(|| format!("{INHERIT_VAR}: bad fd {fd:?}"))?;
-            let address = parse_address(addr).map_err(|w| format!("{INHERIT_VAR}: {w}"))?;
+            // Bound addresses: IPs or paths, never names to look up.
+            let address = parse_address_with(addr, |host, _| Err(format!("{host:?}: not an IP")))
+                .map_err(|w| format!("{INHERIT_VAR}: {w}"))?;
             Ok(Handed {
                 fd,
                 address,

@@ -35,8 +35,17 @@ impl ListenSpec {
     }
 }
 
+/// Looks a host name up: DNS and /etc/hosts, through getaddrinfo.
+pub type Resolve = fn(&str, u16) -> Result<SocketAddr, String>;
+
 /// Parses one `--listen` value. Fails with a message naming the value.
 pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
+    parse_listen_with(text, resolve_host)
+}
+
+/// `parse_listen` with host names looked up by `resolve` (tests and fuzzing
+/// pass one that does no I/O).
+pub fn parse_listen_with(text: &str, resolve: Resolve) -> Result<ListenSpec, String> {
     let (name, rest) = match text.split_once('=') {
         Some((name, rest)) => {
             validate_name(name).map_err(|why| format!("{text:?}: {why}"))?;
@@ -44,7 +53,7 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
         }
         None => (None, text),
     };
-    let address = parse_address(rest).map_err(|why| format!("{text:?}: {why}"))?;
+    let address = parse_address_with(rest, resolve).map_err(|why| format!("{text:?}: {why}"))?;
     Ok(ListenSpec {
         address,
         name,
@@ -55,9 +64,17 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
 
 /// Parses the address part alone (no `NAME=`).
 pub fn parse_address(text: &str) -> Result<Address, String> {
+    parse_address_with(text, resolve_host)
+}
+
+pub fn parse_address_with(text: &str, resolve: Resolve) -> Result<Address, String> {
     if let Some(path) = text.strip_prefix("unix:") {
         if path.is_empty() {
             return Err("empty unix socket path".into());
+        }
+        // `;` separates listeners where they are handed to a new master.
+        if path.contains([';', '\n']) {
+            return Err("a unix socket path may not hold `;` or a newline".into());
         }
         // sun_path holds 108 bytes including the terminating NUL.
         if path.len() > 107 {
@@ -82,12 +99,14 @@ pub fn parse_address(text: &str) -> Result<Address, String> {
         return Err("expected PORT, HOST:PORT, [IPV6]:PORT or unix:PATH".into());
     }
     let port = parse_port(port)?;
-    let mut resolved = (host, port)
+    resolve(host, port).map(Address::Tcp)
+}
+
+pub fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?;
-    resolved
+        .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?
         .next()
-        .map(Address::Tcp)
         .ok_or_else(|| format!("host {host:?} has no address"))
 }
 

@@ -210,6 +210,7 @@ fn report_to_old_master(e: &Error) {
 }
 
 fn fail(e: &Error) -> ExitCode {
-    eprintln!("forkmaster: {e}");
+    // One line, whatever a value quoted in the message holds.
+    eprintln!("forkmaster: {}", e.to_string().replace('\n', "\\n"));
     ExitCode::FAILURE
 }
