@@ -797,7 +797,7 @@ mod tests {
         let err = parse_file("listen: [{address: 80, colour: red}]\n")
             .err()
             .unwrap();
-        assert!(err.contains("unknown key `colour`"), "{err}");
+        assert!(err.contains("unknown key \"colour\""), "{err}");
         let err = parse_file("workers: many\n").err().unwrap();
         assert!(err.contains("workers: \"many\""), "{err}");
         let err = parse_file("listen: [{address: 80, mode: '0600'}]\n")
