@@ -12,7 +12,7 @@
 
 use crate::cli::{ClientCommand, Locate, StatusArgs, StopArgs, WaitArgs};
 use crate::config;
-use crate::control;
+use crate::control::{self, QueryError};
 use crate::duration::parse_duration;
 use crate::pidfile::{is_alive, read_pid};
 use crate::status::Status;
@@ -84,8 +84,23 @@ fn pid_file(locate: &Locate) -> Step<PathBuf> {
     })
 }
 
-/// The master a pid file names, verified to be a forkmaster master.
+/// The master a pid file names, verified to be a forkmaster master. While
+/// an upgrade has renamed the pid file to `.oldbin` and the new master has
+/// not written its own yet, the old master (still serving) is the answer.
 fn find_master(path: &Path) -> Step<(i32, Status)> {
+    match master_in(path) {
+        Err(Outcome::NotRunning(why)) => {
+            let oldbin = crate::master::oldbin_path(path);
+            match master_in(&oldbin) {
+                Ok(found) => Ok(found),
+                Err(_) => Err(Outcome::NotRunning(why)),
+            }
+        }
+        other => other,
+    }
+}
+
+fn master_in(path: &Path) -> Step<(i32, Status)> {
     let pid = match read_pid(path) {
         Ok(Some(pid)) => pid,
         Ok(None) => {
@@ -103,8 +118,12 @@ fn find_master(path: &Path) -> Step<(i32, Status)> {
         )));
     }
     match control::query(pid) {
-        Some(status) => Ok((pid, status)),
-        None => Err(Outcome::NotRunning(format!(
+        Ok(status) => Ok((pid, status)),
+        Err(QueryError::Refused) => Err(Outcome::Failed(format!(
+            "pid {pid} from {} is a forkmaster master that answers only its own user (or root): run this as that user",
+            path.display()
+        ))),
+        Err(QueryError::NoMaster) => Err(Outcome::NotRunning(format!(
             "not running: pid {pid} from {} is not a forkmaster master (no answer on its control socket)",
             path.display()
         ))),
@@ -167,7 +186,7 @@ fn upgrade(args: &WaitArgs) -> Step<Outcome> {
     let mut state = String::from("no change seen");
     let result = watch(timeout, |elapsed| {
         let old_alive = is_alive(old);
-        let old_status = old_alive.then(|| control::query(old)).flatten();
+        let old_status = old_alive.then(|| control::query(old).ok()).flatten();
         if let Some(s) = &old_status {
             if s.upgrade.attempts > before.upgrade.attempts && s.upgrade.state == "failed" {
                 let why = s.upgrade.reason.clone().unwrap_or_default();
@@ -182,7 +201,7 @@ fn upgrade(args: &WaitArgs) -> Step<Outcome> {
             }
         }
         let new = read_pid(&path).ok().flatten().filter(|p| *p != old);
-        match new.and_then(|p| control::query(p).map(|s| (p, s))) {
+        match new.and_then(|p| control::query(p).ok().map(|s| (p, s))) {
             Some((new, s)) => {
                 state = format!(
                     "new master pid {new} has {}/{} workers ready; old master pid {old} {}",
@@ -220,7 +239,7 @@ fn reload(args: &WaitArgs) -> Step<Outcome> {
     }
     let mut state = String::from("no change seen");
     let result = watch(timeout, |elapsed| {
-        let Some(s) = control::query(pid) else {
+        let Ok(s) = control::query(pid) else {
             return Some(Err(Outcome::Failed(format!(
                 "master pid {pid} exited during the reload"
             ))));
@@ -257,7 +276,13 @@ fn reload(args: &WaitArgs) -> Step<Outcome> {
 fn stop(args: &StopArgs) -> Step<Outcome> {
     let path = pid_file(&args.wait.locate)?;
     let timeout = timeout_of(&args.wait)?;
-    let (pid, _) = find_master(&path)?;
+    let (pid, status) = find_master(&path)?;
+    if let Some(new) = status.upgrade.new_master {
+        // Stopping the old master now would only hand over to the new one.
+        return Err(Outcome::Failed(format!(
+            "an upgrade is in progress (pid {pid} -> {new}): stop again once it is done"
+        )));
+    }
     let signal = if args.quick {
         Signal::SIGTERM
     } else {

@@ -59,14 +59,32 @@ impl AsFd for ControlSocket {
     }
 }
 
-/// Asks the master with this pid for its status. `None` if nothing answers:
-/// no such master (or some other process holds the pid).
-pub fn query(pid: i32) -> Option<Status> {
-    let addr = SocketAddr::from_abstract_name(address(pid).as_bytes()).ok()?;
-    let mut stream = UnixStream::connect_addr(&addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+/// Why a pid did not give its status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueryError {
+    /// Nothing listens: no forkmaster master has this pid.
+    NoMaster,
+    /// A master listens but does not answer us (another user).
+    Refused,
+}
+
+/// Asks the master with this pid for its status.
+pub fn query(pid: i32) -> Result<Status, QueryError> {
+    let addr = SocketAddr::from_abstract_name(address(pid).as_bytes())
+        .map_err(|_| QueryError::NoMaster)?;
+    let mut stream = UnixStream::connect_addr(&addr).map_err(|_| QueryError::NoMaster)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|_| QueryError::NoMaster)?;
     let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status: Status = serde_json::from_str(text.trim()).ok()?;
-    (status.pid == pid).then_some(status)
+    let _ = stream.read_to_string(&mut text);
+    if text.trim().is_empty() {
+        return Err(QueryError::Refused);
+    }
+    let status: Status = serde_json::from_str(text.trim()).map_err(|_| QueryError::NoMaster)?;
+    if status.pid == pid {
+        Ok(status)
+    } else {
+        Err(QueryError::NoMaster)
+    }
 }

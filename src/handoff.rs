@@ -257,7 +257,9 @@ pub fn upgrade_env(
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<_> = base
         .iter()
-        .filter(|(k, _)| k != INHERIT_VAR && k != UPGRADE_VAR)
+        // WATCHDOG_PID names the first master systemd started; after
+        // MAINPID moves, the watchdog is the new master's whatever it says.
+        .filter(|(k, _)| k != INHERIT_VAR && k != UPGRADE_VAR && k != "WATCHDOG_PID")
         .cloned()
         .collect();
     env.push((INHERIT_VAR.into(), encode_listeners(listeners).into()));

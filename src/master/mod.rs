@@ -40,7 +40,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 pub use reload::Rollout;
-pub use upgrade::Upgrade;
+pub use upgrade::{oldbin_path, Upgrade};
 
 /// How long a quick stop waits for workers after SIGINT before SIGKILL.
 pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
