@@ -7,6 +7,7 @@ mod clients;
 mod config_errors;
 mod daemon;
 mod environment;
+mod faults;
 mod init_script;
 mod listeners;
 mod log_files;

@@ -870,3 +870,138 @@ pub fn send_notify(socket: &str, message: &str) -> std::io::Result<()> {
     }
     .map(drop)
 }
+
+// Helpers for the fault-injection tests.
+
+/// CPU time `pid` has used so far (user + system), from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: i32) -> Option<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(Duration::from_secs_f64((utime + stime) as f64 / ticks))
+}
+
+/// Resident memory of `pid` in kB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kb(pid: i32) -> Option<u64> {
+    proc_status(pid, "VmRSS")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The children of `pid` that have exited and wait to be reaped.
+pub fn zombie_children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| matches!(proc_stat(*p), Some(('Z', ppid, _)) if ppid == pid))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Sets a resource limit (soft and hard) in the child between fork and exec.
+pub fn limit_in_child(cmd: &mut Command, resource: nix::sys::resource::Resource, value: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit(2) is async-signal-safe and the closure allocates
+    // nothing: an error is built from the raw errno.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(resource, value, value)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        });
+    }
+}
+
+/// Sets the soft limit of `resource` of the running process `pid` (its hard
+/// limit stays, so the soft one can be raised again), as `prlimit --pid`
+/// does; panics if the kernel refuses. Without CAP_SYS_RESOURCE only a
+/// process's own user may change its limits, so for another user's process
+/// the call is made by a helper process running as that user.
+pub fn set_soft_limit(pid: i32, resource: nix::sys::resource::Resource, value: u64) {
+    fn apply(pid: i32, resource: nix::sys::resource::Resource, value: u64) -> std::io::Result<()> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit(2) reads or writes one valid rlimit; a null
+        // pointer is allowed for the other. Async-signal-safe, no allocation.
+        unsafe {
+            if libc::prlimit(pid, resource as _, std::ptr::null(), &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = (value as libc::rlim_t).min(limit.rlim_max);
+            if libc::prlimit(pid, resource as _, &limit, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+    let id = |field| {
+        proc_status(pid, field)
+            .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no {field} of process {pid}"))
+    };
+    let (uid, gid) = (id("Uid"), id("Gid"));
+    let result = if uid == nix::unistd::geteuid().as_raw() && gid == nix::unistd::getegid().as_raw()
+    {
+        apply(pid, resource, value)
+    } else {
+        use std::os::unix::process::CommandExt;
+        let mut helper = Command::new("/bin/true");
+        helper.uid(uid).gid(gid);
+        // SAFETY: `apply` only makes syscalls on stack memory.
+        unsafe {
+            helper.pre_exec(move || apply(pid, resource, value));
+        }
+        helper.status().and_then(|status| {
+            status
+                .success()
+                .then_some(())
+                .ok_or_else(|| std::io::Error::other(format!("helper: {status}")))
+        })
+    };
+    if let Err(e) = result {
+        panic!("prlimit({pid}, {resource:?}, {value}): {e}");
+    }
+}
+
+/// Sends `signal` to `pid`; panics naming both if it cannot.
+pub fn send_signal(pid: i32, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .unwrap_or_else(|e| panic!("{signal} to {pid}: {e}"));
+}
+
+/// The `NOTIFY_SOCKET` value of the master `pid` (`@forkmaster/<pid>/notify`).
+pub fn master_notify_socket(pid: i32) -> String {
+    format!("@forkmaster/{pid}/notify")
+}
+
+/// Returns once the master `pid`, logging into `master`'s log, has acted on
+/// every signal sent to it before the call.
+///
+/// A signal sent before datagram 1 is delivered (its byte is in the
+/// self-pipe) at the latest when the master returns from the recvmsg that
+/// reads datagram 1. Datagram 2 is sent only once datagram 1 shows in the
+/// log, after the master's read loop of that pass moved on, so the master
+/// reads it in a later pass, after draining the pipe: once datagram 2 is
+/// logged, every earlier signal has been handled.
+pub fn wait_signals_handled(master: &mut Master, pid: i32) {
+    let socket = master_notify_socket(pid);
+    let needle = format!("event=notify-ignored sender={} ", std::process::id());
+    let before = master.log().matches(&needle).count();
+    for n in 1..=2 {
+        if let Err(e) = send_notify(&socket, "STATUS=fence\n") {
+            panic!("notify {socket}: {e}; log:\n{}", master.log());
+        }
+        master.wait_log_count(&needle, before + n, secs(10));
+    }
+}
