@@ -88,10 +88,10 @@ fn pid_file(locate: &Locate) -> Step<PathBuf> {
 /// an upgrade has renamed the pid file to `.oldbin` and the new master has
 /// not written its own yet, the old master (still serving) is the answer.
 fn find_master(path: &Path) -> Step<(i32, Status)> {
-    match master_in(path) {
+    match master_in(path, path) {
         Err(Outcome::NotRunning(why)) => {
             let oldbin = crate::master::oldbin_path(path);
-            match master_in(&oldbin) {
+            match master_in(&oldbin, path) {
                 Ok(found) => Ok(found),
                 Err(_) => Err(Outcome::NotRunning(why)),
             }
@@ -100,7 +100,9 @@ fn find_master(path: &Path) -> Step<(i32, Status)> {
     }
 }
 
-fn master_in(path: &Path) -> Step<(i32, Status)> {
+/// The master named in `path`, which must be the master of `pid_file`: a
+/// stale pid file whose pid another app's master reuses is not ours.
+fn master_in(path: &Path, pid_file: &Path) -> Step<(i32, Status)> {
     let pid = match read_pid(path) {
         Ok(Some(pid)) => pid,
         Ok(None) => {
@@ -118,7 +120,22 @@ fn master_in(path: &Path) -> Step<(i32, Status)> {
         )));
     }
     match control::query(pid) {
-        Ok(status) => Ok((pid, status)),
+        Ok(status) => {
+            let expected = crate::pidfile::canonical(pid_file).map(|p| p.display().to_string());
+            if status.pid_file.is_some() && status.pid_file == expected {
+                Ok((pid, status))
+            } else {
+                Err(Outcome::NotRunning(format!(
+                    "not running: pid {pid} from {} is the forkmaster master of {} (a stale pid file whose pid was reused)",
+                    path.display(),
+                    status.pid_file.as_deref().unwrap_or("no pid file")
+                )))
+            }
+        }
+        Err(QueryError::NoAnswer) => Err(Outcome::Failed(format!(
+            "pid {pid} from {} is a forkmaster master that did not answer in time (busy, or out of file descriptors: see its log)",
+            path.display()
+        ))),
         Err(QueryError::Refused) => Err(Outcome::Failed(format!(
             "pid {pid} from {} is a forkmaster master that answers only its own user (or root): run this as that user",
             path.display()

@@ -106,9 +106,29 @@ pub fn write_pid(path: &Path, pid: i32) -> Result<()> {
 /// Removes the pid file if it still names `pid`; reports whether it did.
 pub fn remove_if_ours(path: &Path, pid: i32) -> bool {
     match read_pid(path) {
-        Ok(Some(found)) if found == pid => std::fs::remove_file(path).is_ok(),
+        Ok(Some(found)) if found == pid => match std::fs::remove_file(path) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "event=pid-file-not-removed path={} error=\"{}\"",
+                    path.display(),
+                    crate::error::io_reason(&e)
+                );
+                false
+            }
+        },
         _ => false,
     }
+}
+
+/// The pid file's path with its directory resolved, to tell whether two
+/// spellings name the same file (the file itself need not exist).
+pub fn canonical(path: &Path) -> Option<PathBuf> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }
 
 fn temp_path(path: &Path) -> PathBuf {

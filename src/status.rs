@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub pid: i32,
+    /// The master's pid file, its directory resolved (clients check that a
+    /// pid they found is the master of the pid file they were given).
+    pub pid_file: Option<String>,
     pub generation: u32,
     pub uptime_secs: f64,
     /// `running` or `stopping`.

@@ -347,8 +347,12 @@ impl Master {
     fn on_usr1(&mut self) {
         log::info!("event=reopen-logs workers={}", self.workers.len());
         self.logs.reopen();
-        for pid in self.workers.keys() {
-            let _ = kill(Pid::from_raw(*pid), NixSignal::SIGUSR1);
+        // Not to booting workers: an app that has not yet installed its
+        // handler would die of USR1's default action.
+        for worker in self.workers.values() {
+            if matches!(worker.state, crate::worker::WorkerState::Ready { .. }) {
+                let _ = kill(Pid::from_raw(worker.pid), NixSignal::SIGUSR1);
+            }
         }
     }
 
@@ -450,6 +454,12 @@ impl Master {
         workers.sort_by_key(|w| (w.slot, w.pid));
         Status {
             pid: self.pid,
+            pid_file: self
+                .config
+                .pid_file
+                .as_deref()
+                .and_then(pidfile::canonical)
+                .map(|p| p.display().to_string()),
             generation: self.generation,
             uptime_secs: now.duration_since(self.started).as_secs_f64(),
             phase: match self.phase {
