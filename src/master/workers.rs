@@ -78,7 +78,12 @@ impl Master {
         let pid = match sys::spawn(&mut exec) {
             Ok(pid) => pid,
             Err(e) => {
-                let why = format!("fork: {}", errno_reason(e));
+                let hint = if e == Errno::EAGAIN {
+                    " (a process limit: RLIMIT_NPROC, pid_max or cgroup pids.max)"
+                } else {
+                    ""
+                };
+                let why = format!("fork: {}{hint}", errno_reason(e));
                 log::error!("worker={slot} event=spawn-failed error=\"{why}\"");
                 if incoming {
                     self.fail_rollout(format!("worker={slot} {why}"), now);

@@ -368,7 +368,8 @@ fn fork_failing_is_logged_and_retried_and_upgrade_and_reload_fail_cleanly() {
     let log = master.wait_log_count("event=spawn-failed", 3, secs(10));
     let failures = spawn_failures(&log);
     assert!(
-        failures[0].contains("worker=2 event=spawn-failed error=\"fork: try again\""),
+        failures[0]
+            .contains("worker=2 event=spawn-failed error=\"fork: try again (a process limit"),
         "{failures:#?}; log:\n{log}"
     );
     let delays: Vec<u64> = master_events(&log, "respawn")
