@@ -136,9 +136,11 @@ impl Master {
             }
         }
         let done = rollout.queue.is_empty() && booting == 0;
-        for slot in starts {
-            self.spawn_worker(slot, true, now);
-        }
+        let spawned: Vec<i32> = starts
+            .into_iter()
+            .filter_map(|slot| self.spawn_worker(slot, true, now))
+            .collect();
+        self.restart_ready_clocks(&spawned, now);
         if !done {
             return;
         }

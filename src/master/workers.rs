@@ -46,9 +46,10 @@ impl std::fmt::Display for ExitStatus {
 impl Master {
     /// Fills and empties slots to reach the target.
     pub(super) fn scale_workers(&mut self, now: Instant) {
+        let mut spawned = Vec::new();
         for action in plan::scale(self.target, &self.slots, now) {
             match action {
-                Action::Spawn(slot) => self.spawn_worker(slot, false, now),
+                Action::Spawn(slot) => spawned.extend(self.spawn_worker(slot, false, now)),
                 Action::Stop(slot) => {
                     let s = &self.slots[slot];
                     for pid in [s.active, s.incoming].into_iter().flatten() {
@@ -63,12 +64,38 @@ impl Master {
             .rposition(|s| s.active.is_some() || s.incoming.is_some())
             .map_or(0, |i| i + 1);
         self.slots.truncate(self.target.max(busy));
+        self.restart_ready_clocks(&spawned, now);
         self.log_if_all_ready();
+    }
+
+    /// The ready timeout counts from when the master can hear `READY=1`:
+    /// while it forks a thousand workers in one pass, the first ones may be
+    /// ready (their datagrams queued, or their senders blocked on a full
+    /// queue) long before the master reads a single notification.
+    pub(super) fn restart_ready_clocks(&mut self, pids: &[i32], pass_start: Instant) {
+        let now = Instant::now();
+        if now.duration_since(pass_start) < std::time::Duration::from_millis(10) {
+            return;
+        }
+        let deadline = now + self.config.ready_timeout;
+        for pid in pids {
+            if let Some(worker) = self.workers.get_mut(pid) {
+                if let WorkerState::Booting { deadline: old } = &mut worker.state {
+                    *old = deadline;
+                    self.timers.add(deadline, Timer::ReadyTimeout(*pid));
+                }
+            }
+        }
     }
 
     /// Starts a worker in `slot`: as its active worker, or as the incoming
     /// replacement of a rolling restart.
-    pub(super) fn spawn_worker(&mut self, slot: usize, incoming: bool, now: Instant) {
+    pub(super) fn spawn_worker(
+        &mut self,
+        slot: usize,
+        incoming: bool,
+        now: Instant,
+    ) -> Option<i32> {
         if self.slots.len() <= slot {
             self.slots.resize(slot + 1, Slot::default());
         }
@@ -92,7 +119,7 @@ impl Master {
                     s.failures = s.failures.saturating_add(1);
                     self.schedule_respawn(slot, why, now);
                 }
-                return;
+                return None;
             }
         };
         log::info!(
@@ -117,6 +144,7 @@ impl Master {
             s.retry_at = None;
         }
         self.workers.insert(pid, worker);
+        Some(pid)
     }
 
     /// Sends the stop signal (or SIGINT when quick) and arms the kill deadline.

@@ -1,0 +1,1038 @@
+#!/usr/bin/env bash
+# Scale benchmarks of forkmaster, run from the repo root:
+#
+#     bash bench/scale.sh                 # full run, about 2.5 minutes on 2 cores
+#     BENCH_QUICK=1 bash bench/scale.sh   # smoke run, well under a minute
+#
+# Each figure is the median of several runs, printed beside a baseline that
+# explains it:
+#
+# 1. Master memory: VmRSS, RssAnon, RssFile and Pss of the idle master with
+#    4 and 256 workers (and 1000, taken at all-ready in part 3); baselines:
+#    `sleep` and one demo worker, what a minimal process costs here.
+# 2. Idle cost: the master's context switches and CPU time over 10 s once
+#    every worker is ready, with no timeouts (expected: 0) and with
+#    `--timeout 2s --ready notify` (each WATCHDOG=1 ping is a datagram that
+#    wakes the master; the pings sent are shown beside the count), and for a
+#    master that has been through USR2, HUP, TTIN and TTOU (expected: 0).
+# 3. Spawn scale: from start until 16, 256 and 1000 demo workers are ready
+#    (`--ready notify`, the master's `event=all-ready` log stamp); baseline:
+#    a minimal supervisor in Python (bench/notify_spawner.py: posix_spawn N
+#    demos, wait for N READY=1) and the CPU time N demo boots cost / nproc.
+# 4. Upgrade time for 4, 64 and 256 workers, USR2 -> "old master gone, all
+#    new workers ready", split into phases by the masters' log stamps;
+#    baseline: a cold start of the same N workers.
+# 5. Zero downtime: 50 USR2 upgrades, then 50 HUP rolling restarts, back to
+#    back under saturating wrk load, with keep-alive and `Connection: close`;
+#    baseline: a naive stop and start, which must show failures.
+# 6. Log throughput through the master (`--stdout-path`): N writers
+#    (bench/log_writer.py) writing 100-byte lines as fast as they can;
+#    baselines: the same writers appending straight to the file, and writing
+#    into one pipe drained by `cat` (forkmaster's design without forkmaster).
+#    The files go to /dev/shm when it is a tmpfs with room (BENCH_LOG_DIR
+#    overrides), so that disk writeback does not blur the figures.
+#
+# Everything runs in a temp dir (Unix sockets, and 127.0.0.1 for wrk) that
+# is removed on exit; every process started here (masters, including the
+# ones upgrades start, baseline process groups, wrk) is stopped on exit.
+# Exits 1 if a request failed during an upgrade or reload, an upgrade or
+# reload failed, the naive baseline saw no failure, or a log line was lost.
+#
+# BENCH_QUICK=1: fewer runs and smaller counts. BENCH_KEEP=1 keeps the temp
+# dir. BENCH_RUNS (every part), BENCH_IDLE_SECS and BENCH_LOAD_ACTIONS
+# override counts; BENCH_LOG_DIR where part 6 writes.
+set -Eeuo pipefail
+# Says which command stopped the script, if one does (set -e alone is silent).
+trap 'printf "bench/scale.sh: line %s: %s failed\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
+
+# EPOCHREALTIME and awk must use '.' as the decimal point.
+export LC_ALL=C
+
+readonly HOST=127.0.0.1
+if [[ ${BENCH_QUICK:-0} == 1 ]]; then
+    RUNS=${BENCH_RUNS:-1}
+    SLOW_RUNS=${BENCH_RUNS:-1}
+    IDLE_SECS=${BENCH_IDLE_SECS:-2}
+    SPAWN_COUNTS=(16 128 256)
+    UPGRADE_COUNTS=(4 16 64)
+    LOAD_ACTIONS=${BENCH_LOAD_ACTIONS:-5}
+    LOG_WRITERS=(1 4)
+    LOG_TOTAL_LINES=200000
+    LOG_RUNS=${BENCH_RUNS:-1}
+else
+    RUNS=${BENCH_RUNS:-5}          # cheap measurements (spawn, upgrade)
+    SLOW_RUNS=${BENCH_RUNS:-3}     # 10 s idle windows, memory baselines
+    IDLE_SECS=${BENCH_IDLE_SECS:-10}
+    SPAWN_COUNTS=(16 256 1000)
+    UPGRADE_COUNTS=(4 64 256)
+    LOAD_ACTIONS=${BENCH_LOAD_ACTIONS:-50}
+    LOG_WRITERS=(1 4 16)
+    LOG_TOTAL_LINES=10000000       # 1 GB per run, split among the writers
+    LOG_RUNS=${BENCH_RUNS:-5}      # the flood's figures vary more from run to run
+fi
+readonly RUNS SLOW_RUNS IDLE_SECS SPAWN_COUNTS UPGRADE_COUNTS LOAD_ACTIONS LOG_WRITERS LOG_TOTAL_LINES LOG_RUNS
+readonly IDLE_WORKERS=(4 256)
+readonly WATCHDOG_WORKERS=4
+readonly WATCHDOG_TIMEOUT_S=2
+readonly LOAD_WORKERS=16
+readonly BASELINE_RESTARTS=3
+readonly WRK_THREADS=2
+readonly WRK_CONNECTIONS=64
+readonly WRK_MAX_SECS=120
+# Bounds for every poll below; generous, as the machine may be loaded.
+readonly READY_TIMEOUT_S=60
+readonly POLL_S=0.05
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$(pwd)
+readonly REPO
+readonly FM="$REPO/target/release/forkmaster"
+readonly DEMO="$REPO/target/release/forkmaster-demo"
+readonly SPAWNER="$REPO/bench/notify_spawner.py"
+readonly WRITER="$REPO/bench/log_writer.py"
+FM_EXE=""         # $FM with symlinks resolved, as /proc/PID/exe shows it
+PYTHON=""         # python3's real interpreter (not a pyenv shim: no shell start-up)
+NPROC=$(nproc)
+readonly NPROC
+TICK_MS=$(( 1000 / $(getconf CLK_TCK) ))
+readonly TICK_MS
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/forkmaster-scale.XXXXXX")
+readonly TMP
+MASTER_PIDS=()    # every master pid seen: started here or named by an upgrade
+GROUPS_STARTED=() # process groups of baselines (setsid), killed on exit
+WRK_PID=""
+EXTRA_DIRS=()     # temp dirs outside $TMP, removed on exit
+
+say() { printf '# %s\n' "$*" >&2; }
+die() { printf 'bench/scale.sh: %s\n' "$*" >&2; exit 1; }
+
+CHECKS_FAILED=()
+WARNINGS=()
+
+# ---------------------------------------------------------------- processes
+
+is_our_master() {
+    local exe
+    exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
+    [[ $exe == "$FM_EXE" ]]
+}
+
+remember_master() {
+    local pid
+    for pid in "${MASTER_PIDS[@]}"; do
+        [[ $pid == "$1" ]] && return 0
+    done
+    MASTER_PIDS+=("$1")
+}
+
+# Every master pid we know of, including those only a pid file or .oldbin
+# in the temp dir names (an upgrade we did not see finish may have started one).
+known_masters() {
+    local file pid
+    for file in "$TMP"/*.pid "$TMP"/*.pid.oldbin; do
+        [[ -f $file ]] || continue
+        pid=$(tr -dc '0-9' 2>/dev/null <"$file") || continue
+        [[ -n $pid ]] && remember_master "$pid"
+    done
+    printf '%s\n' "${MASTER_PIDS[@]}"
+}
+
+live_masters() {
+    local pid
+    while read -r pid; do
+        [[ -n $pid ]] && is_our_master "$pid" && echo "$pid"
+    done < <(known_masters)
+    return 0
+}
+
+no_live_masters() { [[ -z $(live_masters) ]]; }
+
+wrk_gone() { [[ -z $WRK_PID ]] || ! kill -0 "$WRK_PID" 2>/dev/null; }
+
+group_gone() { ! kill -0 -- "-$1" 2>/dev/null; }
+
+# Polls `"$@"` every POLL_S until it succeeds; fails after $1 seconds.
+wait_until() {
+    local timeout_s=$1; shift
+    local deadline=$(( $(now_us) + timeout_s * 1000000 ))
+    until "$@"; do
+        (( $(now_us) < deadline )) || return 1
+        sleep "$POLL_S"
+    done
+}
+
+# Stops a baseline's process group (started with setsid: pgid = pid).
+stop_group() {
+    local pgid=$1
+    group_gone "$pgid" && return 0
+    kill -TERM -- "-$pgid" 2>/dev/null || true
+    wait_until 5 group_gone "$pgid" || kill -KILL -- "-$pgid" 2>/dev/null || true
+    wait "$pgid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if ! wrk_gone; then
+        kill -INT "$WRK_PID" 2>/dev/null
+        wait_until 5 wrk_gone || kill -KILL "$WRK_PID" 2>/dev/null
+    fi
+    local pgid
+    for pgid in "${GROUPS_STARTED[@]}"; do
+        stop_group "$pgid"
+    done
+    # TERM is the master's quick stop; its workers die with it (they are
+    # started with PDEATHSIG), so the masters are all there is to stop.
+    local pids
+    pids=$(live_masters)
+    if [[ -n $pids ]]; then
+        say "stopping leftover masters: $(echo "$pids" | tr '\n' ' ')"
+        # shellcheck disable=SC2086  # one pid per word
+        kill -TERM $pids 2>/dev/null
+        if ! wait_until 10 no_live_masters; then
+            # shellcheck disable=SC2046
+            kill -KILL $(live_masters) 2>/dev/null
+        fi
+    fi
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+        say "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    local dir
+    for dir in "${EXTRA_DIRS[@]}"; do rm -rf "$dir"; done
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- numbers
+
+# Microseconds since the epoch (EPOCHREALTIME has 6 decimals).
+now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
+
+us_to_secs() { printf '%d.%06d' $(( $1 / 1000000 )) $(( $1 % 1000000 )); }
+
+# Milliseconds since midnight UTC of an epoch time in microseconds, as the
+# masters' log stamps (`2026-11-23T17:57:26.123Z`, truncated to the ms) are
+# compared against it.
+us_to_day_ms() { echo $(( ($1 / 1000) % 86400000 )); }
+
+# Reads numbers, one per line; prints their median (or "-" if none).
+median() {
+    sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print "-"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            print m
+        }'
+}
+
+# "median min max" of numbers read one per line, formatted with $1 (printf).
+stats() {
+    local fmt=$1
+    sort -g | awk -v f="$fmt" '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print "-", "-", "-"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf f " " f " " f "\n", m, v[1], v[NR]
+        }'
+}
+
+# The median of a "\n"-joined list in variable text $1, formatted with $2.
+med() {
+    local m
+    m=$(printf '%s' "$1" | median)
+    [[ $m == - ]] && { echo -; return 0; }
+    # shellcheck disable=SC2059  # the format is ours
+    printf "$2" "$m"
+}
+
+kib() { awk -v k="$1" 'BEGIN { if (k == "-") print "-"; else if (k >= 1024) printf "%.2f MiB", k / 1024; else printf "%d KiB", k }'; }
+
+# A /proc/PID/status field in kB.
+status_kb() { awk -v k="$2:" '$1 == k { print $2; found = 1 } END { exit !found }' "/proc/$1/status"; }
+
+# Pss of PID in kB (smaps_rollup).
+pss_kb() { awk '$1 == "Pss:" { print $2; found = 1 } END { exit !found }' "/proc/$1/smaps_rollup"; }
+
+# voluntary+involuntary context switches of PID (main thread = process).
+ctx_switches() {
+    awk '/^voluntary_ctxt_switches:/ { v = $2 } /^nonvoluntary_ctxt_switches:/ { n = $2 }
+         END { print v + n }' "/proc/$1/status"
+}
+
+# utime+stime of PID in clock ticks. (The comm field has no spaces here.)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# ---------------------------------------------------------------- masters
+
+# Starts a master in the background: $1 name (pid file $TMP/$1.pid, log
+# $TMP/$1.log, socket $TMP/$1.sock), then forkmaster flags, `--`, the
+# command. Sets STARTED_PID and STARTED_US (just before the exec).
+start_master() {
+    local name=$1; shift
+    rm -f "$TMP/$name.pid" "$TMP/$name.log"
+    STARTED_US=$(now_us)
+    "$FM" --listen "unix:$TMP/$name.sock" --pid "$TMP/$name.pid" "$@" >>"$TMP/$name.log" 2>&1 &
+    STARTED_PID=$!
+    remember_master "$STARTED_PID"
+}
+
+# Whether master $1 has logged all-ready into $2 (or died, to stop polling).
+all_ready_or_dead() {
+    grep -q "forkmaster\[$1\] event=all-ready" "$2" 2>/dev/null || ! is_our_master "$1"
+}
+
+# Waits until master $1 (log $2) logs all-ready; dies naming the log otherwise.
+wait_all_ready() {
+    wait_until "$READY_TIMEOUT_S" all_ready_or_dead "$1" "$2" ||
+        die "master $1 not ready within ${READY_TIMEOUT_S}s (log: $2)"
+    is_our_master "$1" || die "master $1 exited during startup: $(grep -v '^demo ' "$2" | tail -n 3)"
+}
+
+# Milliseconds since midnight UTC of the first line of master $1 in log $2
+# holding event $3 (e.g. "event=all-ready"); fails if there is none.
+log_ms() {
+    awk -v who="forkmaster[$1]" -v ev="$3" '
+        $3 == who && $4 == ev {
+            split(substr($1, 12, 12), a, ":")
+            printf "%d\n", (a[1] * 3600 + a[2] * 60 + a[3]) * 1000 + 0.5
+            found = 1
+            exit
+        }
+        END { exit !found }' "$2"
+}
+
+# Milliseconds from $1 to $2 (since midnight), across midnight.
+ms_between() { local d=$(( $2 - $1 )); (( d < -43200000 )) && d=$(( d + 86400000 )); echo "$d"; }
+
+# Graceful stop of the master of pid file $1, waiting until it is gone.
+stop_master() {
+    local pidfile=$1 pid
+    pid=$(tr -dc '0-9' 2>/dev/null <"$pidfile" || true)
+    [[ -n $pid ]] || return 0
+    remember_master "$pid"
+    "$FM" stop -p "$pidfile" --wait --timeout 60s >/dev/null 2>&1 || {
+        say "graceful stop of $pid failed; TERM"
+        kill -TERM "$pid" 2>/dev/null || true
+        wait_until 10 no_live_master "$pid" || kill -KILL "$pid" 2>/dev/null || true
+    }
+    wait "$pid" 2>/dev/null || true
+}
+
+no_live_master() { ! is_our_master "$1"; }
+
+# ---------------------------------------------------------------- setup
+
+build() {
+    command -v cargo >/dev/null 2>&1 || die "cargo is required (install Rust with rustup)"
+    command -v python3 >/dev/null 2>&1 || die "python3 is required (the baselines and log writers)"
+    say "building release binaries"
+    cargo build --release --bins >&2
+    [[ -x $FM && -x $DEMO ]] || die "missing $FM or $DEMO after the build"
+    FM_EXE=$(readlink -f "$FM")
+    PYTHON=$(python3 -c 'import sys; print(sys.executable)')
+    [[ -x $PYTHON ]] || die "cannot find python3's interpreter (got '$PYTHON')"
+}
+
+ensure_wrk() {
+    command -v wrk >/dev/null 2>&1 && return 0
+    local sudo=() log="$TMP/apt.log"
+    if [[ $EUID -ne 0 ]]; then
+        sudo -n true 2>/dev/null || { say "wrk is missing and apt-get needs root"; return 1; }
+        sudo=(sudo -n)
+    fi
+    command -v apt-get >/dev/null 2>&1 || { say "wrk is missing and there is no apt-get"; return 1; }
+    say "installing wrk with apt-get"
+    if "${sudo[@]}" apt-get update >"$log" 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y wrk >>"$log" 2>&1 &&
+        command -v wrk >/dev/null 2>&1; then
+        return 0
+    fi
+    say "apt-get could not install wrk: $(tail -n 2 "$log" | tr '\n' ' ')"
+    return 1
+}
+
+# The limits that bound the spawn figures; raises the soft fd limit to the
+# hard one. Each demo worker is 3 threads (tasks), twice over during an upgrade.
+LIMITS=""
+machine_limits() {
+    local hard max_workers=0 n tasks pid_max threads_max nproc_limit mem
+    hard=$(ulimit -Hn)
+    ulimit -n "$hard" 2>/dev/null || true
+    pid_max=$(cat /proc/sys/kernel/pid_max)
+    threads_max=$(cat /proc/sys/kernel/threads-max)
+    nproc_limit=$(ulimit -u)
+    mem=$(awk '/^MemAvailable:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+    for n in "${SPAWN_COUNTS[@]}" "${UPGRADE_COUNTS[@]}"; do (( n > max_workers )) && max_workers=$n; done
+    tasks=$(( max_workers * 3 * 2 + 100 ))
+    LIMITS="ulimit -n $(ulimit -n) (hard $hard), ulimit -u $nproc_limit, pid_max $pid_max,"
+    LIMITS+=" threads-max $threads_max, MemAvailable $mem, net.unix.max_dgram_qlen"
+    LIMITS+=" $(cat /proc/sys/net/unix/max_dgram_qlen)"
+    if (( tasks > pid_max )) || { [[ $nproc_limit != unlimited ]] && (( tasks > nproc_limit )); }; then
+        WARNINGS+=("up to $tasks tasks needed, over pid_max or ulimit -u: spawn figures may fail")
+    fi
+}
+
+# ---------------------------------------------------------------- parts 1 & 2
+
+MEM_ROWS=()       # label|VmRSS|RssAnon|RssFile|Pss (kB medians)
+IDLE_ROWS=()      # label|ctx median|ctx max|cpu ms median|cpu ms max|pings expected
+ANON_4="" ANON_256=""
+RSS_4="" RSS_256=""
+
+bench_idle() {
+    local run n name pid line
+    local -A ctx=() cpu=() rss=() anon=() file=() pss=()
+    local names=()
+    for n in "${IDLE_WORKERS[@]}"; do names+=("idle-$n"); done
+    names+=("watchdog-$WATCHDOG_WORKERS" churn-4)
+    for run in $(seq 1 "$SLOW_RUNS"); do
+        say "idle: run $run/$SLOW_RUNS, ${IDLE_SECS}s window, masters: ${names[*]}"
+        local -A pids=()
+        for n in "${IDLE_WORKERS[@]}"; do
+            start_master "idle-$n" --workers "$n" --ready notify -- "$DEMO"
+            pids[idle-$n]=$STARTED_PID
+        done
+        start_master "watchdog-$WATCHDOG_WORKERS" --workers "$WATCHDOG_WORKERS" --ready notify \
+            --timeout "${WATCHDOG_TIMEOUT_S}s" -- "$DEMO"
+        pids[watchdog-$WATCHDOG_WORKERS]=$STARTED_PID
+        start_master churn-4 --workers 4 --ready notify -- "$DEMO"
+        pids[churn-4]=$STARTED_PID
+        for name in "${names[@]}"; do
+            wait_all_ready "${pids[$name]}" "$TMP/$name.log"
+        done
+        # A master that has been through an upgrade, a reload and TTIN+TTOU
+        # must be as idle as a fresh one: no leftover timers.
+        upgrade_once "$TMP/churn-4.pid"
+        [[ $UP_RC -eq 0 ]] || die "churn-4: upgrade failed (exit $UP_RC): $UP_OUT"
+        pids[churn-4]=$UP_NEW
+        "$FM" reload -p "$TMP/churn-4.pid" --wait --timeout 60s >/dev/null ||
+            die "churn-4: reload failed (log: $TMP/churn-4.log)"
+        kill -TTIN "$UP_NEW"
+        wait_until 10 churn_workers 5 || die "churn-4: TTIN did not add a worker"
+        kill -TTOU "$UP_NEW"
+        wait_until 10 churn_workers 4 || die "churn-4: TTOU did not remove a worker"
+        # Let the last READY=1 datagrams and log lines settle.
+        sleep 0.5
+        local -A c_start=() t_start=()
+        for name in "${names[@]}"; do
+            c_start[$name]=$(ctx_switches "${pids[$name]}")
+            t_start[$name]=$(cpu_ticks "${pids[$name]}")
+        done
+        sleep "$IDLE_SECS"
+        for name in "${names[@]}"; do
+            pid=${pids[$name]}
+            ctx[$name]+="$(( $(ctx_switches "$pid") - c_start[$name] ))"$'\n'
+            cpu[$name]+="$(( ( $(cpu_ticks "$pid") - t_start[$name] ) * TICK_MS ))"$'\n'
+            rss[$name]+="$(status_kb "$pid" VmRSS)"$'\n'
+            anon[$name]+="$(status_kb "$pid" RssAnon)"$'\n'
+            file[$name]+="$(status_kb "$pid" RssFile)"$'\n'
+            pss[$name]+="$(pss_kb "$pid")"$'\n'
+        done
+        for name in "${names[@]}"; do stop_master "$TMP/$name.pid"; done
+    done
+    for n in "${IDLE_WORKERS[@]}"; do
+        name="idle-$n"
+        MEM_ROWS+=("master, $n workers|$(med "${rss[$name]}" %d)|$(med "${anon[$name]}" %d)|$(med "${file[$name]}" %d)|$(med "${pss[$name]}" %d)")
+        line="master, $n workers, no timeouts|$(printf '%s' "${ctx[$name]}" | stats %d | tr ' ' '|')"
+        IDLE_ROWS+=("$line|$(printf '%s' "${cpu[$name]}" | stats %d | tr ' ' '|')|-")
+    done
+    ANON_4=$(med "${anon[idle-4]}" %d) ANON_256=$(med "${anon[idle-256]}" %d)
+    RSS_4=$(med "${rss[idle-4]}" %d) RSS_256=$(med "${rss[idle-256]}" %d)
+    IDLE_ROWS+=("master, 4 workers, after USR2+HUP+TTIN+TTOU|$(printf '%s' "${ctx[churn-4]}" | stats %d | tr ' ' '|')|$(printf '%s' "${cpu[churn-4]}" | stats %d | tr ' ' '|')|-")
+    name="watchdog-$WATCHDOG_WORKERS"
+    # The demo pings every third of WATCHDOG_USEC.
+    local pings=$(( WATCHDOG_WORKERS * IDLE_SECS * 3 / WATCHDOG_TIMEOUT_S ))
+    line="master, $WATCHDOG_WORKERS workers, --timeout ${WATCHDOG_TIMEOUT_S}s|$(printf '%s' "${ctx[$name]}" | stats %d | tr ' ' '|')"
+    IDLE_ROWS+=("$line|$(printf '%s' "${cpu[$name]}" | stats %d | tr ' ' '|')|$pings")
+}
+
+# Baselines for memory: a `sleep` and one demo worker (of a fresh master).
+bench_memory_baselines() {
+    local run pid worker srss="" sanon="" sfile="" spss="" drss="" danon="" dfile="" dpss=""
+    for run in $(seq 1 "$SLOW_RUNS"); do
+        setsid sleep 600 &
+        pid=$!
+        GROUPS_STARTED+=("$pid")
+        # /proc/PID/exe names sleep once setsid has exec'd it.
+        wait_until 5 sleep_execd "$pid" || die "sleep did not start"
+        srss+="$(status_kb "$pid" VmRSS)"$'\n'
+        sanon+="$(status_kb "$pid" RssAnon)"$'\n'
+        sfile+="$(status_kb "$pid" RssFile)"$'\n'
+        spss+="$(pss_kb "$pid")"$'\n'
+        stop_group "$pid"
+    done
+    MEM_ROWS+=("baseline: sleep 600|$(med "$srss" %d)|$(med "$sanon" %d)|$(med "$sfile" %d)|$(med "$spss" %d)")
+    for run in $(seq 1 "$SLOW_RUNS"); do
+        start_master demo-rss --workers 1 --ready notify -- "$DEMO"
+        pid=$STARTED_PID
+        wait_all_ready "$pid" "$TMP/demo-rss.log"
+        worker=$(awk '/event=ready boot_ms/ { for (i = 1; i <= NF; i++) if ($i ~ /^pid=/) { print substr($i, 5); exit } }' "$TMP/demo-rss.log")
+        drss+="$(status_kb "$worker" VmRSS)"$'\n'
+        danon+="$(status_kb "$worker" RssAnon)"$'\n'
+        dfile+="$(status_kb "$worker" RssFile)"$'\n'
+        dpss+="$(pss_kb "$worker")"$'\n'
+        stop_master "$TMP/demo-rss.pid"
+    done
+    MEM_ROWS+=("baseline: one forkmaster-demo worker|$(med "$drss" %d)|$(med "$danon" %d)|$(med "$dfile" %d)|$(med "$dpss" %d)")
+}
+
+# Whether the churn-4 master has exactly $1 workers, all ready, and no other
+# child (the one TTOU stopped has exited).
+churn_workers() {
+    local out pid
+    out=$("$FM" status -p "$TMP/churn-4.pid" 2>/dev/null) || return 1
+    [[ $out == *"workers=$1/$1 ready"* ]] || return 1
+    pid=$(tr -dc '0-9' <"$TMP/churn-4.pid")
+    (( $(wc -w <"/proc/$pid/task/$pid/children") == $1 ))
+}
+
+sleep_execd() { [[ $(readlink "/proc/$1/exe" 2>/dev/null) == */sleep ]]; }
+
+# ---------------------------------------------------------------- part 3
+
+SPAWN_ROWS=()
+RSS_1000_ROW=""
+
+bench_spawn() {
+    local n run pid log t0 ready start last_spawn out total loop base_total base_loop kids
+    local top=0
+    for n in "${SPAWN_COUNTS[@]}"; do (( n > top )) && top=$n; done
+    for n in "${SPAWN_COUNTS[@]}"; do
+        total="" loop="" base_total="" base_loop="" kids=""
+        local top_rss="" top_anon="" top_file="" top_pss=""
+        say "spawn: $n workers, $RUNS runs (forkmaster, then the minimal supervisor)"
+        for run in $(seq 1 "$RUNS"); do
+            start_master "spawn-$n" --workers "$n" --ready notify -- "$DEMO"
+            pid=$STARTED_PID t0=$STARTED_US log="$TMP/spawn-$n.log"
+            wait_all_ready "$pid" "$log"
+            if (( n == top )); then
+                top_rss+="$(status_kb "$pid" VmRSS)"$'\n'
+                top_anon+="$(status_kb "$pid" RssAnon)"$'\n'
+                top_file+="$(status_kb "$pid" RssFile)"$'\n'
+                top_pss+="$(pss_kb "$pid")"$'\n'
+            fi
+            ready=$(log_ms "$pid" "$log" event=all-ready)
+            start=$(log_ms "$pid" "$log" event=start)
+            last_spawn=$(awk -v who="forkmaster[$pid]" '$3 == who && / event=spawn / { t = $1 }
+                END { split(substr(t, 12, 12), a, ":"); printf "%d\n", (a[1] * 3600 + a[2] * 60 + a[3]) * 1000 + 0.5 }' "$log")
+            total+="$(ms_between "$(us_to_day_ms "$t0")" "$ready")"$'\n'
+            loop+="$(ms_between "$start" "$last_spawn")"$'\n'
+            stop_master "$TMP/spawn-$n.pid"
+
+            # Baseline: posix_spawn N demos, wait for N READY=1.
+            setsid "$PYTHON" "$SPAWNER" "$n" "$DEMO" "$TMP/spawner.sock" "$TMP/spawner-$n.log" \
+                >"$TMP/spawner.out" 2>&1 &
+            pid=$!
+            GROUPS_STARTED+=("$pid")
+            wait "$pid" || die "notify_spawner.py failed: $(cat "$TMP/spawner.out")"
+            out=$(cat "$TMP/spawner.out")
+            [[ $out =~ start=([0-9.]+)\ spawned=([0-9.]+)\ ready=([0-9.]+)\ self_cpu=([0-9.]+)\ children_cpu=([0-9.]+) ]] ||
+                die "notify_spawner.py said: $out"
+            base_total+="$(awk -v t="${BASH_REMATCH[1]}" -v r="${BASH_REMATCH[3]}" 'BEGIN { printf "%d\n", (r - t) * 1000 + 0.5 }')"$'\n'
+            base_loop+="$(awk -v t="${BASH_REMATCH[1]}" -v s="${BASH_REMATCH[2]}" 'BEGIN { printf "%d\n", (s - t) * 1000 + 0.5 }')"$'\n'
+            kids+="$(awk -v c="${BASH_REMATCH[5]}" -v p="$NPROC" 'BEGIN { printf "%d\n", c * 1000 / p + 0.5 }')"$'\n'
+        done
+        SPAWN_ROWS+=("$n|$(printf '%s' "$total" | stats %d)|$(med "$loop" %d)|$(printf '%s' "$base_total" | stats %d)|$(med "$base_loop" %d)|$(med "$kids" %d)")
+        if (( n == top )); then
+            RSS_1000_ROW="master, $n workers (at all-ready)|$(med "$top_rss" %d)|$(med "$top_anon" %d)|$(med "$top_file" %d)|$(med "$top_pss" %d)"
+        fi
+    done
+}
+
+# ---------------------------------------------------------------- part 4
+
+UPGRADE_ROWS=()
+
+# `forkmaster upgrade --wait` on pid file $1. Sets UP_RC, UP_OUT,
+# UP_WALL_US, UP_OLD, UP_NEW, UP_READY.
+upgrade_once() {
+    local t0 re='^upgraded: pid ([0-9]+) -> ([0-9]+), ([0-9]+) workers ready in ([0-9.]+)s$'
+    UP_RC=0 UP_OLD="" UP_NEW="" UP_READY=""
+    t0=$(now_us)
+    UP_OUT=$("$FM" upgrade -p "$1" --wait --timeout 60s 2>&1) || UP_RC=$?
+    UP_WALL_US=$(( $(now_us) - t0 ))
+    if [[ $UP_RC -eq 0 && $UP_OUT =~ $re ]]; then
+        UP_OLD=${BASH_REMATCH[1]} UP_NEW=${BASH_REMATCH[2]} UP_READY=${BASH_REMATCH[3]}
+        remember_master "$UP_NEW"
+    elif [[ $UP_RC -eq 0 ]]; then
+        UP_RC=99
+        UP_OUT="unexpected output: $UP_OUT"
+    fi
+    return 0
+}
+
+bench_upgrade() {
+    local n run pid log cold usr2 nstart nready oexit end
+    for n in "${UPGRADE_COUNTS[@]}"; do
+        local c_cold="" c_total="" c_exec="" c_boot="" c_tail="" c_over="" c_wall=""
+        say "upgrade: $n workers, $RUNS runs (cold start, upgrade --wait, stop)"
+        for run in $(seq 1 "$RUNS"); do
+            start_master "upgrade-$n" --workers "$n" --ready notify -- "$DEMO"
+            pid=$STARTED_PID log="$TMP/upgrade-$n.log"
+            wait_all_ready "$pid" "$log"
+            cold=$(ms_between "$(log_ms "$pid" "$log" event=start)" "$(log_ms "$pid" "$log" event=all-ready)")
+            upgrade_once "$TMP/upgrade-$n.pid"
+            [[ $UP_RC -eq 0 && $UP_READY == "$n" ]] ||
+                die "upgrade of $n workers failed (exit $UP_RC): $UP_OUT (log: $log)"
+            usr2=$(log_ms "$UP_OLD" "$log" event=upgrade-start)
+            nstart=$(log_ms "$UP_NEW" "$log" event=start)
+            nready=$(log_ms "$UP_NEW" "$log" event=all-ready)
+            oexit=$(log_ms "$UP_OLD" "$log" event=exit)
+            end=$(( nready > oexit ? nready : oexit ))
+            c_cold+="$cold"$'\n'
+            c_total+="$(ms_between "$usr2" "$end")"$'\n'
+            c_exec+="$(ms_between "$usr2" "$nstart")"$'\n'
+            c_boot+="$(ms_between "$nstart" "$nready")"$'\n'
+            c_tail+="$(ms_between "$nready" "$end")"$'\n'
+            c_over+="$(( $(ms_between "$usr2" "$end") - cold ))"$'\n'
+            c_wall+="$(( UP_WALL_US / 1000 ))"$'\n'
+            stop_master "$TMP/upgrade-$n.pid"
+            # Wait before the next run: the old master removed its pid file.
+            wait "$pid" 2>/dev/null || true
+        done
+        UPGRADE_ROWS+=("$n|$(printf '%s' "$c_total" | stats %d)|$(med "$c_exec" %d)|$(med "$c_boot" %d)|$(med "$c_tail" %d)|$(med "$c_cold" %d)|$(med "$c_over" %d)|$(med "$c_wall" %d)")
+    done
+}
+
+# ---------------------------------------------------------------- part 5
+
+LOAD_ROWS=()
+LOAD_NOTES=()
+APP_PIDFILE="$TMP/load.pid"
+APP_PORT=""
+APP_LOG=""
+
+# A port below the ephemeral range (wrk's own sockets cannot hold it), not
+# listened on now.
+pick_port() {
+    local low _ port attempt hex
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+    (( low > 11000 )) || low=32768
+    for attempt in $(seq 1 100); do
+        port=$(( 10000 + (RANDOM * 32768 + RANDOM) % (low - 11000) ))
+        printf -v hex '%04X' "$port"
+        if ! awk -v p=":$hex" '$2 ~ p "$" && $4 == "0A" { found = 1 } END { exit !found }' \
+            /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free port found (attempt $attempt)"
+}
+
+app_ready() {
+    local out
+    out=$("$FM" status -p "$APP_PIDFILE" 2>/dev/null) || return 1
+    [[ $out == *"phase=running workers=$LOAD_WORKERS/$LOAD_WORKERS ready"* ]]
+}
+
+app_ready_or_dead() { app_ready || ! is_our_master "$1"; }
+
+# Starts the load master on 127.0.0.1 (port $1 if given, else a free one).
+start_app() {
+    local fixed_port=${1:-} attempt pid
+    for attempt in 1 2 3 4 5; do
+        APP_PORT=${fixed_port:-$(pick_port)}
+        APP_LOG="$TMP/load-$APP_PORT.log"
+        "$FM" --listen "$HOST:$APP_PORT" --workers "$LOAD_WORKERS" --pid "$APP_PIDFILE" \
+            --ready notify --graceful-timeout 10s -- "$DEMO" >>"$APP_LOG" 2>&1 &
+        pid=$!
+        remember_master "$pid"
+        if wait_until "$READY_TIMEOUT_S" app_ready_or_dead "$pid" && app_ready; then
+            return 0
+        fi
+        is_our_master "$pid" && die "master pid $pid not ready in ${READY_TIMEOUT_S}s (log: $APP_LOG)"
+        wait "$pid" 2>/dev/null || true
+        [[ -z $fixed_port ]] || die "master could not start on port $APP_PORT: $(tail -n 3 "$APP_LOG")"
+    done
+    die "master failed to start 5 times; last log: $APP_LOG"
+}
+
+load_connected() {
+    local hex
+    printf -v hex '%04X' "$APP_PORT"
+    awk -v p=":$hex" '$3 ~ p "$" && $4 == "01" { found = 1; exit } END { exit !found }' /proc/net/tcp
+}
+
+app_master() { tr -dc '0-9' 2>/dev/null <"$APP_PIDFILE" || true; }
+
+do_upgrades() {
+    local i
+    ACTIONS_TRIED=0 ACTIONS_OK=0 ACTION_TIMES=""
+    for i in $(seq 1 "$1"); do
+        wrk_gone && break
+        ACTIONS_TRIED=$i
+        upgrade_once "$APP_PIDFILE"
+        ACTION_TIMES+="$(us_to_secs "$UP_WALL_US")"$'\n'
+        if [[ $UP_RC -eq 0 && $UP_READY == "$LOAD_WORKERS" ]]; then
+            ACTIONS_OK=$(( ACTIONS_OK + 1 ))
+        else
+            say "  upgrade $i failed (exit $UP_RC): $UP_OUT"
+            app_ready || break
+        fi
+    done
+}
+
+do_reloads() {
+    local i t0 rc out re="^reloaded: pid [0-9]+ generation ([0-9]+), $LOAD_WORKERS workers ready in [0-9.]+s$"
+    local pid anon0 anon1
+    ACTIONS_TRIED=0 ACTIONS_OK=0 ACTION_TIMES=""
+    pid=$(app_master)
+    anon0=$(status_kb "$pid" RssAnon)
+    for i in $(seq 1 "$1"); do
+        wrk_gone && break
+        ACTIONS_TRIED=$i
+        rc=0
+        t0=$(now_us)
+        out=$("$FM" reload -p "$APP_PIDFILE" --wait --timeout 60s 2>&1) || rc=$?
+        ACTION_TIMES+="$(us_to_secs $(( $(now_us) - t0 )))"$'\n'
+        if [[ $rc -eq 0 && $out =~ $re ]]; then
+            ACTIONS_OK=$(( ACTIONS_OK + 1 ))
+        else
+            say "  reload $i failed (exit $rc): $out"
+            app_ready || break
+        fi
+    done
+    anon1=$(status_kb "$pid" RssAnon 2>/dev/null || echo "?")
+    LOAD_NOTES+=("master RssAnon across $ACTIONS_TRIED reloads ($2): $anon0 KiB -> $anon1 KiB")
+}
+
+do_stop_starts() {
+    local i t0
+    ACTIONS_TRIED=0 ACTIONS_OK=0 ACTION_TIMES=""
+    for i in $(seq 1 "$1"); do
+        wrk_gone && break
+        ACTIONS_TRIED=$i
+        t0=$(now_us)
+        stop_master "$APP_PIDFILE"
+        start_app "$APP_PORT"
+        ACTION_TIMES+="$(us_to_secs $(( $(now_us) - t0 )))"$'\n'
+        ACTIONS_OK=$(( ACTIONS_OK + 1 ))
+    done
+}
+
+parse_wrk() {
+    awk '
+        / requests in / { requests = $1; secs = $4; sub(",$", "", secs) }
+        /Socket errors:/ {
+            gsub(",", "")
+            for (i = 3; i < NF; i += 2) if ($(i + 1) > 0) { err[$i] = $(i + 1); failed += $(i + 1) }
+        }
+        /Non-2xx or 3xx responses:/ { err["non-2xx"] = $NF; failed += $NF }
+        END {
+            if (requests == "") exit 1
+            d = ""
+            split("connect read write timeout non-2xx", order, " ")
+            for (k = 1; k <= 5; k++) if (order[k] in err) d = d (d == "" ? "" : ",") order[k] "=" err[order[k]]
+            printf "%s|%d|%s|%s\n", requests, failed, secs, (d == "" ? "-" : d)
+        }' "$1"
+}
+
+# $1 label, $2 action, $3 count, then extra wrk arguments.
+load_scenario() {
+    local label=$1 action=$2 count=$3
+    shift 3
+    local out="$TMP/wrk-${#LOAD_ROWS[@]}.txt" result rc=0 covered=yes
+    start_app
+    say "$label: wrk -t$WRK_THREADS -c$WRK_CONNECTIONS${*:+ ${*@Q}} on $HOST:$APP_PORT, $LOAD_WORKERS workers"
+    wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${WRK_MAX_SECS}s" "$@" "http://$HOST:$APP_PORT/" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait_until 10 load_connected || die "wrk did not connect within 10s: $(cat "$out")"
+    "$action" "$count" "$label"
+    wrk_gone && covered=no
+    kill -INT "$WRK_PID" 2>/dev/null || true
+    wait_until 15 wrk_gone || { kill -KILL "$WRK_PID" 2>/dev/null || true; }
+    wait "$WRK_PID" 2>/dev/null || rc=$?
+    WRK_PID=""
+    result=$(parse_wrk "$out") || die "$label: cannot read wrk's summary (exit $rc): $(cat "$out")"
+    say "  $ACTIONS_OK/$count done; requests|failed|wrk ran|details: $result"
+    [[ $covered == yes ]] || WARNINGS+=("$label: wrk's ${WRK_MAX_SECS}s ran out during action $ACTIONS_TRIED of $count")
+    LOAD_ROWS+=("$label|$ACTIONS_OK|$ACTIONS_TRIED|$count|$result|$(printf '%s' "$ACTION_TIMES" | stats %.3f)")
+    stop_master "$APP_PIDFILE"
+}
+
+bench_load() {
+    load_scenario "$LOAD_ACTIONS upgrades, keep-alive" do_upgrades "$LOAD_ACTIONS"
+    load_scenario "$LOAD_ACTIONS upgrades, Connection: close" do_upgrades "$LOAD_ACTIONS" -H 'Connection: close'
+    load_scenario "$LOAD_ACTIONS reloads, keep-alive" do_reloads "$LOAD_ACTIONS"
+    load_scenario "$LOAD_ACTIONS reloads, Connection: close" do_reloads "$LOAD_ACTIONS" -H 'Connection: close'
+    load_scenario "naive stop+start (baseline)" do_stop_starts "$BASELINE_RESTARTS"
+}
+
+check_load() {
+    local row label ok tried failed details
+    for row in "${LOAD_ROWS[@]}"; do
+        IFS='|' read -r label ok tried _ _ failed _ details _ <<<"$row"
+        if [[ $label == *baseline* ]]; then
+            (( failed > 0 )) || CHECKS_FAILED+=("$label: no failed request, so the harness cannot see failures")
+        else
+            (( failed == 0 )) || CHECKS_FAILED+=("$label: $failed failed requests ($details)")
+            (( ok == tried )) || CHECKS_FAILED+=("$label: $(( tried - ok )) of $tried failed")
+        fi
+    done
+}
+
+# ---------------------------------------------------------------- part 6
+
+LOG_ROWS=()
+
+# Whether file $1 holds at least $2 bytes.
+file_has() { [[ -f $1 ]] && (( $(stat -c %s "$1") >= $2 )); }
+
+# The file's mtime in ms since midnight UTC: when its last byte landed.
+mtime_day_ms() { stat -c %.3Y "$1" | awk '{ printf "%d\n", ($1 * 1000) % 86400000 + 0.5 }'; }
+
+# Lines of $1 that are not one writer's 100-byte line; the line count.
+# (A line is `w<writer> ` padded with x to 99 characters; writers 0-99.)
+check_lines() {
+    local bad
+    bad=$(grep -cvxE 'w[0-9] x{96}|w[0-9]{2} x{95}' "$1" || true)
+    echo "$bad $(wc -l <"$1")"
+}
+
+# The log files go to a tmpfs if there is one with room (/dev/shm): the
+# figures are then forkmaster's and the pipes', not the disk's writeback.
+# BENCH_LOG_DIR overrides.
+LOG_DIR=""
+LOG_FS=""
+pick_log_dir() {
+    local need_kb=$(( LOG_TOTAL_LINES * 100 * 2 / 1024 ))
+    if [[ -n ${BENCH_LOG_DIR:-} ]]; then
+        LOG_DIR=$(mktemp -d "$BENCH_LOG_DIR/forkmaster-scale.XXXXXX")
+    elif [[ $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]] &&
+        (( $(df -Pk /dev/shm | awk 'NR == 2 { print $4 }') > need_kb )); then
+        LOG_DIR=$(mktemp -d /dev/shm/forkmaster-scale.XXXXXX)
+    else
+        LOG_DIR=$TMP
+    fi
+    [[ $LOG_DIR == "$TMP" ]] || EXTRA_DIRS+=("$LOG_DIR")
+    LOG_FS=$(stat -f -c %T "$LOG_DIR")
+}
+
+bench_logs() {
+    local n run lines bytes out t0 pid ms cpu bad total pgid
+    for n in "${LOG_WRITERS[@]}"; do
+        lines=$(( LOG_TOTAL_LINES / n ))
+        bytes=$(( lines * n * 100 ))
+        local -A secs=() drain=() verdict=()
+        say "logs: $n writer(s) x $lines lines of 100 bytes into $LOG_DIR, $LOG_RUNS runs (forkmaster, direct, pipe+cat)"
+        for run in $(seq 1 "$LOG_RUNS"); do
+            # Through forkmaster: workers' stdout is a pipe the master drains.
+            out="$LOG_DIR/logs-fm.out"
+            rm -f "$out"
+            LOG_LINES=$lines start_master logs --workers "$n" --ready delay:0 --stdout-path "$out" \
+                -- "$PYTHON" "$WRITER"
+            pid=$STARTED_PID t0=$STARTED_US
+            wait_until 120 file_has "$out" "$bytes" || die "forkmaster: $out has $(stat -c %s "$out") of $bytes bytes after 120s"
+            ms=$(ms_between "$(us_to_day_ms "$t0")" "$(mtime_day_ms "$out")")
+            secs[fm]+="$ms"$'\n'
+            drain[fm]+="$(( $(cpu_ticks "$pid") * TICK_MS ))"$'\n'
+            stop_master "$TMP/logs.pid"
+            if (( run == 1 )); then
+                read -r bad total < <(check_lines "$out")
+                verdict[fm]="$total lines, $bad bad"
+                (( bad == 0 && total == lines * n )) || CHECKS_FAILED+=("logs through forkmaster, $n writers: $total of $(( lines * n )) lines, $bad garbled")
+            fi
+            rm -f "$out"
+
+            # Direct: each writer appends to the file itself.
+            out="$LOG_DIR/logs-direct.out"
+            rm -f "$out"
+            t0=$(now_us)
+            # shellcheck disable=SC2016  # expanded by the inner bash
+            setsid env LOG_LINES="$lines" LINGER=0 N="$n" PY="$PYTHON" WRITER_PY="$WRITER" OUT="$out" bash -c '
+                for ((i = 0; i < N; i++)); do WRITER=$i "$PY" "$WRITER_PY" >>"$OUT" & done
+                wait' &
+            pgid=$!
+            GROUPS_STARTED+=("$pgid")
+            wait "$pgid" || die "direct writers failed"
+            file_has "$out" "$bytes" || die "direct writers wrote $(stat -c %s "$out") of $bytes bytes"
+            secs[direct]+="$(ms_between "$(us_to_day_ms "$t0")" "$(mtime_day_ms "$out")")"$'\n'
+            drain[direct]+="-"$'\n'
+            if (( run == 1 )); then
+                read -r bad total < <(check_lines "$out")
+                verdict[direct]="$total lines, $bad bad"
+            fi
+            rm -f "$out"
+
+            # One pipe drained by cat: forkmaster's design without forkmaster.
+            out="$LOG_DIR/logs-cat.out"
+            rm -f "$out"
+            t0=$(now_us)
+            # shellcheck disable=SC2016  # expanded by the inner bash
+            setsid env LOG_LINES="$lines" LINGER=0 N="$n" PY="$PYTHON" WRITER_PY="$WRITER" OUT="$out" CPU="$TMP/cat.cpu" bash -c '
+                for ((i = 0; i < N; i++)); do WRITER=$i "$PY" "$WRITER_PY" & done |
+                    /usr/bin/env time -f "%U %S" -o "$CPU" cat >>"$OUT"' &
+            pgid=$!
+            GROUPS_STARTED+=("$pgid")
+            wait "$pgid" || die "pipe+cat writers failed"
+            file_has "$out" "$bytes" || die "pipe+cat wrote $(stat -c %s "$out") of $bytes bytes"
+            secs[cat]+="$(ms_between "$(us_to_day_ms "$t0")" "$(mtime_day_ms "$out")")"$'\n'
+            drain[cat]+="$(awk '{ printf "%d\n", ($1 + $2) * 1000 + 0.5 }' "$TMP/cat.cpu")"$'\n'
+            if (( run == 1 )); then
+                read -r bad total < <(check_lines "$out")
+                verdict[cat]="$total lines, $bad bad"
+            fi
+            rm -f "$out"
+        done
+        local kind label m range
+        for kind in fm direct cat; do
+            case $kind in
+                fm) label="forkmaster --stdout-path" ;;
+                direct) label="baseline: direct O_APPEND" ;;
+                cat) label="baseline: one pipe -> cat" ;;
+            esac
+            m=$(printf '%s' "${secs[$kind]}" | median)
+            range=$(printf '%s' "${secs[$kind]}" | stats %d | awk '{ print $2 "-" $3 }')
+            LOG_ROWS+=("$n|$label|$(awk -v b="$bytes" -v ms="$m" 'BEGIN { printf "%.0f", b / 1e6 / (ms / 1000) }')|$(awk -v l="$(( lines * n ))" -v ms="$m" 'BEGIN { printf "%.2f", l / 1e6 / (ms / 1000) }')|$m ($range)|$(printf '%s' "${drain[$kind]}" | { grep -v '^-$' || true; } | median)|${verdict[$kind]}")
+        done
+    done
+}
+
+# ---------------------------------------------------------------- report
+
+report() {
+    local row label rss anon file pss n t bl bt bb kc ex bo ta co ov wa ms cpu pings mbs mls verdict
+
+    echo
+    echo "machine: $NPROC cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r)"
+    echo "limits:  $LIMITS"
+    echo "build:   $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo "?"), $(date -u '+%Y-%m-%d %H:%M UTC')"
+
+    echo
+    echo "1. master memory, idle with all workers ready (median of $SLOW_RUNS)"
+    printf '%-40s%-12s%-12s%-12s%s\n' process VmRSS RssAnon RssFile Pss
+    for row in "${MEM_ROWS[@]}" ${RSS_1000_ROW:+"$RSS_1000_ROW"}; do
+        IFS='|' read -r label rss anon file pss <<<"$row"
+        printf '%-40s%-12s%-12s%-12s%s\n' "$label" "$(kib "$rss")" "$(kib "$anon")" "$(kib "$file")" "$(kib "$pss")"
+    done
+    if [[ -n $ANON_4 && -n $ANON_256 ]]; then
+        printf 'per extra worker, 4 -> 256: %d bytes of RssAnon, %d bytes of VmRSS\n' \
+            $(( (ANON_256 - ANON_4) * 1024 / (256 - 4) )) $(( (RSS_256 - RSS_4) * 1024 / (256 - 4) ))
+    fi
+    echo "(RssFile: pages of the forkmaster binary and libc mapped from the page cache,"
+    echo " shared with every process mapping them; RssAnon: the master's own heap and stack)"
+
+    echo
+    echo "2. idle cost over ${IDLE_SECS}s, from 0.5s after all-ready (median of $SLOW_RUNS, max)"
+    printf '%-46s%-18s%-14s%s\n' master "context switches" "CPU ms" "watchdog pings sent"
+    for row in "${IDLE_ROWS[@]}"; do
+        IFS='|' read -r label cmed _ cmax tmed _ tmax pings <<<"$row"
+        printf '%-46s%-18s%-14s%s\n' "$label" "$cmed (max $cmax)" "$tmed (max $tmax)" "$pings"
+    done
+    echo "(the masters are measured side by side in the same window; context switches: voluntary"
+    echo " + involuntary, /proc/PID/status, i.e. wake-ups; CPU: utime + stime in ${TICK_MS} ms ticks;"
+    echo " pings: WATCHDOG=1 datagrams, one per worker every timeout/3 (the demo's rate), each"
+    echo " a reason to wake; fewer wakes than pings means several were read in one pass)"
+
+    echo
+    echo "3. spawn scale: start -> all N workers ready, --ready notify (ms, median of $RUNS)"
+    printf '%-9s%-24s%-12s%-26s%-12s%s\n' workers "forkmaster med/min/max" "spawn loop" \
+        "minimal sup. med/min/max" "spawn loop" "demo boots CPU / $NPROC"
+    for row in "${SPAWN_ROWS[@]}"; do
+        IFS='|' read -r n t bl bt bb kc <<<"$row"
+        # shellcheck disable=SC2086  # "median min max" split into words
+        printf '%-9s%-24s%-12s%-26s%-12s%s\n' "$n" "$(printf '%s/%s/%s' $t)" "$bl" "$(printf '%s/%s/%s' $bt)" "$bb" "$kc"
+    done
+    echo "(forkmaster: from its exec to the all-ready log stamp; spawn loop: its event=start to"
+    echo " its last event=spawn. minimal sup.: bench/notify_spawner.py, posix_spawn N demos then"
+    echo " wait for N READY=1, from its main(). demo boots CPU: the N demos' CPU time divided by"
+    echo " the cores, the least any supervisor could take on this machine)"
+
+    echo
+    echo "4. upgrade, USR2 -> old master gone and all new workers ready (ms, median of $RUNS)"
+    printf '%-9s%-20s%-7s%-11s%-10s%-12s%-10s%s\n' workers "total med/min/max" exec "new ready" "old gone" \
+        "cold start" overhead "upgrade --wait"
+    for row in "${UPGRADE_ROWS[@]}"; do
+        IFS='|' read -r n t ex bo ta co ov wa <<<"$row"
+        # shellcheck disable=SC2086
+        printf '%-9s%-20s%-7s%-11s%-10s%-12s%-10s%s\n' "$n" "$(printf '%s/%s/%s' $t)" "$ex" "$bo" "+$ta" "$co" "$ov" "$wa"
+    done
+    echo "(from the masters' log stamps: exec = old upgrade-start -> new master's start; new ready ="
+    echo " new start -> new all-ready; old gone = then until the old master's exit; cold start = a"
+    echo " fresh master's start -> all-ready for the same N, the app's boot at that scale; overhead"
+    echo " = total - cold start; upgrade --wait = the client's wall time, polling every 50 ms)"
+
+    echo
+    if [[ ${#LOAD_ROWS[@]} -eq 0 ]]; then
+        echo "5. zero downtime under wrk load: skipped (wrk not available)"
+    else
+        echo "5. zero downtime under wrk load ($LOAD_WORKERS workers, wrk -t$WRK_THREADS -c$WRK_CONNECTIONS, $HOST)"
+        printf '%-34s%-8s%-10s%-8s%-10s%-20s%s\n' scenario "done" requests failed "wrk ran" "each: med/max (s)" details
+        for row in "${LOAD_ROWS[@]}"; do
+            IFS='|' read -r label ok tried count requests failed secs details times <<<"$row"
+            read -r -a times <<<"$times"
+            printf '%-34s%-8s%-10s%-8s%-10s%-20s%s\n' "$label" "$ok/$count" "$requests" "$failed" "$secs" \
+                "${times[0]} / ${times[2]}" "$details"
+        done
+        echo "(failed: wrk's socket errors plus non-2xx; each: wall time of one upgrade --wait,"
+        echo " reload --wait, or stop --wait + start, under load)"
+        for row in "${LOAD_NOTES[@]}"; do echo "$row"; done
+    fi
+
+    echo
+    echo "6. log throughput: N writers x 100-byte lines (${LOG_TOTAL_LINES} lines in all) into one file"
+    echo "   in $LOG_DIR ($LOG_FS), median of $LOG_RUNS"
+    printf '%-9s%-28s%-7s%-10s%-17s%-16s%s\n' writers path "MB/s" "Mlines/s" "ms (min-max)" "drainer CPU ms" "first run"
+    for row in "${LOG_ROWS[@]}"; do
+        IFS='|' read -r n label mbs mls ms cpu verdict <<<"$row"
+        printf '%-9s%-28s%-7s%-10s%-17s%-16s%s\n' "$n" "$label" "$mbs" "$mls" "$ms" "$cpu" "$verdict"
+    done
+    echo "(ms: from start (forkmaster's exec, or the writers' shell) to the file's last write"
+    echo " (its mtime), python start-up included; drainer CPU: the master's utime+stime since"
+    echo " its start, or cat's; bad: lines that are not one writer's whole line)"
+}
+
+report_logs() {
+    local lines
+    lines=$(cat "$TMP"/*.log 2>/dev/null | grep -E '^[^ ]+ (WARN|ERROR) ' || true)
+    if [[ -n $lines ]]; then
+        echo
+        echo "master logs: $(printf '%s\n' "$lines" | wc -l) warning/error lines, first 10:"
+        printf '%s\n' "$lines" | head -n 10
+    fi
+}
+
+main() {
+    [[ -f Cargo.toml && -f src/bin/forkmaster-demo.rs ]] || die "run me from the forkmaster repo root"
+    local t0
+    t0=$(now_us)
+    build
+    machine_limits
+    say "$LIMITS"
+    bench_idle
+    bench_memory_baselines
+    bench_spawn
+    bench_upgrade
+    if ensure_wrk; then
+        bench_load
+        check_load
+    else
+        echo "wrk is not available: skipping the zero-downtime part" >&2
+    fi
+    pick_log_dir
+    bench_logs
+    report
+    report_logs
+    echo
+    echo "took $(( ($(now_us) - t0) / 1000000 ))s${BENCH_QUICK:+ (BENCH_QUICK=$BENCH_QUICK)}"
+    if [[ ${#WARNINGS[@]} -gt 0 ]]; then
+        echo
+        printf 'WARNING: %s\n' "${WARNINGS[@]}"
+    fi
+    if [[ ${#CHECKS_FAILED[@]} -gt 0 ]]; then
+        echo
+        printf 'FAILED: %s\n' "${CHECKS_FAILED[@]}"
+        return 1
+    fi
+}
+
+main "$@"
