@@ -561,3 +561,31 @@ fn a_notification_from_a_process_that_is_not_a_worker_is_ignored() {
     assert!(is_running(booting), "{log}");
     assert_master_running(&mut master);
 }
+
+#[test]
+fn a_ready_timeout_shorter_than_the_spawn_pass_kills_no_ready_worker() {
+    // Forking 600 workers takes the master longer than the 200 ms ready
+    // timeout (on a machine like CI's); the workers are ready at once but the
+    // master reads their READY=1 only after the pass. Their clocks must start
+    // when it can hear them.
+    let dir = TempDir::new();
+    let sock = dir.unix("app.sock");
+    let mut master = Master::start(
+        &dir,
+        &[
+            "-w",
+            "600",
+            "-l",
+            &sock,
+            "--ready",
+            "notify",
+            "--ready-timeout",
+            "200ms",
+            "--",
+            demo(),
+        ],
+    );
+    let log = master.wait_log("event=all-ready workers=600", secs(60));
+    assert!(!log.contains("event=ready-timeout"), "{log}");
+    assert_eq!(log.matches("event=spawn").count(), 600);
+}
