@@ -143,6 +143,8 @@ pub struct Master {
     logs: LogFiles,
     /// `--daemonize`: tells the launching process once all workers are ready.
     ready_report: Option<OwnedFd>,
+    /// Datagrams from non-workers: logged in bursts, summarised in floods.
+    notify_log_budget: crate::ratelimit::LogBudget,
 }
 
 impl Master {
@@ -217,6 +219,7 @@ impl Master {
             systemd,
             logs,
             ready_report,
+            notify_log_budget: crate::ratelimit::LogBudget::new(20, 5),
         })
     }
 

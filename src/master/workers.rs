@@ -241,7 +241,11 @@ impl Master {
             let datagram = match received {
                 Ok(d) => d,
                 Err(why) => {
-                    log::warn!("event=notify-ignored reason=\"{why}\"");
+                    if let Some(suppressed) = self.notify_log_budget.take(now) {
+                        log::warn!(
+                            "event=notify-ignored reason=\"{why}\" suppressed_before={suppressed}"
+                        );
+                    }
                     continue;
                 }
             };
@@ -251,7 +255,11 @@ impl Master {
                 continue;
             }
             let Some(worker) = self.workers.get(&pid) else {
-                log::warn!("event=notify-ignored sender={pid} reason=\"not a worker\"");
+                if let Some(suppressed) = self.notify_log_budget.take(now) {
+                    log::warn!(
+                        "event=notify-ignored sender={pid} reason=\"not a worker\" suppressed_before={suppressed}"
+                    );
+                }
                 continue;
             };
             let msg = datagram.message;

@@ -999,9 +999,22 @@ pub fn wait_signals_handled(master: &mut Master, pid: i32) {
     let needle = format!("event=notify-ignored sender={} ", std::process::id());
     let before = master.log().matches(&needle).count();
     for n in 1..=2 {
-        if let Err(e) = send_notify(&socket, "STATUS=fence\n") {
-            panic!("notify {socket}: {e}; log:\n{}", master.log());
+        // Resent until logged: the master rate-limits the log of ignored
+        // datagrams, so one may go unlogged after a flood.
+        let deadline = Instant::now() + secs(10);
+        loop {
+            if let Err(e) = send_notify(&socket, "STATUS=fence\n") {
+                panic!("notify {socket}: {e}; log:\n{}", master.log());
+            }
+            let logged = master.try_wait_for(Duration::from_millis(200), |m| {
+                (m.log().matches(&needle).count() >= before + n).then_some(())
+            });
+            if logged.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!("the master never logged fence {n}; log:\n{}", master.log());
+            }
         }
-        master.wait_log_count(&needle, before + n, secs(10));
     }
 }
