@@ -27,7 +27,8 @@ pub const MAX_WORKERS: usize = 16_384;
 /// How a new master retires the old one during an upgrade (USR2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retire {
-    /// TTOU to the old master for each new worker ready, QUIT when all are.
+    /// The old master retires one worker per new worker ready (told by a
+    /// count on its notify socket, as a TTOU would), QUIT when all are ready.
     Gradual,
     /// QUIT to the old master once all new workers are ready.
     All,

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 /// Signals whose byte did not fit into a full pipe; drained after the pipe.
 static OVERFLOW: AtomicU64 = AtomicU64::new(0);
+/// The signals `record_signals` installed handlers for (bit n: signal n); a
+/// forked child resets them before it unblocks signals.
+static HANDLED: AtomicU64 = AtomicU64::new(0);
 
 /// Installs handlers (through signal-hook) that write each signal's number as
 /// one byte into `pipe`, so the loop sees signals in order and counted. When
@@ -24,6 +27,7 @@ pub fn record_signals(signals: &[c_int], pipe: OwnedFd) -> Result<(), std::io::E
     // The write end lives for the whole process.
     std::mem::forget(pipe);
     for &signal in signals {
+        HANDLED.fetch_or(1 << signal, Ordering::SeqCst);
         // SAFETY: the action only calls write(2) and atomic operations, which
         // are async-signal-safe, and preserves errno.
         unsafe {
@@ -241,27 +245,16 @@ pub fn spawn(plan: &mut ExecPlan) -> Result<pid_t, Errno> {
     result
 }
 
-/// Signals the master handles; a child resets them before unblocking.
-static HANDLED: [c_int; 10] = [
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-    libc::SIGCHLD,
-];
-
 /// The child side. Only async-signal-safe calls; ends in exec or `_exit`.
 ///
 /// # Safety
 /// Must be called only in a freshly forked child of a single-threaded parent.
 unsafe fn exec_child(plan: &mut ExecPlan) -> ! {
-    for signal in HANDLED {
-        libc::signal(signal, libc::SIG_DFL);
+    let handled = HANDLED.load(Ordering::Relaxed);
+    for signal in 1..64 {
+        if handled & (1 << signal) != 0 {
+            libc::signal(signal, libc::SIG_DFL);
+        }
     }
     let empty: libc::sigset_t = {
         let mut set = std::mem::zeroed();
