@@ -42,6 +42,8 @@
 # dir. BENCH_RUNS (every part), BENCH_IDLE_SECS and BENCH_LOAD_ACTIONS
 # override counts; BENCH_LOG_DIR where part 6 writes.
 set -Eeuo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Says which command stopped the script, if one does (set -e alone is silent).
 trap 'printf "bench/scale.sh: line %s: %s failed\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
@@ -104,7 +106,6 @@ GROUPS_STARTED=() # process groups of baselines (setsid), killed on exit
 WRK_PID=""
 EXTRA_DIRS=()     # temp dirs outside $TMP, removed on exit
 
-say() { printf '# %s\n' "$*" >&2; }
 die() { printf 'bench/scale.sh: %s\n' "$*" >&2; exit 1; }
 
 CHECKS_FAILED=()
@@ -112,55 +113,7 @@ WARNINGS=()
 
 # ---------------------------------------------------------------- processes
 
-is_our_master() {
-    local exe
-    exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
-    [[ $exe == "$FM_EXE" ]]
-}
-
-remember_master() {
-    local pid
-    for pid in "${MASTER_PIDS[@]}"; do
-        [[ $pid == "$1" ]] && return 0
-    done
-    MASTER_PIDS+=("$1")
-}
-
-# Every master pid we know of, including those only a pid file or .oldbin
-# in the temp dir names (an upgrade we did not see finish may have started one).
-known_masters() {
-    local file pid
-    for file in "$TMP"/*.pid "$TMP"/*.pid.oldbin; do
-        [[ -f $file ]] || continue
-        pid=$(tr -dc '0-9' 2>/dev/null <"$file") || continue
-        [[ -n $pid ]] && remember_master "$pid"
-    done
-    printf '%s\n' "${MASTER_PIDS[@]}"
-}
-
-live_masters() {
-    local pid
-    while read -r pid; do
-        [[ -n $pid ]] && is_our_master "$pid" && echo "$pid"
-    done < <(known_masters)
-    return 0
-}
-
-no_live_masters() { [[ -z $(live_masters) ]]; }
-
-wrk_gone() { [[ -z $WRK_PID ]] || ! kill -0 "$WRK_PID" 2>/dev/null; }
-
 group_gone() { ! kill -0 -- "-$1" 2>/dev/null; }
-
-# Polls `"$@"` every POLL_S until it succeeds; fails after $1 seconds.
-wait_until() {
-    local timeout_s=$1; shift
-    local deadline=$(( $(now_us) + timeout_s * 1000000 ))
-    until "$@"; do
-        (( $(now_us) < deadline )) || return 1
-        sleep "$POLL_S"
-    done
-}
 
 # Stops a baseline's process group (started with setsid: pgid = pid).
 stop_group() {
@@ -210,11 +163,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- numbers
-
-# Microseconds since the epoch (EPOCHREALTIME has 6 decimals).
-now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
-
-us_to_secs() { printf '%d.%06d' $(( $1 / 1000000 )) $(( $1 % 1000000 )); }
 
 # Milliseconds since midnight UTC of an epoch time in microseconds, as the
 # masters' log stamps (`2026-11-23T17:57:26.123Z`, truncated to the ms) are
@@ -339,24 +287,6 @@ build() {
     FM_EXE=$(readlink -f "$FM")
     PYTHON=$(python3 -c 'import sys; print(sys.executable)')
     [[ -x $PYTHON ]] || die "cannot find python3's interpreter (got '$PYTHON')"
-}
-
-ensure_wrk() {
-    command -v wrk >/dev/null 2>&1 && return 0
-    local sudo=() log="$TMP/apt.log"
-    if [[ $EUID -ne 0 ]]; then
-        sudo -n true 2>/dev/null || { say "wrk is missing and apt-get needs root"; return 1; }
-        sudo=(sudo -n)
-    fi
-    command -v apt-get >/dev/null 2>&1 || { say "wrk is missing and there is no apt-get"; return 1; }
-    say "installing wrk with apt-get"
-    if "${sudo[@]}" apt-get update >"$log" 2>&1 &&
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y wrk >>"$log" 2>&1 &&
-        command -v wrk >/dev/null 2>&1; then
-        return 0
-    fi
-    say "apt-get could not install wrk: $(tail -n 2 "$log" | tr '\n' ' ')"
-    return 1
 }
 
 # The limits that bound the spawn figures; raises the soft fd limit to the
@@ -634,8 +564,6 @@ app_ready() {
     [[ $out == *"phase=running workers=$LOAD_WORKERS/$LOAD_WORKERS ready"* ]]
 }
 
-app_ready_or_dead() { app_ready || ! is_our_master "$1"; }
-
 # Starts the load master on 127.0.0.1 (port $1 if given, else a free one).
 start_app() {
     local fixed_port=${1:-} attempt pid
@@ -654,12 +582,6 @@ start_app() {
         [[ -z $fixed_port ]] || die "master could not start on port $APP_PORT: $(tail -n 3 "$APP_LOG")"
     done
     die "master failed to start 5 times; last log: $APP_LOG"
-}
-
-load_connected() {
-    local hex
-    printf -v hex '%04X' "$APP_PORT"
-    awk -v p=":$hex" '$3 ~ p "$" && $4 == "01" { found = 1; exit } END { exit !found }' /proc/net/tcp
 }
 
 app_master() { tr -dc '0-9' 2>/dev/null <"$APP_PIDFILE" || true; }
@@ -717,23 +639,6 @@ do_stop_starts() {
         ACTION_TIMES+="$(us_to_secs $(( $(now_us) - t0 )))"$'\n'
         ACTIONS_OK=$(( ACTIONS_OK + 1 ))
     done
-}
-
-parse_wrk() {
-    awk '
-        / requests in / { requests = $1; secs = $4; sub(",$", "", secs) }
-        /Socket errors:/ {
-            gsub(",", "")
-            for (i = 3; i < NF; i += 2) if ($(i + 1) > 0) { err[$i] = $(i + 1); failed += $(i + 1) }
-        }
-        /Non-2xx or 3xx responses:/ { err["non-2xx"] = $NF; failed += $NF }
-        END {
-            if (requests == "") exit 1
-            d = ""
-            split("connect read write timeout non-2xx", order, " ")
-            for (k = 1; k <= 5; k++) if (order[k] in err) d = d (d == "" ? "" : ",") order[k] "=" err[order[k]]
-            printf "%s|%d|%s|%s\n", requests, failed, secs, (d == "" ? "-" : d)
-        }' "$1"
 }
 
 # $1 label, $2 action, $3 count, then extra wrk arguments.

@@ -19,6 +19,8 @@
 # Set BENCH_KEEP=1 to keep the temp dir (master logs) for inspection, and
 # BENCH_RUNS / BENCH_LOAD_UPGRADES to change the counts (defaults 5 / 20).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # EPOCHREALTIME and awk must use '.' as the decimal point.
 export LC_ALL=C
@@ -57,64 +59,11 @@ APP_PORT=""
 APP_LOG=""
 APP_WORKERS=0
 
-say() { printf '# %s\n' "$*" >&2; }
 die() { printf 'bench/upgrade.sh: %s\n' "$*" >&2; exit 1; }
 
 SLOW_STOPS=()     # durations of graceful stops that took over 1s
 
 # ---------------------------------------------------------------- processes
-
-# Whether $1 is a live forkmaster master of ours. Checking the executable
-# (not just `kill -0`) guards against a recycled pid, and is false for a
-# zombie (no exe link), which is gone for our purposes.
-is_our_master() {
-    local exe
-    exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
-    [[ $exe == "$FM_EXE" ]]
-}
-
-remember_master() {
-    local pid
-    for pid in "${MASTER_PIDS[@]}"; do
-        [[ $pid == "$1" ]] && return 0
-    done
-    MASTER_PIDS+=("$1")
-}
-
-# Every master pid we know of: started here, reported by an upgrade, or named
-# by a pid file or .oldbin in the temp dir (an upgrade the script did not see
-# finish may have started one).
-known_masters() {
-    local file pid
-    for file in "$TMP"/*.pid "$TMP"/*.pid.oldbin; do
-        [[ -f $file ]] || continue
-        pid=$(tr -dc '0-9' 2>/dev/null <"$file") || continue
-        [[ -n $pid ]] && remember_master "$pid"
-    done
-    printf '%s\n' "${MASTER_PIDS[@]}"
-}
-
-live_masters() {
-    local pid
-    while read -r pid; do
-        [[ -n $pid ]] && is_our_master "$pid" && echo "$pid"
-    done < <(known_masters)
-    return 0
-}
-
-no_live_masters() { [[ -z $(live_masters) ]]; }
-
-wrk_gone() { [[ -z $WRK_PID ]] || ! kill -0 "$WRK_PID" 2>/dev/null; }
-
-# Polls `"$@"` every POLL_S until it succeeds; fails after $1 seconds.
-wait_until() {
-    local timeout_s=$1; shift
-    local deadline=$(( $(now_us) + timeout_s * 1000000 ))
-    until "$@"; do
-        (( $(now_us) < deadline )) || return 1
-        sleep "$POLL_S"
-    done
-}
 
 cleanup() {
     local rc=$?
@@ -149,11 +98,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- numbers
-
-# Microseconds since the epoch, as an integer (EPOCHREALTIME has 6 decimals).
-now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
-
-us_to_secs() { printf '%d.%06d' $(( $1 / 1000000 )) $(( $1 % 1000000 )); }
 
 # Reads numbers (seconds), one per line; prints "median min max" as 0.123s.
 stats() {
@@ -220,8 +164,6 @@ start_app() {
     done
     die "master failed to start 5 times; last log: $APP_LOG"
 }
-
-app_ready_or_dead() { app_ready || ! is_our_master "$1"; }
 
 # Graceful stop of whichever master the pid file names now. A slow stop is
 # reported: the demo app has nothing to finish, so it means a worker did not
@@ -292,25 +234,6 @@ build() {
     FM_EXE=$(readlink -f "$FM")
 }
 
-# Installs wrk with apt-get if missing; fails (status 1) if it cannot.
-ensure_wrk() {
-    command -v wrk >/dev/null 2>&1 && return 0
-    local sudo=() log="$TMP/apt.log"
-    if [[ $EUID -ne 0 ]]; then
-        sudo -n true 2>/dev/null || { say "wrk is missing and apt-get needs root"; return 1; }
-        sudo=(sudo -n)
-    fi
-    command -v apt-get >/dev/null 2>&1 || { say "wrk is missing and there is no apt-get"; return 1; }
-    say "installing wrk with apt-get"
-    if "${sudo[@]}" apt-get update >"$log" 2>&1 &&
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y wrk >>"$log" 2>&1 &&
-        command -v wrk >/dev/null 2>&1; then
-        return 0
-    fi
-    say "apt-get could not install wrk: $(tail -n 2 "$log" | tr '\n' ' ')"
-    return 1
-}
-
 # ---------------------------------------------------------------- part 1
 
 OVERHEAD_ROWS=()
@@ -345,14 +268,6 @@ LOAD_ROWS=()
 CHECKS_FAILED=()
 WARNINGS=()
 
-# Whether a client connection to the app's port is established, i.e. wrk is
-# connected. Read from /proc (state 01 = ESTABLISHED, remote port = ours).
-load_connected() {
-    local hex
-    printf -v hex '%04X' "$APP_PORT"
-    awk -v p=":$hex" '$3 ~ p "$" && $4 == "01" { found = 1; exit } END { exit !found }' /proc/net/tcp
-}
-
 # The actions run under load. Each sets ACTIONS_TRIED, ACTIONS_OK and
 # ACTION_TIMES (wall seconds, one per line) and stops early once wrk has
 # ended: work done without load proves nothing.
@@ -386,26 +301,6 @@ do_stop_starts() {
         ACTION_TIMES+="$(us_to_secs $(( $(now_us) - t0 )))"$'\n'
         ACTIONS_OK=$(( ACTIONS_OK + 1 ))
     done
-}
-
-# Reads wrk's summary; prints "requests|failed|run time|details". Failures
-# are the sum of "Socket errors: connect 1, read 2, write 0, timeout 0" and
-# "Non-2xx or 3xx responses: 5" (each line absent when zero).
-parse_wrk() {
-    awk '
-        / requests in / { requests = $1; secs = $4; sub(",$", "", secs) }
-        /Socket errors:/ {
-            gsub(",", "")
-            for (i = 3; i < NF; i += 2) if ($(i + 1) > 0) { err[$i] = $(i + 1); failed += $(i + 1) }
-        }
-        /Non-2xx or 3xx responses:/ { err["non-2xx"] = $NF; failed += $NF }
-        END {
-            if (requests == "") exit 1
-            d = ""
-            split("connect read write timeout non-2xx", order, " ")
-            for (k = 1; k <= 5; k++) if (order[k] in err) d = d (d == "" ? "" : ",") order[k] "=" err[order[k]]
-            printf "%s|%d|%s|%s\n", requests, failed, secs, (d == "" ? "-" : d)
-        }' "$1"
 }
 
 # Runs wrk against a fresh app while `$action $count` runs, then stops wrk
