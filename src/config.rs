@@ -616,7 +616,7 @@ fn workers_value(text: &str) -> Result<usize, String> {
 fn validate_env_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.contains('=') || key.contains('\0') {
         Err(format!("{key:?}: not a variable name"))
-    } else if crate::spawn::is_ours(std::ffi::OsStr::new(key)) {
+    } else if crate::protocol::is_worker_var(std::ffi::OsStr::new(key)) {
         Err(format!("{key:?}: set by forkmaster itself for each worker"))
     } else {
         Ok(())

@@ -17,8 +17,7 @@ use nix::sys::stat::{fstat, SFlag};
 use std::ffi::OsString;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-pub const INHERIT_VAR: &str = "FORKMASTER_INHERIT_FDS";
-pub const UPGRADE_VAR: &str = "FORKMASTER_UPGRADE_FROM";
+pub use crate::protocol::{INHERIT_FDS as INHERIT_VAR, UPGRADE_FROM as UPGRADE_VAR};
 
 /// The old master, as the new one learns of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,7 +258,7 @@ pub fn upgrade_env(
         .iter()
         // WATCHDOG_PID names the first master systemd started; after
         // MAINPID moves, the watchdog is the new master's whatever it says.
-        .filter(|(k, _)| k != INHERIT_VAR && k != UPGRADE_VAR && k != "WATCHDOG_PID")
+        .filter(|(k, _)| k != INHERIT_VAR && k != UPGRADE_VAR && k != crate::protocol::WATCHDOG_PID)
         .cloned()
         .collect();
     env.push((INHERIT_VAR.into(), encode_listeners(listeners).into()));

@@ -22,6 +22,7 @@ pub mod master;
 pub mod notify;
 pub mod pidfile;
 pub mod plan;
+pub mod protocol;
 pub mod ratelimit;
 pub mod signals;
 pub mod sockets;

@@ -204,7 +204,7 @@ fn report_to_old_master(e: &Error) {
         .ok()
         .and_then(|v| forkmaster::handoff::decode_predecessor(&v));
     if let (Some(old), false) = (predecessor, matches!(e, Error::UpgradeFailed(_))) {
-        let message = format!("FORKMASTER_UPGRADE_FAILED={e}\n");
+        let message = forkmaster::protocol::upgrade_failed_message(&e.to_string());
         let _ = forkmaster::notify::send_to_master(old.pid, &message);
     }
 }

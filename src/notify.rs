@@ -5,6 +5,7 @@
 //! never by anything the message claims. The socket lives in the abstract
 //! namespace, so nothing is left on disk if the master is killed.
 
+use crate::protocol;
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
 };
@@ -39,17 +40,14 @@ pub fn parse_message(bytes: &[u8]) -> Message {
             continue;
         };
         let (key, value) = (&line[..eq], &line[eq + 1..]);
-        match key {
-            b"READY" => msg.ready |= value == b"1",
-            b"WATCHDOG" => msg.watchdog |= value == b"1",
-            b"STOPPING" => msg.stopping |= value == b"1",
-            b"STATUS" => msg.status = Some(String::from_utf8_lossy(value).into_owned()),
-            b"FORKMASTER_RETIRE" => {
-                msg.retire = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
-            }
-            b"FORKMASTER_UPGRADE_FAILED" => {
-                msg.upgrade_failed = Some(String::from_utf8_lossy(value).into_owned())
-            }
+        let text = || String::from_utf8_lossy(value).into_owned();
+        match std::str::from_utf8(key).unwrap_or_default() {
+            protocol::NOTIFY_READY => msg.ready |= value == b"1",
+            protocol::NOTIFY_WATCHDOG => msg.watchdog |= value == b"1",
+            protocol::NOTIFY_STOPPING => msg.stopping |= value == b"1",
+            protocol::NOTIFY_STATUS => msg.status = Some(text()),
+            protocol::NOTIFY_RETIRE => msg.retire = text().parse().ok(),
+            protocol::NOTIFY_UPGRADE_FAILED => msg.upgrade_failed = Some(text()),
             _ => {}
         }
     }

@@ -20,6 +20,7 @@
 
 use crate::config::{Config, ReadyMode};
 use crate::listen::Address;
+use crate::protocol;
 use crate::sockets::Listener;
 use crate::sys::{Credentials, ExecPlan};
 use std::ffi::{CString, OsStr, OsString};
@@ -27,17 +28,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-
-/// Variables the master sets itself; inherited values of these are dropped.
-pub fn is_ours(key: &OsStr) -> bool {
-    let key = key.as_bytes();
-    key.starts_with(b"LISTEN_")
-        || key.starts_with(b"EINHORN_")
-        || key.starts_with(b"FORKMASTER_")
-        || key.starts_with(b"WATCHDOG_")
-        || key == b"NOTIFY_SOCKET"
-        || key == b"SERVER_STARTER_PORT"
-}
 
 /// The parts of a worker's start that are the same for every slot.
 pub struct WorkerTemplate {
@@ -63,7 +53,9 @@ impl WorkerTemplate {
     ) -> Result<WorkerTemplate, String> {
         let mut vars: Vec<(OsString, OsString)> = base_env
             .iter()
-            .filter(|(k, _)| !is_ours(k) && !config.env.contains_key(&*k.to_string_lossy()))
+            .filter(|(k, _)| {
+                !protocol::is_worker_var(k) && !config.env.contains_key(&*k.to_string_lossy())
+            })
             .cloned()
             .collect();
         vars.extend(config.env.iter().map(|(k, v)| (k.into(), v.into())));
@@ -89,20 +81,14 @@ impl WorkerTemplate {
             vars.push((key.into(), value.into()));
         }
         let master_pid = std::process::id();
-        vars.push((
-            "FORKMASTER_GENERATION".into(),
-            generation.to_string().into(),
-        ));
-        vars.push((
-            "FORKMASTER_MASTER_PID".into(),
-            master_pid.to_string().into(),
-        ));
+        vars.push((protocol::GENERATION.into(), generation.to_string().into()));
+        vars.push((protocol::MASTER_PID.into(), master_pid.to_string().into()));
         if config.ready == ReadyMode::Notify {
-            vars.push(("NOTIFY_SOCKET".into(), notify_socket.into()));
+            vars.push((protocol::NOTIFY_SOCKET.into(), notify_socket.into()));
         }
         if let Some(timeout) = config.timeout {
             vars.push((
-                "WATCHDOG_USEC".into(),
+                protocol::WATCHDOG_USEC.into(),
                 timeout.as_micros().to_string().into(),
             ));
         }
@@ -152,7 +138,7 @@ impl WorkerTemplate {
     /// Prepares the exec of slot `slot` out of `workers`.
     pub fn plan(&self, slot: usize, workers: usize, error_fd: RawFd) -> ExecPlan {
         let mut env = self.env.clone();
-        for (key, value) in [("FORKMASTER_WORKER", slot), ("FORKMASTER_WORKERS", workers)] {
+        for (key, value) in [(protocol::WORKER, slot), (protocol::WORKERS, workers)] {
             // Digits and ASCII names hold no NUL.
             if let Ok(entry) = CString::new(format!("{key}={value}")) {
                 env.push(entry);
@@ -216,13 +202,22 @@ pub fn socket_vars(listeners: &[Listener]) -> Vec<(String, String)> {
         })
         .collect();
     let mut vars = vec![
-        ("LISTEN_FDS".to_string(), listeners.len().to_string()),
-        ("LISTEN_FDNAMES".to_string(), names.join(":")),
-        ("SERVER_STARTER_PORT".to_string(), starter.join(";")),
-        ("EINHORN_FD_COUNT".to_string(), listeners.len().to_string()),
+        (
+            protocol::LISTEN_FDS.to_string(),
+            listeners.len().to_string(),
+        ),
+        (protocol::LISTEN_FDNAMES.to_string(), names.join(":")),
+        (protocol::SERVER_STARTER_PORT.to_string(), starter.join(";")),
+        (
+            protocol::EINHORN_FD_COUNT.to_string(),
+            listeners.len().to_string(),
+        ),
     ];
     for i in 0..listeners.len() {
-        vars.push((format!("EINHORN_FD_{i}"), (3 + i).to_string()));
+        vars.push((
+            format!("{}{i}", protocol::EINHORN_FD_PREFIX),
+            (3 + i).to_string(),
+        ));
     }
     vars
 }
@@ -258,21 +253,6 @@ fn is_executable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn drops_inherited_socket_vars() {
-        for key in [
-            "LISTEN_FDS",
-            "LISTEN_PID",
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-            "EINHORN_FD_0",
-        ] {
-            assert!(is_ours(OsStr::new(key)), "{key}");
-        }
-        assert!(!is_ours(OsStr::new("PATH")));
-        assert!(!is_ours(OsStr::new("LISTENER")));
-    }
 
     #[test]
     fn finds_programs_on_path() {

@@ -6,6 +6,7 @@
 //! Also socket activation: adopting the sockets systemd passes with
 //! `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`.
 
+use crate::protocol;
 use std::ffi::OsString;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -31,17 +32,17 @@ impl Notifier {
     /// `WATCHDOG_PID` may name for us: ours, or the old master's after an
     /// upgrade (systemd moves the watchdog along with `MAINPID`).
     pub fn from_env(env: &[(OsString, OsString)], pids: &[i32]) -> Option<Notifier> {
-        let path = var(env, "NOTIFY_SOCKET")?;
+        let path = var(env, protocol::NOTIFY_SOCKET)?;
         let addr = match path.strip_prefix('@') {
             Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).ok()?,
             None => SocketAddr::from_pathname(path).ok()?,
         };
         let socket = UnixDatagram::unbound().ok()?;
         socket.set_nonblocking(true).ok()?;
-        let for_us = var(env, "WATCHDOG_PID")
+        let for_us = var(env, protocol::WATCHDOG_PID)
             .and_then(|p| p.parse::<i32>().ok())
             .is_none_or(|p| pids.contains(&p));
-        let watchdog_interval = var(env, "WATCHDOG_USEC")
+        let watchdog_interval = var(env, protocol::WATCHDOG_USEC)
             .and_then(|u| u.parse::<u64>().ok())
             .filter(|u| *u > 0 && for_us)
             .map(|u| Duration::from_micros(u / 2));
@@ -71,14 +72,14 @@ pub fn reloading_message(status: &str) -> String {
 /// Sockets passed by systemd socket activation: fds 3.. when `LISTEN_PID`
 /// is our pid, with their `LISTEN_FDNAMES`.
 pub fn activated_fds(env: &[(OsString, OsString)], pid: i32) -> Vec<(i32, Option<String>)> {
-    if var(env, "LISTEN_PID").and_then(|p| p.parse::<i32>().ok()) != Some(pid) {
+    if var(env, protocol::LISTEN_PID).and_then(|p| p.parse::<i32>().ok()) != Some(pid) {
         return Vec::new();
     }
-    let count = var(env, "LISTEN_FDS")
+    let count = var(env, protocol::LISTEN_FDS)
         .and_then(|n| n.parse::<i32>().ok())
         .filter(|n| (1..=1024).contains(n))
         .unwrap_or(0);
-    let names: Vec<&str> = var(env, "LISTEN_FDNAMES")
+    let names: Vec<&str> = var(env, protocol::LISTEN_FDNAMES)
         .map(|n| n.split(':').collect())
         .unwrap_or_default();
     (0..count)

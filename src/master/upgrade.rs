@@ -257,7 +257,7 @@ impl Master {
         if self.retirement.quit_sent || self.config.retire != Retire::Gradual {
             return;
         }
-        let message = format!("FORKMASTER_RETIRE={}\n", self.ready_count);
+        let message = crate::protocol::retire_message(self.ready_count);
         if crate::notify::send_to_master(old.pid, &message).is_ok() {
             log::debug!(
                 "event=retire-step old_master={} ready={}",

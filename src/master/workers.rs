@@ -454,7 +454,7 @@ impl Master {
         self.failure = Some(match self.predecessor {
             Some(old) => {
                 // Tell the old master why, for `forkmaster upgrade --wait`.
-                let report = format!("FORKMASTER_UPGRADE_FAILED={reason}\n");
+                let report = crate::protocol::upgrade_failed_message(&reason);
                 let _ = crate::notify::send_to_master(old.pid, &report);
                 Error::UpgradeFailed(reason)
             }

@@ -1,0 +1,108 @@
+//! Every name and message that crosses a process boundary, written once.
+//!
+//! | boundary                 | names                                             |
+//! |--------------------------|---------------------------------------------------|
+//! | master -> worker (env)   | `LISTEN_*` (systemd's sd_listen_fds), `SERVER_STARTER_PORT` (Server::Starter), `EINHORN_*` (Einhorn), `FORKMASTER_*`, `NOTIFY_SOCKET`, `WATCHDOG_USEC` (systemd's sd_notify) |
+//! | worker -> master         | sd_notify datagrams: `READY=1`, `WATCHDOG=1`, `STOPPING=1`, `STATUS=` |
+//! | old master -> new master | `FORKMASTER_INHERIT_FDS`, `FORKMASTER_UPGRADE_FROM` (env) |
+//! | new master -> old master | `FORKMASTER_RETIRE=N`, `FORKMASTER_UPGRADE_FAILED=why` (datagrams) |
+//! | systemd -> master        | `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID` |
+//! | client -> master         | the control socket: one JSON `Status` per connection |
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+/// Worker environment: how many listeners (from fd 3), systemd's convention.
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// Worker environment: the pid the listeners are meant for (the worker's own).
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// Worker environment: listener names, `:`-separated.
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// Worker environment: `ADDR=FD;...`, Server::Starter's convention.
+pub const SERVER_STARTER_PORT: &str = "SERVER_STARTER_PORT";
+/// Worker environment: Einhorn's listener count; `EINHORN_FD_<i>` each fd.
+pub const EINHORN_FD_COUNT: &str = "EINHORN_FD_COUNT";
+pub const EINHORN_FD_PREFIX: &str = "EINHORN_FD_";
+/// Worker environment: the worker's stable slot, 0..N-1.
+pub const WORKER: &str = "FORKMASTER_WORKER";
+/// Worker environment: N, the number of workers wanted.
+pub const WORKERS: &str = "FORKMASTER_WORKERS";
+/// Worker environment: the generation (config revision) it was started with.
+pub const GENERATION: &str = "FORKMASTER_GENERATION";
+/// Worker environment: the master's pid.
+pub const MASTER_PID: &str = "FORKMASTER_MASTER_PID";
+/// Where sd_notify datagrams go (systemd's convention; `@` = abstract).
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// The watchdog timeout in microseconds (systemd's convention).
+pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+/// The pid systemd's watchdog is meant for.
+pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
+
+/// Upgrade handoff: the listeners an old master passes on (see `handoff`).
+pub const INHERIT_FDS: &str = "FORKMASTER_INHERIT_FDS";
+/// Upgrade handoff: `<old master pid>:<highest generation>`.
+pub const UPGRADE_FROM: &str = "FORKMASTER_UPGRADE_FROM";
+
+/// sd_notify keys the master acts on (systemd's sd_notify(3)).
+pub const NOTIFY_READY: &str = "READY";
+pub const NOTIFY_WATCHDOG: &str = "WATCHDOG";
+pub const NOTIFY_STOPPING: &str = "STOPPING";
+pub const NOTIFY_STATUS: &str = "STATUS";
+/// New master to old master: how many of its workers are ready (gradual
+/// retirement; a count cannot be merged by the kernel as TTOU signals are).
+pub const NOTIFY_RETIRE: &str = "FORKMASTER_RETIRE";
+/// New master to old master: why the upgrade failed.
+pub const NOTIFY_UPGRADE_FAILED: &str = "FORKMASTER_UPGRADE_FAILED";
+
+/// `FORKMASTER_RETIRE=N\n`.
+pub fn retire_message(ready: usize) -> String {
+    format!("{NOTIFY_RETIRE}={ready}\n")
+}
+
+/// `FORKMASTER_UPGRADE_FAILED=why\n`, the reason kept on one line.
+pub fn upgrade_failed_message(why: &str) -> String {
+    format!("{NOTIFY_UPGRADE_FAILED}={}\n", why.replace('\n', "\\n"))
+}
+
+/// Variables the master sets itself for each worker; inherited or configured
+/// values of these are not passed on.
+pub fn is_worker_var(key: &OsStr) -> bool {
+    let key = key.as_bytes();
+    key.starts_with(b"LISTEN_")
+        || key.starts_with(b"EINHORN_")
+        || key.starts_with(b"FORKMASTER_")
+        || key.starts_with(b"WATCHDOG_")
+        || key == NOTIFY_SOCKET.as_bytes()
+        || key == SERVER_STARTER_PORT.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_vars_are_ours_alone() {
+        for key in [
+            LISTEN_FDS,
+            LISTEN_PID,
+            NOTIFY_SOCKET,
+            WATCHDOG_USEC,
+            "EINHORN_FD_0",
+            WORKER,
+            INHERIT_FDS,
+        ] {
+            assert!(is_worker_var(OsStr::new(key)), "{key}");
+        }
+        assert!(!is_worker_var(OsStr::new("PATH")));
+        assert!(!is_worker_var(OsStr::new("LISTENER")));
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        assert_eq!(retire_message(3), "FORKMASTER_RETIRE=3\n");
+        assert_eq!(
+            upgrade_failed_message("a\nb"),
+            "FORKMASTER_UPGRADE_FAILED=a\\nb\n"
+        );
+    }
+}
