@@ -2,7 +2,7 @@
 //! long a crash-looping slot waits. The master executes what these return, so
 //! the rules are unit-tested without forking anything.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The first respawn after a failure waits this long; each further failure
 /// in a row doubles it, up to `BACKOFF_CAP`.
@@ -14,22 +14,6 @@ pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// master give up at first start.
 pub const STARTUP_ATTEMPTS: u32 = 3;
 
-/// A worker position (`FORKMASTER_WORKER`), stable across respawns.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Slot {
-    /// The worker serving this slot, not counting ones being stopped.
-    pub active: Option<i32>,
-    /// Its replacement, booting during a rolling restart.
-    pub incoming: Option<i32>,
-    /// Failures in a row; 0 after a healthy run.
-    pub failures: u32,
-    /// While backing off: when the slot may be filled again.
-    pub retry_at: Option<Instant>,
-    /// Workers that died on their own in this slot.
-    pub restarts: u32,
-    pub last_exit: Option<String>,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Spawn(usize),
@@ -37,26 +21,18 @@ pub enum Action {
     Stop(usize),
 }
 
-/// What brings the slots to `target` workers: fill empty slots below it that
-/// are not backing off, lowest first; stop workers at or above it, highest first.
-pub fn scale(target: usize, slots: &[Slot], now: Instant) -> Vec<Action> {
-    let mut actions = Vec::new();
-    for (i, slot) in slots.iter().enumerate().rev() {
-        if i >= target && slot.active.is_some() {
-            actions.push(Action::Stop(i));
-        }
-    }
-    for i in 0..target {
-        let vacant = slots.get(i).is_none_or(|s| s.active.is_none());
-        let waiting = slots
-            .get(i)
-            .and_then(|s| s.retry_at)
-            .is_some_and(|at| at > now);
-        if vacant && !waiting {
-            actions.push(Action::Spawn(i));
-        }
-    }
-    actions
+/// What brings the slots to the target: stop the workers of the `occupied`
+/// slots at or above it, highest first; fill the `fillable` slots below it,
+/// lowest first. The pool keeps both sets, so this costs O(actions).
+pub fn scale(
+    occupied: impl DoubleEndedIterator<Item = usize>,
+    fillable: impl Iterator<Item = usize>,
+) -> Vec<Action> {
+    occupied
+        .rev()
+        .map(Action::Stop)
+        .chain(fillable.map(Action::Spawn))
+        .collect()
 }
 
 /// How long a slot waits after `failures` failures in a row.
@@ -81,47 +57,18 @@ pub fn failures_after_exit(previous: u32, ready_for: Option<Duration>) -> u32 {
 mod tests {
     use super::*;
 
-    fn slot(active: Option<i32>) -> Slot {
-        Slot {
-            active,
-            ..Slot::default()
-        }
-    }
-
     #[test]
-    fn fills_from_empty() {
-        let now = Instant::now();
+    fn stops_highest_first_then_fills_lowest_first() {
         assert_eq!(
-            scale(3, &[], now),
-            vec![Action::Spawn(0), Action::Spawn(1), Action::Spawn(2)]
+            scale([3, 5].into_iter(), [0, 2].into_iter()),
+            vec![
+                Action::Stop(5),
+                Action::Stop(3),
+                Action::Spawn(0),
+                Action::Spawn(2)
+            ]
         );
-    }
-
-    #[test]
-    fn shrinks_highest_first() {
-        let now = Instant::now();
-        let slots = [slot(Some(10)), slot(Some(11)), slot(Some(12)), slot(None)];
-        assert_eq!(
-            scale(1, &slots, now),
-            vec![Action::Stop(2), Action::Stop(1)]
-        );
-        assert_eq!(
-            scale(0, &slots, now),
-            vec![Action::Stop(2), Action::Stop(1), Action::Stop(0)]
-        );
-        assert_eq!(scale(3, &slots, now), vec![]);
-    }
-
-    #[test]
-    fn waits_out_backoff() {
-        let now = Instant::now();
-        let mut s = slot(None);
-        s.retry_at = Some(now + Duration::from_secs(1));
-        assert_eq!(scale(1, &[s.clone()], now), vec![]);
-        assert_eq!(
-            scale(1, &[s], now + Duration::from_secs(1)),
-            vec![Action::Spawn(0)]
-        );
+        assert_eq!(scale([].into_iter(), [].into_iter()), vec![]);
     }
 
     #[test]

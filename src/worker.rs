@@ -63,6 +63,10 @@ impl Worker {
         matches!(self.state, WorkerState::Stopping { .. })
     }
 
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, WorkerState::Ready { .. })
+    }
+
     pub fn state_name(&self) -> &'static str {
         match self.state {
             WorkerState::Booting { .. } => "booting",

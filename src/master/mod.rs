@@ -6,9 +6,12 @@
 //! children, fires due timers and tops up the workers; then it sleeps in
 //! poll(2) until the next event or deadline. With nothing to do it never wakes.
 //!
-//! `workers` starts, stops and supervises workers; `reload` is the HUP
-//! rolling restart; `upgrade` is both sides of the USR2 re-exec.
+//! `pool` owns the workers and their slots; `workers` starts, stops and
+//! supervises them; `reload` is the HUP rolling restart; `upgrade` is both
+//! sides of the USR2 re-exec, with this master's part in it as an
+//! `UpgradeRole`.
 
+mod pool;
 mod reload;
 mod upgrade;
 mod workers;
@@ -16,12 +19,10 @@ mod workers;
 use crate::config::Config;
 use crate::control::ControlSocket;
 use crate::error::{errno_reason, Error, Result};
-use crate::handoff::Predecessor;
 use crate::launch::Launch;
 use crate::logs::LogFiles;
 use crate::notify::NotifySocket;
 use crate::pidfile;
-use crate::plan::Slot;
 use crate::signals::{Signal, SignalPipe};
 use crate::sockets::Listener;
 use crate::spawn::WorkerTemplate;
@@ -29,7 +30,6 @@ use crate::status::{Operation, Status, WorkerStatus};
 use crate::sys;
 use crate::systemd::{self, Notifier};
 use crate::timers::{Timer, Timers};
-use crate::worker::Worker;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -39,8 +39,9 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use pool::Pool;
 pub use reload::Rollout;
-pub use upgrade::{oldbin_path, Upgrade};
+pub use upgrade::{oldbin_path, UpgradeRole};
 
 /// How long a quick stop waits for workers after SIGINT before SIGKILL.
 pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -105,12 +106,8 @@ pub struct Master {
     /// Exec failures read but not yet matched with the child's exit.
     exec_failures: HashMap<i32, String>,
     template: WorkerTemplate,
-    workers: HashMap<i32, Worker>,
-    slots: Vec<Slot>,
-    /// How many workers we want (config, then TTIN/TTOU/WINCH).
-    target: usize,
-    /// Active workers (in a slot) that are ready.
-    ready_count: usize,
+    /// The workers, their slots and how many are wanted.
+    pool: Pool,
     timers: Timers,
     phase: Phase,
     /// Set when a worker slot may need filling or emptying.
@@ -128,12 +125,9 @@ pub struct Master {
     failure: Option<Error>,
     pid: i32,
     started: Instant,
-    /// We are the old master and started this new one (USR2).
-    upgrade: Option<Upgrade>,
+    /// Old or new master of an upgrade, or neither.
+    role: UpgradeRole,
     upgrades: Record,
-    /// We are the new master; this old one may still run.
-    predecessor: Option<Predecessor>,
-    retirement: upgrade::Retirement,
     /// A HUP rolling restart in progress.
     rollout: Option<Rollout>,
     reloads: Record,
@@ -184,9 +178,10 @@ impl Master {
         )
         .map_err(Error::Config)?;
         template.set_stdio(logs.worker_stdio());
+        let pool = Pool::new(config.workers, Instant::now());
+        let role = predecessor.map_or(UpgradeRole::None, UpgradeRole::new_master_of);
         Ok(Master {
             launch,
-            target: config.workers,
             config,
             listeners,
             signals,
@@ -196,9 +191,7 @@ impl Master {
             exec_errors_write,
             exec_failures: HashMap::new(),
             template,
-            workers: HashMap::new(),
-            slots: Vec::new(),
-            ready_count: 0,
+            pool,
             timers: Timers::default(),
             phase: Phase::Running,
             dirty: true,
@@ -210,10 +203,8 @@ impl Master {
             failure: None,
             pid,
             started: Instant::now(),
-            upgrade: None,
+            role,
             upgrades: Record::default(),
-            predecessor,
-            retirement: upgrade::Retirement::default(),
             rollout: None,
             reloads: Record::default(),
             systemd,
@@ -227,11 +218,11 @@ impl Master {
     pub fn run(mut self) -> Result<()> {
         log::info!(
             "event=start workers={} generation={} command=\"{}\"",
-            self.target,
+            self.pool.target(),
             self.generation,
             crate::config::shell_words(&self.config.command)
         );
-        if let Some(old) = self.predecessor {
+        if let Some(old) = self.role.old_master() {
             log::info!(
                 "event=upgrade-start role=new old_master={} retire={}",
                 old.pid,
@@ -258,7 +249,7 @@ impl Master {
             }
             self.serve_status();
             self.logs.drain();
-            if matches!(self.phase, Phase::Stopping { .. }) && self.workers.is_empty() {
+            if matches!(self.phase, Phase::Stopping { .. }) && self.pool.is_empty() {
                 return self.finish();
             }
             self.sleep();
@@ -316,7 +307,7 @@ impl Master {
             Phase::Running => {
                 log::info!(
                     "event=stop mode=graceful signal=QUIT workers={}",
-                    self.workers.len()
+                    self.pool.len()
                 );
                 self.phase = Phase::Stopping { quick: false };
                 self.notify_stopping();
@@ -336,7 +327,7 @@ impl Master {
         log::info!(
             "event=stop mode=quick signal={} workers={}",
             signal.name(),
-            self.workers.len()
+            self.pool.len()
         );
         if self.phase == Phase::Running {
             self.notify_stopping();
@@ -348,14 +339,12 @@ impl Master {
 
     /// USR1: reopen our log files and pass the signal on to every worker.
     fn on_usr1(&mut self) {
-        log::info!("event=reopen-logs workers={}", self.workers.len());
+        log::info!("event=reopen-logs workers={}", self.pool.len());
         self.logs.reopen();
         // Not to booting workers: an app that has not yet installed its
         // handler would die of USR1's default action.
-        for worker in self.workers.values() {
-            if matches!(worker.state, crate::worker::WorkerState::Ready { .. }) {
-                let _ = kill(Pid::from_raw(worker.pid), NixSignal::SIGUSR1);
-            }
+        for worker in self.pool.workers().filter(|w| w.is_ready()) {
+            let _ = kill(Pid::from_raw(worker.pid), NixSignal::SIGUSR1);
         }
     }
 
@@ -369,11 +358,12 @@ impl Master {
     }
 
     fn on_ttin(&mut self) {
-        self.set_target((self.target + 1).min(crate::config::MAX_WORKERS), "TTIN");
+        let target = (self.pool.target() + 1).min(crate::config::MAX_WORKERS);
+        self.set_target(target, "TTIN");
     }
 
     fn on_ttou(&mut self) {
-        self.set_target(self.target.saturating_sub(1), "TTOU");
+        self.set_target(self.pool.target().saturating_sub(1), "TTOU");
     }
 
     fn set_target(&mut self, target: usize, signal: &str) {
@@ -384,9 +374,14 @@ impl Master {
         log::info!(
             "event=scale signal={signal} workers={} previous={}",
             target,
-            self.target
+            self.pool.target()
         );
-        self.target = target;
+        self.change_target(target);
+    }
+
+    /// Wants `target` workers from the next pass of the loop on.
+    fn change_target(&mut self, target: usize) {
+        self.pool.set_target(target, Instant::now());
         self.all_ready_logged = false;
         self.dirty = true;
     }
@@ -403,7 +398,9 @@ impl Master {
     fn status_line(&self) -> String {
         format!(
             "STATUS={}/{} workers ready, generation {}\n",
-            self.ready_count, self.target, self.generation
+            self.pool.ready(),
+            self.pool.target(),
+            self.generation
         )
     }
 
@@ -425,8 +422,7 @@ impl Master {
     /// The same holds for a new master stopped while its old master still
     /// serves (a rollback): the old one takes the service back.
     fn notify_stopping(&self) {
-        let old_serves = self.predecessor.is_some_and(|p| pidfile::is_alive(p.pid));
-        if self.upgrade.is_none() && !old_serves {
+        if self.role.new_master().is_none() && !self.role.old_master_runs() {
             self.notify_systemd("STOPPING=1\n");
         }
     }
@@ -439,10 +435,10 @@ impl Master {
     pub fn status(&self) -> Status {
         let now = Instant::now();
         let mut workers: Vec<WorkerStatus> = self
-            .workers
-            .values()
+            .pool
+            .workers()
             .map(|w| {
-                let slot = self.slots.get(w.slot);
+                let slot = self.pool.slot(w.slot);
                 WorkerStatus {
                     slot: w.slot,
                     pid: w.pid,
@@ -470,15 +466,14 @@ impl Master {
                 Phase::Stopping { .. } => "stopping",
             }
             .to_string(),
-            target: self.target,
-            ready: self.ready_count,
+            target: self.pool.target(),
+            ready: self.pool.ready(),
             old_master: self
-                .predecessor
+                .role
+                .old_master()
                 .map(|p| p.pid)
-                .filter(|pid| pidfile::is_alive(*pid)),
-            upgrade: self
-                .upgrades
-                .operation(self.upgrade.as_ref().map(|u| u.pid)),
+                .filter(|_| self.role.old_master_runs()),
+            upgrade: self.upgrades.operation(self.role.new_master()),
             reload: self.reloads.operation(None),
             workers,
         }
@@ -493,8 +488,7 @@ impl Master {
         }
         // Another generation may serve on the same socket files: the new
         // master we started, or the old master whose upgrade we failed.
-        let shared =
-            self.upgrade.is_some() || self.predecessor.is_some_and(|p| pidfile::is_alive(p.pid));
+        let shared = self.role.new_master().is_some() || self.role.old_master_runs();
         if !shared {
             for listener in &self.listeners {
                 listener.unlink_if_ours();

@@ -6,7 +6,7 @@
 //! While this master is the old side of an upgrade, HUP instead brings back
 //! its workers from the configuration in memory (the nginx rollback).
 
-use super::{Master, Phase};
+use super::{Master, Phase, UpgradeRole};
 use crate::config::{self, Config};
 use crate::spawn::WorkerTemplate;
 use std::collections::VecDeque;
@@ -26,14 +26,12 @@ impl Master {
             log::info!("event=signal signal=HUP action=ignored reason=stopping");
             return;
         }
-        if self.upgrade.is_some() {
+        if matches!(self.role, UpgradeRole::Old(_)) {
             log::info!(
                 "event=restore-workers workers={} reason=\"upgrade in progress: config not re-read\"",
                 self.config.workers
             );
-            self.target = self.config.workers;
-            self.all_ready_logged = false;
-            self.dirty = true;
+            self.change_target(self.config.workers);
             return;
         }
         // Read first: an invalid file must not disturb a rollout in progress.
@@ -99,22 +97,23 @@ impl Master {
         let previous = (old_config, old_template, self.generation);
         self.generations_issued += 1;
         self.generation = self.generations_issued;
-        self.target = self.config.workers;
-        let queue = (0..self.slots.len().min(self.target))
-            .filter(|&i| self.slots[i].active.is_some())
+        self.change_target(self.config.workers);
+        let target = self.pool.target();
+        let queue = self.pool.slots()[..self.pool.slots().len().min(target)]
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.is_some())
+            .map(|(i, _)| i)
             .collect();
         log::info!(
-            "event=reload-start generation={} workers={} max_surge={}",
+            "event=reload-start generation={} workers={target} max_surge={}",
             self.generation,
-            self.target,
             self.config.max_surge
         );
         self.rollout = Some(Rollout {
             queue,
             previous: Some(previous),
         });
-        self.all_ready_logged = false;
-        self.dirty = true;
         self.advance_rollout(now);
     }
 
@@ -123,14 +122,15 @@ impl Master {
         let Some(rollout) = &mut self.rollout else {
             return;
         };
-        let mut booting = self.slots.iter().filter(|s| s.incoming.is_some()).count();
+        let mut booting = self.pool.booting_replacements();
         let mut starts = Vec::new();
         while booting < self.config.max_surge {
             let Some(slot) = rollout.queue.pop_front() else {
                 break;
             };
             // An emptied slot is filled by scaling, with the new template.
-            if slot < self.target && self.slots.get(slot).is_some_and(|s| s.active.is_some()) {
+            let occupied = self.pool.slot(slot).is_some_and(|s| s.active.is_some());
+            if slot < self.pool.target() && occupied {
                 starts.push(slot);
                 booting += 1;
             }
@@ -150,7 +150,7 @@ impl Master {
                 log::info!(
                     "event=reload-done generation={} workers={}",
                     self.generation,
-                    self.target
+                    self.pool.target()
                 );
             } else {
                 log::info!("event=rollback-done generation={}", self.generation);
@@ -180,14 +180,15 @@ impl Master {
         self.config = config;
         self.template = template;
         self.generation = generation;
-        self.target = self.config.workers;
+        self.change_target(self.config.workers);
         self.reloads.end(Some(reason));
         self.notify_ready();
-        let queue: VecDeque<usize> = (0..self.slots.len())
-            .filter(|&i| {
-                let active = self.slots[i].active.and_then(|pid| self.workers.get(&pid));
+        let queue: VecDeque<usize> = (self.pool.slots().iter().enumerate())
+            .filter(|(_, s)| {
+                let active = s.active.and_then(|pid| self.pool.get(pid));
                 active.is_some_and(|w| w.generation == abandoned)
             })
+            .map(|(i, _)| i)
             .collect();
         if !queue.is_empty() {
             log::info!("event=rollback-start slots={}", queue.len());
@@ -212,8 +213,7 @@ impl Master {
     }
 
     fn stop_incoming(&mut self, now: Instant) {
-        let incoming: Vec<i32> = self.slots.iter().filter_map(|s| s.incoming).collect();
-        for pid in incoming {
+        for pid in self.pool.incoming_pids() {
             self.stop_worker(pid, false, now);
         }
     }

@@ -14,7 +14,7 @@ use super::workers::ExitStatus;
 use super::{Master, Phase};
 use crate::config::Retire;
 use crate::error::errno_reason;
-use crate::handoff;
+use crate::handoff::{self, Predecessor};
 use crate::pidfile;
 use crate::sys::{self, ExecPlan};
 use nix::sys::signal::{kill, Signal as NixSignal};
@@ -25,19 +25,59 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// This master's part in an upgrade.
+pub enum UpgradeRole {
+    None,
+    /// We are the old master: we started this new one, which takes over.
+    Old(NewMaster),
+    /// We are the new master, started by this old one (which may have
+    /// exited since). `quit_sent`: it was told to retire.
+    New {
+        old: Predecessor,
+        quit_sent: bool,
+    },
+}
+
 /// The new master we started.
-pub struct Upgrade {
+pub struct NewMaster {
     pub pid: i32,
     /// Our worker count when it started, restored if it fails.
     workers_before: usize,
     /// Why it failed, as it told us before exiting.
-    pub report: Option<String>,
+    report: Option<String>,
 }
 
-/// How far the new master is in retiring the old one.
-#[derive(Default)]
-pub struct Retirement {
-    quit_sent: bool,
+impl UpgradeRole {
+    pub fn new_master_of(old: Predecessor) -> UpgradeRole {
+        UpgradeRole::New {
+            old,
+            quit_sent: false,
+        }
+    }
+
+    /// The new master we started, while it runs.
+    pub fn new_master(&self) -> Option<i32> {
+        match self {
+            UpgradeRole::Old(new) => Some(new.pid),
+            _ => None,
+        }
+    }
+
+    /// The old master that started us.
+    pub fn old_master(&self) -> Option<Predecessor> {
+        match self {
+            UpgradeRole::New { old, .. } => Some(*old),
+            _ => None,
+        }
+    }
+
+    /// Whether the old master that started us still runs. It forked us, so
+    /// it is our parent until it exits: no pid is probed that could have
+    /// been reused.
+    pub fn old_master_runs(&self) -> bool {
+        self.old_master()
+            .is_some_and(|old| nix::unistd::getppid().as_raw() == old.pid)
+    }
 }
 
 /// `PIDFILE.oldbin`.
@@ -65,9 +105,9 @@ impl Master {
                     "event=upgrade-start role=old new_master={pid} program={}",
                     self.launch.program().display()
                 );
-                self.upgrade = Some(Upgrade {
+                self.role = UpgradeRole::Old(NewMaster {
                     pid,
-                    workers_before: self.target,
+                    workers_before: self.pool.target(),
                     report: None,
                 });
             }
@@ -83,13 +123,14 @@ impl Master {
         if self.phase != Phase::Running {
             return Some("stopping".into());
         }
-        if let Some(upgrade) = &self.upgrade {
-            return Some(format!(
-                "an upgrade is in progress: new master pid={}",
-                upgrade.pid
-            ));
+        if let Some(new) = self.role.new_master() {
+            return Some(format!("an upgrade is in progress: new master pid={new}"));
         }
-        if let Some(old) = self.predecessor.filter(|p| pidfile::is_alive(p.pid)) {
+        if let Some(old) = self
+            .role
+            .old_master()
+            .filter(|_| self.role.old_master_runs())
+        {
             return Some(format!(
                 "the old master pid={} is still running: retire it first",
                 old.pid
@@ -222,7 +263,7 @@ impl Master {
         exec_failure: Option<String>,
         _now: Instant,
     ) {
-        let Some(upgrade) = self.upgrade.take() else {
+        let UpgradeRole::Old(upgrade) = std::mem::replace(&mut self.role, UpgradeRole::None) else {
             return;
         };
         if self.phase != Phase::Running {
@@ -239,37 +280,40 @@ impl Master {
             (None, None) => format!("new master pid={} {status} before taking over", upgrade.pid),
         };
         self.restore_pid_file();
-        if self.target < upgrade.workers_before {
-            self.target = upgrade.workers_before;
-            self.all_ready_logged = false;
-            self.dirty = true;
+        if self.pool.target() < upgrade.workers_before {
+            self.change_target(upgrade.workers_before);
         }
-        log::info!("event=rollback workers={} pid={}", self.target, self.pid);
+        log::info!(
+            "event=rollback workers={} pid={}",
+            self.pool.target(),
+            self.pid
+        );
         self.fail_upgrade(reason);
     }
 
     /// New master: one more of our workers is ready. With `retire: gradual`
     /// the old master retires one of its own per ready new worker.
-    pub(super) fn on_new_worker_ready(&mut self, _now: Instant) {
-        let Some(old) = self.predecessor else {
+    pub(super) fn on_new_worker_ready(&mut self) {
+        let UpgradeRole::New {
+            old,
+            quit_sent: false,
+        } = self.role
+        else {
             return;
         };
-        if self.retirement.quit_sent || self.config.retire != Retire::Gradual {
+        if self.config.retire != Retire::Gradual {
             return;
         }
-        let message = crate::protocol::retire_message(self.ready_count);
+        let ready = self.pool.ready();
+        let message = crate::protocol::retire_message(ready);
         if crate::notify::send_to_master(old.pid, &message).is_ok() {
-            log::debug!(
-                "event=retire-step old_master={} ready={}",
-                old.pid,
-                self.ready_count
-            );
+            log::debug!("event=retire-step old_master={} ready={ready}", old.pid);
         }
     }
 
     /// Old master: a message from the new master we started.
     pub(super) fn on_new_master_message(&mut self, message: crate::notify::Message) {
-        let Some(upgrade) = self.upgrade.as_mut() else {
+        let UpgradeRole::Old(upgrade) = &mut self.role else {
             return;
         };
         if let Some(reason) = message.upgrade_failed {
@@ -278,13 +322,13 @@ impl Master {
         if let Some(ready) = message.retire {
             // As many TTOUs as the new master has ready workers.
             let target = upgrade.workers_before.saturating_sub(ready);
-            if target < self.target && self.phase == Phase::Running {
+            let previous = self.pool.target();
+            if target < previous && self.phase == Phase::Running {
                 log::info!(
-                    "event=scale reason=retire new_master={} ready={ready} workers={target} previous={}",
+                    "event=scale reason=retire new_master={} ready={ready} workers={target} previous={previous}",
                     upgrade.pid,
-                    self.target
                 );
-                self.target = target;
+                self.pool.set_target(target, Instant::now());
                 self.dirty = true;
             }
         }
@@ -293,22 +337,27 @@ impl Master {
     /// All our workers are ready. A new master takes over: tells systemd it
     /// is the main process now, then retires the old master.
     pub(super) fn on_all_ready(&mut self) {
-        let Some(old) = self.predecessor.filter(|_| !self.retirement.quit_sent) else {
+        let UpgradeRole::New {
+            old,
+            quit_sent: quit_sent @ false,
+        } = &mut self.role
+        else {
             // While a new master takes over, our worker count only shrinks
             // (TTOU): nothing to tell systemd, which follows the new master.
-            if self.upgrade.is_none() {
+            if self.role.new_master().is_none() {
                 self.notify_ready();
             }
             return;
         };
-        self.retirement.quit_sent = true;
+        *quit_sent = true;
+        let old = *old;
         // Before the old master exits, or systemd would stop the service.
         self.notify_systemd(&format!(
             "MAINPID={}\nREADY=1\n{}",
             self.pid,
             self.status_line()
         ));
-        if !pidfile::is_alive(old.pid) {
+        if !self.role.old_master_runs() {
             log::info!(
                 "event=upgrade-done old_master={} reason=\"old master already gone\"",
                 old.pid

@@ -1,11 +1,13 @@
 //! Starting, stopping and supervising workers: spawn, readiness, watchdog,
 //! reaping with backoff, and the deadlines that go with them.
 
+use super::pool::Role;
+use super::UpgradeRole;
 use super::{Master, Phase, QUICK_STOP_GRACE};
 use crate::config::ReadyMode;
 use crate::duration::Human;
 use crate::error::{errno_reason, Error};
-use crate::plan::{self, Action, Slot};
+use crate::plan::{self, Action};
 use crate::sys::{self, ChildStage, ERROR_RECORD_LEN};
 use crate::timers::Timer;
 use crate::worker::{KillReason, Worker, WorkerState};
@@ -47,23 +49,18 @@ impl Master {
     /// Fills and empties slots to reach the target.
     pub(super) fn scale_workers(&mut self, now: Instant) {
         let mut spawned = Vec::new();
-        for action in plan::scale(self.target, &self.slots, now) {
+        for action in self.pool.scale() {
             match action {
                 Action::Spawn(slot) => spawned.extend(self.spawn_worker(slot, false, now)),
                 Action::Stop(slot) => {
-                    let s = &self.slots[slot];
+                    let s = self.pool.slot(slot).cloned().unwrap_or_default();
                     for pid in [s.active, s.incoming].into_iter().flatten() {
                         self.stop_worker(pid, false, now);
                     }
                 }
             }
         }
-        let busy = self
-            .slots
-            .iter()
-            .rposition(|s| s.active.is_some() || s.incoming.is_some())
-            .map_or(0, |i| i + 1);
-        self.slots.truncate(self.target.max(busy));
+        self.pool.trim();
         self.restart_ready_clocks(&spawned, now);
         self.log_if_all_ready();
     }
@@ -78,12 +75,9 @@ impl Master {
             return;
         }
         let deadline = now + self.config.ready_timeout;
-        for pid in pids {
-            if let Some(worker) = self.workers.get_mut(pid) {
-                if let WorkerState::Booting { deadline: old } = &mut worker.state {
-                    *old = deadline;
-                    self.timers.add(deadline, Timer::ReadyTimeout(*pid));
-                }
+        for &pid in pids {
+            if self.pool.restart_ready_clock(pid, deadline) {
+                self.timers.add(deadline, Timer::ReadyTimeout(pid));
             }
         }
     }
@@ -96,12 +90,9 @@ impl Master {
         incoming: bool,
         now: Instant,
     ) -> Option<i32> {
-        if self.slots.len() <= slot {
-            self.slots.resize(slot + 1, Slot::default());
-        }
-        let mut exec = self
-            .template
-            .plan(slot, self.target, self.exec_errors_write.as_raw_fd());
+        let mut exec =
+            self.template
+                .plan(slot, self.pool.target(), self.exec_errors_write.as_raw_fd());
         let pid = match sys::spawn(&mut exec) {
             Ok(pid) => pid,
             Err(e) => {
@@ -115,8 +106,7 @@ impl Master {
                 if incoming {
                     self.fail_rollout(format!("worker={slot} {why}"), now);
                 } else {
-                    let s = &mut self.slots[slot];
-                    s.failures = s.failures.saturating_add(1);
+                    self.pool.count_spawn_failure(slot);
                     self.schedule_respawn(slot, why, now);
                 }
                 return None;
@@ -127,67 +117,41 @@ impl Master {
             self.generation,
             if incoming { " role=replacement" } else { "" }
         );
-        let mut worker = Worker::new(slot, pid, now, self.config.ready_timeout, self.generation);
+        let worker = Worker::new(slot, pid, now, self.config.ready_timeout, self.generation);
         if let WorkerState::Booting { deadline } = worker.state {
             self.timers.add(deadline, Timer::ReadyTimeout(pid));
         }
+        self.pool.insert(worker, incoming);
         if let ReadyMode::Delay(delay) = self.config.ready {
             let at = now + delay;
-            worker.ready_at = Some(at);
+            self.pool.set_ready_at(pid, at);
             self.timers.add(at, Timer::ReadyDelay(pid));
         }
-        let s = &mut self.slots[slot];
-        if incoming {
-            s.incoming = Some(pid);
-        } else {
-            s.active = Some(pid);
-            s.retry_at = None;
-        }
-        self.workers.insert(pid, worker);
         Some(pid)
     }
 
     /// Sends the stop signal (or SIGINT when quick) and arms the kill deadline.
     /// A worker already stopping is only hurried, never given more time.
     pub(super) fn stop_worker(&mut self, pid: i32, quick: bool, now: Instant) {
-        let Some(worker) = self.workers.get_mut(&pid) else {
-            return;
-        };
         let (signal, grace) = if quick {
             (NixSignal::SIGINT, QUICK_STOP_GRACE)
         } else {
             (self.config.stop_signal, self.config.graceful_timeout)
         };
-        let mut kill_at = now + grace;
-        let slot = worker.slot;
-        let was_active = self.slots.get(slot).is_some_and(|s| s.active == Some(pid));
-        match worker.state {
-            WorkerState::Stopping { .. } if !quick => return,
-            WorkerState::Stopping { kill_at: earlier } => kill_at = kill_at.min(earlier),
-            WorkerState::Ready { .. } if was_active => self.ready_count -= 1,
-            _ => {}
-        }
+        let Some((slot, kill_at)) = self.pool.mark_stopping(pid, now + grace, quick, now) else {
+            return;
+        };
         let _ = kill(Pid::from_raw(pid), signal);
         log::info!(
             "worker={slot} pid={pid} event=stop signal={} grace={}",
             signal.as_str().trim_start_matches("SIG"),
             Human(grace)
         );
-        worker.state = WorkerState::Stopping { kill_at };
         self.timers.add(kill_at, Timer::Kill(pid));
-        if let Some(s) = self.slots.get_mut(slot) {
-            if s.active == Some(pid) {
-                s.active = None;
-            }
-            if s.incoming == Some(pid) {
-                s.incoming = None;
-            }
-        }
     }
 
     pub(super) fn stop_all_workers(&mut self, quick: bool, now: Instant) {
-        let pids: Vec<i32> = self.workers.keys().copied().collect();
-        for pid in pids {
+        for pid in self.pool.pids() {
             self.stop_worker(pid, quick, now);
         }
     }
@@ -197,8 +161,8 @@ impl Master {
         let mut buf = [0u8; ERROR_RECORD_LEN];
         while let Ok(ERROR_RECORD_LEN) = nix::unistd::read(&self.exec_errors, &mut buf) {
             let (pid, stage, errno) = sys::decode_error_record(&buf);
-            let slot = self.workers.get(&pid).map(|w| w.slot);
-            let is_upgrade = self.upgrade.as_ref().is_some_and(|u| u.pid == pid);
+            let slot = self.pool.get(pid).map(|w| w.slot);
+            let is_upgrade = self.role.new_master() == Some(pid);
             if slot.is_none() && !is_upgrade {
                 continue;
             }
@@ -250,11 +214,11 @@ impl Master {
                 }
             };
             let pid = datagram.pid;
-            if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+            if self.role.new_master() == Some(pid) {
                 self.on_new_master_message(datagram.message);
                 continue;
             }
-            let Some(worker) = self.workers.get(&pid) else {
+            let Some(worker) = self.pool.get(pid) else {
                 if let Some(suppressed) = self.notify_log_budget.take(now) {
                     log::warn!(
                         "event=notify-ignored sender={pid} reason=\"not a worker\" suppressed_before={suppressed}"
@@ -279,63 +243,37 @@ impl Master {
     }
 
     pub(super) fn on_ready(&mut self, pid: i32, now: Instant) {
-        let Some(worker) = self.workers.get_mut(&pid) else {
-            return;
-        };
-        if !matches!(worker.state, WorkerState::Booting { .. }) {
-            return;
-        }
         let watchdog = self.config.timeout.map(|t| now + t);
-        worker.state = WorkerState::Ready {
-            since: now,
-            watchdog,
+        let Some(readied) = self.pool.mark_ready(pid, now, watchdog) else {
+            return;
         };
-        worker.was_ready = Some(now);
-        let slot = worker.slot;
-        let boot = now.duration_since(worker.started);
         if let Some(at) = watchdog {
             self.timers.add(at, Timer::Watchdog(pid));
         }
         log::info!(
-            "worker={slot} pid={pid} event=ready boot_ms={}",
-            boot.as_millis()
+            "worker={} pid={pid} event=ready boot_ms={}",
+            readied.slot,
+            readied.boot.as_millis()
         );
-        let replaced = self
-            .slots
-            .get(slot)
-            .and_then(|s| (s.incoming == Some(pid)).then_some(s.active));
-        if let Some(old) = replaced {
-            // Stop the old one while it still counts as the slot's worker.
-            if let Some(old) = old {
+        if readied.took_over {
+            if let Some(old) = readied.replaced {
                 self.stop_worker(old, false, now);
             }
-            self.slots[slot].incoming = None;
-            self.slots[slot].active = Some(pid);
             self.dirty = true;
         }
-        self.ready_count += 1;
-        if !self.serving && (self.predecessor.is_none() || self.ready_count >= self.target) {
+        let after_upgrade = matches!(self.role, UpgradeRole::New { .. });
+        if !self.serving && (!after_upgrade || self.pool.ready() >= self.pool.target()) {
             self.serving = true;
             self.startup_failures = 0;
         }
-        self.on_new_worker_ready(now);
+        self.on_new_worker_ready();
         self.log_if_all_ready();
     }
 
     fn on_watchdog_ping(&mut self, pid: i32, now: Instant) {
-        let Some(worker) = self.workers.get_mut(&pid) else {
-            return;
-        };
-        if let (
-            WorkerState::Ready {
-                watchdog: Some(deadline),
-                ..
-            },
-            Some(timeout),
-        ) = (&mut worker.state, self.config.timeout)
-        {
+        if let Some(timeout) = self.config.timeout {
             // The armed timer re-arms itself at the new deadline when it fires.
-            *deadline = now + timeout;
+            self.pool.postpone_watchdog(pid, now + timeout);
         }
     }
 
@@ -343,12 +281,12 @@ impl Master {
         if !self.all_ready_logged
             && self.phase == Phase::Running
             && self.rollout.is_none()
-            && self.ready_count == self.target
+            && self.pool.ready() == self.pool.target()
         {
             self.all_ready_logged = true;
             log::info!(
                 "event=all-ready workers={} generation={}",
-                self.target,
+                self.pool.target(),
                 self.generation
             );
             self.on_all_ready();
@@ -374,7 +312,7 @@ impl Master {
             // in case it exited after this pass's earlier read.
             self.read_exec_errors();
             let exec_failure = self.exec_failures.remove(&pid);
-            if self.upgrade.as_ref().is_some_and(|u| u.pid == pid) {
+            if self.role.new_master() == Some(pid) {
                 self.on_new_master_exit(status, exec_failure, now);
             } else {
                 self.on_worker_exit(pid, status, exec_failure, now);
@@ -389,7 +327,7 @@ impl Master {
         exec_failure: Option<String>,
         now: Instant,
     ) {
-        let Some(worker) = self.workers.remove(&pid) else {
+        let Some((worker, role)) = self.pool.remove(pid) else {
             return;
         };
         let slot = worker.slot;
@@ -414,19 +352,9 @@ impl Master {
             "worker={slot} pid={pid} event=exit {} reason=\"{why}\"",
             status.fields()
         );
-        let Some(s) = self.slots.get_mut(slot) else {
-            return;
-        };
-        if s.incoming == Some(pid) {
-            s.incoming = None;
+        if role == Role::Incoming {
             self.fail_rollout(format!("worker={slot} {why}"), now);
             return;
-        }
-        if s.active == Some(pid) {
-            s.active = None;
-            if matches!(worker.state, WorkerState::Ready { .. }) {
-                self.ready_count -= 1;
-            }
         }
         if self.phase != Phase::Running {
             return;
@@ -439,9 +367,7 @@ impl Master {
             }
         }
         let ready_for = worker.was_ready.map(|at| now.duration_since(at));
-        let s = &mut self.slots[slot];
-        s.failures = plan::failures_after_exit(s.failures, ready_for);
-        s.restarts += 1;
+        self.pool.count_death(slot, ready_for);
         self.schedule_respawn(slot, why, now);
     }
 
@@ -451,7 +377,7 @@ impl Master {
             "event=startup-failed attempts={} reason=\"{reason}\"",
             self.startup_failures
         );
-        self.failure = Some(match self.predecessor {
+        self.failure = Some(match self.role.old_master() {
             Some(old) => {
                 // Tell the old master why, for `forkmaster upgrade --wait`.
                 let report = crate::protocol::upgrade_failed_message(&reason);
@@ -467,23 +393,16 @@ impl Master {
 
     /// Marks a slot to be filled after its backoff.
     fn schedule_respawn(&mut self, slot: usize, why: String, now: Instant) {
-        let Some(s) = self.slots.get_mut(slot) else {
+        let Some((delay, failures, retry_at)) = self.pool.schedule_respawn(slot, why, now) else {
             return;
         };
-        s.last_exit = Some(why);
-        let delay = plan::backoff(s.failures);
-        if slot < self.target {
+        if slot < self.pool.target() {
             log::info!(
-                "worker={slot} event=respawn delay={} failures={}",
+                "worker={slot} event=respawn delay={} failures={failures}",
                 Human(delay),
-                s.failures
             );
         }
-        if delay.is_zero() {
-            s.retry_at = None;
-        } else {
-            let at = now + delay;
-            s.retry_at = Some(at);
+        if let Some(at) = retry_at {
             self.timers.add(at, Timer::Respawn(slot));
         }
         self.dirty = true;
@@ -494,26 +413,26 @@ impl Master {
     fn timer_due(&self, at: Instant, timer: Timer) -> Option<Instant> {
         match timer {
             Timer::ReadyDelay(pid) => {
-                let w = self.workers.get(&pid)?;
+                let w = self.pool.get(pid)?;
                 (matches!(w.state, WorkerState::Booting { .. }) && w.ready_at == Some(at))
                     .then_some(at)
             }
-            Timer::ReadyTimeout(pid) => match self.workers.get(&pid)?.state {
+            Timer::ReadyTimeout(pid) => match self.pool.get(pid)?.state {
                 WorkerState::Booting { deadline } if deadline == at => Some(at),
                 _ => None,
             },
-            Timer::Watchdog(pid) => match self.workers.get(&pid)?.state {
+            Timer::Watchdog(pid) => match self.pool.get(pid)?.state {
                 WorkerState::Ready {
                     watchdog: Some(deadline),
                     ..
                 } => Some(deadline),
                 _ => None,
             },
-            Timer::Kill(pid) => match self.workers.get(&pid)?.state {
+            Timer::Kill(pid) => match self.pool.get(pid)?.state {
                 WorkerState::Stopping { kill_at } if kill_at == at => Some(at),
                 _ => None,
             },
-            Timer::Respawn(slot) => (self.slots.get(slot)?.retry_at == Some(at)).then_some(at),
+            Timer::Respawn(slot) => (self.pool.retry_at(slot)? == at).then_some(at),
             Timer::SystemdWatchdog => Some(at),
         }
     }
@@ -536,30 +455,24 @@ impl Master {
             match timer {
                 Timer::ReadyDelay(pid) => self.on_ready(pid, now),
                 Timer::ReadyTimeout(pid) => {
-                    let Some(worker) = self.workers.get_mut(&pid) else {
+                    let Some(slot) = self.pool.set_killed(pid, KillReason::ReadyTimeout) else {
                         continue;
                     };
                     log::warn!(
-                        "worker={} pid={pid} event=ready-timeout after={}",
-                        worker.slot,
+                        "worker={slot} pid={pid} event=ready-timeout after={}",
                         Human(self.config.ready_timeout)
                     );
-                    worker.killed = Some(KillReason::ReadyTimeout);
                     kill_group(pid);
                 }
                 Timer::Watchdog(pid) => {
-                    let Some(worker) = self.workers.get_mut(&pid) else {
+                    let Some(slot) = self.pool.set_killed(pid, KillReason::Watchdog) else {
                         continue;
                     };
-                    log::warn!(
-                        "worker={} pid={pid} event=watchdog-timeout action=kill",
-                        worker.slot
-                    );
-                    worker.killed = Some(KillReason::Watchdog);
+                    log::warn!("worker={slot} pid={pid} event=watchdog-timeout action=kill");
                     kill_group(pid);
                 }
                 Timer::Kill(pid) => {
-                    if let Some(worker) = self.workers.get(&pid) {
+                    if let Some(worker) = self.pool.get(pid) {
                         log::warn!(
                             "worker={} pid={pid} event=kill reason=\"did not stop in time\"",
                             worker.slot
@@ -568,10 +481,8 @@ impl Master {
                     }
                 }
                 Timer::Respawn(slot) => {
-                    if let Some(s) = self.slots.get_mut(slot) {
-                        s.retry_at = None;
-                        self.dirty = true;
-                    }
+                    self.pool.end_backoff(slot, now);
+                    self.dirty = true;
                 }
                 Timer::SystemdWatchdog => {
                     if let Some(systemd) = &self.systemd {
