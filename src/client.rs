@@ -12,10 +12,10 @@
 
 use crate::cli::{ClientCommand, Locate, StatusArgs, StopArgs, WaitArgs};
 use crate::config;
-use crate::control::{self, QueryError};
 use crate::duration::parse_duration;
+use crate::ipc::control::{self, QueryError};
 use crate::pidfile::{is_alive, read_pid};
-use crate::status::Status;
+use crate::status::{OperationState, Phase, Status};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ fn pid_file(locate: &Locate) -> Step<PathBuf> {
 fn find_master(path: &Path) -> Step<(i32, Status)> {
     match master_in(path, path) {
         Err(Outcome::NotRunning(why)) => {
-            let oldbin = crate::master::oldbin_path(path);
+            let oldbin = crate::pidfile::oldbin_path(path);
             match master_in(&oldbin, path) {
                 Ok(found) => Ok(found),
                 Err(_) => Err(Outcome::NotRunning(why)),
@@ -205,7 +205,9 @@ fn upgrade(args: &WaitArgs) -> Step<Outcome> {
         let old_alive = is_alive(old);
         let old_status = old_alive.then(|| control::query(old).ok()).flatten();
         if let Some(s) = &old_status {
-            if s.upgrade.attempts > before.upgrade.attempts && s.upgrade.state == "failed" {
+            if s.upgrade.attempts > before.upgrade.attempts
+                && s.upgrade.state == OperationState::Failed
+            {
                 let why = s.upgrade.reason.clone().unwrap_or_default();
                 return Some(Err(Outcome::Failed(format!(
                     "upgrade failed: {why}; pid {old} keeps serving"
@@ -226,7 +228,7 @@ fn upgrade(args: &WaitArgs) -> Step<Outcome> {
                     s.target,
                     if old_alive { "still runs" } else { "is gone" }
                 );
-                if s.phase == "running" && s.ready == s.target && !old_alive {
+                if s.phase == Phase::Running && s.ready == s.target && !old_alive {
                     return Some(Ok(format!(
                         "upgraded: pid {old} -> {new}, {} workers ready in {:.2}s",
                         s.ready,
@@ -271,14 +273,16 @@ fn reload(args: &WaitArgs) -> Step<Outcome> {
         }
         state = format!(
             "reload {}: {}/{} workers ready",
-            s.reload.state, s.ready, s.target
+            s.reload.state.name(),
+            s.ready,
+            s.target
         );
-        match s.reload.state.as_str() {
-            "failed" => Some(Err(Outcome::Failed(format!(
+        match s.reload.state {
+            OperationState::Failed => Some(Err(Outcome::Failed(format!(
                 "reload failed: {}; the rollout stopped and the previous configuration stays in force",
                 s.reload.reason.unwrap_or_default()
             )))),
-            "done" if s.ready == s.target => Some(Ok(format!(
+            OperationState::Done if s.ready == s.target => Some(Ok(format!(
                 "reloaded: pid {pid} generation {}, {} workers ready in {:.2}s",
                 s.generation,
                 s.ready,

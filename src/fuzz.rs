@@ -7,7 +7,8 @@
 //! `FORKMASTER_FUZZ_ITERATIONS` (default 20000 per parser) and
 //! `FORKMASTER_FUZZ_SEED` (default fixed, so CI is repeatable) tune a run.
 
-use crate::{config, duration, handoff, listen, notify};
+use crate::ipc::notify;
+use crate::{config, duration, handoff, listen};
 use std::net::SocketAddr;
 
 /// xorshift64*: small, fast, good enough to explore inputs.

@@ -9,11 +9,12 @@ use clap::Parser;
 use forkmaster::cli::Cli;
 use forkmaster::error::Error;
 use forkmaster::handoff::Inherited;
+use forkmaster::ipc::output::LogFiles;
+use forkmaster::ipc::systemd;
 use forkmaster::launch::Launch;
-use forkmaster::logs::LogFiles;
 use forkmaster::master::Master;
 use forkmaster::sockets::Listener;
-use forkmaster::{client, config, daemon, logging, pidfile, sys, systemd};
+use forkmaster::{client, config, daemon, logging, pidfile, sys};
 use nix::sys::stat::Mode;
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
@@ -205,7 +206,7 @@ fn report_to_old_master(e: &Error) {
         .and_then(|v| forkmaster::handoff::decode_predecessor(&v));
     if let (Some(old), false) = (predecessor, matches!(e, Error::UpgradeFailed(_))) {
         let message = forkmaster::protocol::upgrade_failed_message(&e.to_string());
-        let _ = forkmaster::notify::send_to_master(old.pid, &message);
+        let _ = forkmaster::ipc::notify::send_to_master(old.pid, &message);
     }
 }
 

@@ -131,6 +131,14 @@ pub fn canonical(path: &Path) -> Option<PathBuf> {
     Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }
 
+/// `PIDFILE.oldbin`: where an old master keeps its pid while a new master
+/// (USR2) takes over the pid file.
+pub fn oldbin_path(pid_file: &Path) -> PathBuf {
+    let mut name = pid_file.as_os_str().to_os_string();
+    name.push(".oldbin");
+    PathBuf::from(name)
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp.{}", std::process::id()));

@@ -4,6 +4,67 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whether the master serves or is stopping.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    #[default]
+    Running,
+    Stopping,
+}
+
+/// Where the last upgrade or reload stands.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperationState {
+    /// None was started.
+    #[default]
+    None,
+    InProgress,
+    Done,
+    Failed,
+}
+
+/// A worker's state, as shown.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerPhase {
+    #[default]
+    Booting,
+    Ready,
+    Stopping,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+impl OperationState {
+    pub fn name(self) -> &'static str {
+        match self {
+            OperationState::None => "none",
+            OperationState::InProgress => "in-progress",
+            OperationState::Done => "done",
+            OperationState::Failed => "failed",
+        }
+    }
+}
+
+impl WorkerPhase {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerPhase::Booting => "booting",
+            WorkerPhase::Ready => "ready",
+            WorkerPhase::Stopping => "stopping",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub pid: i32,
@@ -12,8 +73,7 @@ pub struct Status {
     pub pid_file: Option<String>,
     pub generation: u32,
     pub uptime_secs: f64,
-    /// `running` or `stopping`.
-    pub phase: String,
+    pub phase: Phase,
     /// Workers wanted, and how many of those are ready.
     pub target: usize,
     pub ready: usize,
@@ -29,8 +89,7 @@ pub struct Status {
 pub struct Operation {
     /// How many were started; a client compares before and after its signal.
     pub attempts: u32,
-    /// `none`, `in-progress`, `done` or `failed`.
-    pub state: String,
+    pub state: OperationState,
     /// Why the last one failed.
     pub reason: Option<String>,
     /// The new master of an upgrade in progress.
@@ -42,8 +101,7 @@ pub struct Operation {
 pub struct WorkerStatus {
     pub slot: usize,
     pub pid: i32,
-    /// `booting`, `ready` or `stopping`.
-    pub state: String,
+    pub state: WorkerPhase,
     pub generation: u32,
     pub uptime_secs: f64,
     /// Deaths of this slot's workers not asked for by the master.
@@ -59,7 +117,7 @@ impl Status {
             self.pid,
             self.generation,
             secs(self.uptime_secs),
-            self.phase,
+            self.phase.name(),
             self.ready,
             self.target
         );
@@ -70,7 +128,7 @@ impl Status {
             if op.attempts == 0 {
                 continue;
             }
-            out.push_str(&format!("{name}: {}", op.state));
+            out.push_str(&format!("{name}: {}", op.state.name()));
             if let Some(pid) = op.new_master {
                 out.push_str(&format!(" new_master={pid}"));
             }
@@ -85,7 +143,7 @@ impl Status {
                 "{:<5} {:<8} {:<9} {:<4} {:<9} {:<9} {}\n",
                 w.slot,
                 w.pid,
-                w.state,
+                w.state.name(),
                 w.generation,
                 secs(w.uptime_secs),
                 w.restarts,

@@ -1,5 +1,6 @@
 //! One worker process as the master sees it.
 
+use crate::status::WorkerPhase;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,11 +68,11 @@ impl Worker {
         matches!(self.state, WorkerState::Ready { .. })
     }
 
-    pub fn state_name(&self) -> &'static str {
+    pub fn phase(&self) -> WorkerPhase {
         match self.state {
-            WorkerState::Booting { .. } => "booting",
-            WorkerState::Ready { .. } => "ready",
-            WorkerState::Stopping { .. } => "stopping",
+            WorkerState::Booting { .. } => WorkerPhase::Booting,
+            WorkerState::Ready { .. } => WorkerPhase::Ready,
+            WorkerState::Stopping { .. } => WorkerPhase::Stopping,
         }
     }
 }

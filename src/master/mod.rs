@@ -17,18 +17,18 @@ mod upgrade;
 mod workers;
 
 use crate::config::Config;
-use crate::control::ControlSocket;
 use crate::error::{errno_reason, Error, Result};
+use crate::ipc::control::ControlSocket;
+use crate::ipc::notify::NotifySocket;
+use crate::ipc::output::LogFiles;
+use crate::ipc::signals::{Signal, SignalPipe};
+use crate::ipc::systemd::{self, Notifier};
 use crate::launch::Launch;
-use crate::logs::LogFiles;
-use crate::notify::NotifySocket;
 use crate::pidfile;
-use crate::signals::{Signal, SignalPipe};
 use crate::sockets::Listener;
 use crate::spawn::WorkerTemplate;
-use crate::status::{Operation, Status, WorkerStatus};
+use crate::status::{self, Operation, OperationState, Status, WorkerStatus};
 use crate::sys;
-use crate::systemd::{self, Notifier};
 use crate::timers::{Timer, Timers};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use pool::Pool;
 pub use reload::Rollout;
-pub use upgrade::{oldbin_path, UpgradeRole};
+pub use upgrade::UpgradeRole;
 
 /// How long a quick stop waits for workers after SIGINT before SIGKILL.
 pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -56,7 +56,7 @@ enum Phase {
 #[derive(Clone, Debug, Default)]
 struct Record {
     attempts: u32,
-    state: &'static str,
+    state: OperationState,
     reason: Option<String>,
     started: Option<Instant>,
     took: Option<Duration>,
@@ -65,14 +65,18 @@ struct Record {
 impl Record {
     fn begin(&mut self, now: Instant) {
         self.attempts += 1;
-        self.state = "in-progress";
+        self.state = OperationState::InProgress;
         self.reason = None;
         self.started = Some(now);
         self.took = None;
     }
 
     fn end(&mut self, failure: Option<String>) {
-        self.state = if failure.is_some() { "failed" } else { "done" };
+        self.state = if failure.is_some() {
+            OperationState::Failed
+        } else {
+            OperationState::Done
+        };
         self.reason = failure;
         self.took = self.started.map(|s| s.elapsed());
     }
@@ -80,12 +84,7 @@ impl Record {
     fn operation(&self, new_master: Option<i32>) -> Operation {
         Operation {
             attempts: self.attempts,
-            state: if self.attempts == 0 {
-                "none"
-            } else {
-                self.state
-            }
-            .to_string(),
+            state: self.state,
             reason: self.reason.clone(),
             new_master,
             secs: self.took.map(|d| d.as_secs_f64()),
@@ -442,7 +441,7 @@ impl Master {
                 WorkerStatus {
                     slot: w.slot,
                     pid: w.pid,
-                    state: w.state_name().to_string(),
+                    state: w.phase(),
                     generation: w.generation,
                     uptime_secs: now.duration_since(w.started).as_secs_f64(),
                     restarts: slot.map_or(0, |s| s.restarts),
@@ -462,10 +461,9 @@ impl Master {
             generation: self.generation,
             uptime_secs: now.duration_since(self.started).as_secs_f64(),
             phase: match self.phase {
-                Phase::Running => "running",
-                Phase::Stopping { .. } => "stopping",
-            }
-            .to_string(),
+                Phase::Running => status::Phase::Running,
+                Phase::Stopping { .. } => status::Phase::Stopping,
+            },
             target: self.pool.target(),
             ready: self.pool.ready(),
             old_master: self
@@ -484,7 +482,7 @@ impl Master {
         self.logs.drain();
         if let Some(path) = &self.config.pid_file {
             pidfile::remove_if_ours(path, self.pid);
-            pidfile::remove_if_ours(&upgrade::oldbin_path(path), self.pid);
+            pidfile::remove_if_ours(&pidfile::oldbin_path(path), self.pid);
         }
         // Another generation may serve on the same socket files: the new
         // master we started, or the old master whose upgrade we failed.

@@ -22,7 +22,6 @@ use nix::unistd::Pid;
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// This master's part in an upgrade.
@@ -80,13 +79,6 @@ impl UpgradeRole {
     }
 }
 
-/// `PIDFILE.oldbin`.
-pub fn oldbin_path(pid_file: &Path) -> PathBuf {
-    let mut name = pid_file.as_os_str().to_os_string();
-    name.push(".oldbin");
-    PathBuf::from(name)
-}
-
 impl Master {
     pub(super) fn on_usr2(&mut self, now: Instant) {
         if let Some(why) = self.upgrade_refusal() {
@@ -139,7 +131,7 @@ impl Master {
         if self.rollout.is_some() {
             return Some("a rolling restart (HUP) is in progress".into());
         }
-        let oldbin = self.config.pid_file.as_deref().map(oldbin_path)?;
+        let oldbin = self.config.pid_file.as_deref().map(pidfile::oldbin_path)?;
         match pidfile::read_pid(&oldbin) {
             Ok(Some(pid)) if pid != self.pid && pidfile::is_alive(pid) => {
                 Some(format!("{} names live process {pid}", oldbin.display()))
@@ -153,7 +145,7 @@ impl Master {
         let Some(path) = &self.config.pid_file else {
             return Ok(());
         };
-        let oldbin = oldbin_path(path);
+        let oldbin = pidfile::oldbin_path(path);
         match std::fs::rename(path, &oldbin) {
             Ok(()) => Ok(()),
             // Someone removed it: write the .oldbin afresh.
@@ -185,7 +177,7 @@ impl Master {
             }
             _ => {}
         }
-        let oldbin = oldbin_path(path);
+        let oldbin = pidfile::oldbin_path(path);
         let renamed = matches!(pidfile::read_pid(&oldbin), Ok(Some(pid)) if pid == self.pid)
             && std::fs::rename(&oldbin, path).is_ok();
         if !renamed {
@@ -306,13 +298,13 @@ impl Master {
         }
         let ready = self.pool.ready();
         let message = crate::protocol::retire_message(ready);
-        if crate::notify::send_to_master(old.pid, &message).is_ok() {
+        if crate::ipc::notify::send_to_master(old.pid, &message).is_ok() {
             log::debug!("event=retire-step old_master={} ready={ready}", old.pid);
         }
     }
 
     /// Old master: a message from the new master we started.
-    pub(super) fn on_new_master_message(&mut self, message: crate::notify::Message) {
+    pub(super) fn on_new_master_message(&mut self, message: crate::ipc::notify::Message) {
         let UpgradeRole::Old(upgrade) = &mut self.role else {
             return;
         };
@@ -363,7 +355,7 @@ impl Master {
                 old.pid
             );
             if let Some(path) = &self.config.pid_file {
-                pidfile::remove_if_ours(&oldbin_path(path), old.pid);
+                pidfile::remove_if_ours(&pidfile::oldbin_path(path), old.pid);
             }
             return;
         }

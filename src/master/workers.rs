@@ -381,7 +381,7 @@ impl Master {
             Some(old) => {
                 // Tell the old master why, for `forkmaster upgrade --wait`.
                 let report = crate::protocol::upgrade_failed_message(&reason);
-                let _ = crate::notify::send_to_master(old.pid, &report);
+                let _ = crate::ipc::notify::send_to_master(old.pid, &report);
                 Error::UpgradeFailed(reason)
             }
             None => Error::StartupFailed(reason),

@@ -1,0 +1,17 @@
+//! The event sources the master's loop polls, one file each, and the
+//! messages that travel through them.
+//!
+//! | source    | what arrives                                              |
+//! |-----------|-----------------------------------------------------------|
+//! | `signals` | signals, as bytes on a self-pipe written by the handlers   |
+//! | `notify`  | sd_notify datagrams from workers and from a new master     |
+//! | `control` | status requests from the client commands                   |
+//! | `output`  | the workers' stdout and stderr, for `stdout_path`/`stderr_path` |
+//!
+//! `systemd` goes the other way: what the master tells its own supervisor.
+
+pub mod control;
+pub mod notify;
+pub mod output;
+pub mod signals;
+pub mod systemd;
