@@ -18,6 +18,7 @@ use crate::pidfile::{is_alive, read_pid};
 use crate::status::{OperationState, Phase, Status};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -53,10 +54,13 @@ pub fn run(command: &ClientCommand) -> ExitCode {
         Outcome::TimedOut(text) => (4, text),
     };
     if code == 0 {
-        print!("{text}");
-        if !text.ends_with('\n') && !text.is_empty() {
-            println!();
-        }
+        let newline = if text.ends_with('\n') || text.is_empty() {
+            ""
+        } else {
+            "\n"
+        };
+        // A reader that went away (`status | head -1`) is not a failure.
+        let _ = write!(std::io::stdout().lock(), "{text}{newline}");
     } else {
         eprintln!("forkmaster: {text}");
     }

@@ -30,6 +30,12 @@ pub enum Error {
         path: PathBuf,
         source: io::Error,
     },
+    /// `stdout_path` or `stderr_path` could not be opened.
+    LogFile {
+        key: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// Workers could not boot at first start.
     StartupFailed(String),
     /// A new master's workers could not boot; the old master keeps serving.
@@ -65,6 +71,9 @@ impl fmt::Display for Error {
             Error::PidFile { path, source } => {
                 write!(f, "pid file {}: {}", path.display(), io_reason(source))
             }
+            Error::LogFile { key, path, source } => {
+                write!(f, "{key} {}: {}", path.display(), io_reason(source))
+            }
             Error::StartupFailed(why) => write!(f, "startup failed: {why}"),
             Error::UpgradeFailed(why) => write!(f, "upgrade failed: {why}"),
             Error::Sys { call, source } => write!(f, "{call}: {}", errno_reason(*source)),
@@ -72,7 +81,23 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind { source, .. } | Error::Sys { source, .. } => Some(source),
+            Error::PidFile { source, .. } | Error::LogFile { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// The master's exit code for this error: 1 for every failure to start
+    /// or to keep running (2, a usage error, is clap's before we run).
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        std::process::ExitCode::FAILURE
+    }
+}
 
 /// `Permission denied (os error 13)` as `permission denied`.
 pub fn io_reason(e: &io::Error) -> String {

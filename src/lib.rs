@@ -24,6 +24,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod sockets;
 pub mod spawn;
+pub mod start;
 pub mod status;
 pub mod sys;
 pub mod timers;

@@ -9,6 +9,7 @@
 //! single write(2) of at most PIPE_BUF (4096) bytes is never interleaved with
 //! another worker's.
 
+use crate::error::Error;
 use nix::fcntl::OFlag;
 use nix::unistd::{dup2_stderr, dup2_stdout, pipe2};
 use std::fs::{File, OpenOptions};
@@ -41,13 +42,19 @@ pub fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 impl Sink {
-    fn open(path: &Path, own_fd: RawFd) -> Result<Sink, String> {
-        let file = open_append(path)
-            .map_err(|e| format!("{}: {}", path.display(), crate::error::io_reason(&e)))?;
-        let (read, write) = pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| format!("pipe: {}", crate::error::errno_reason(e)))?;
+    fn open(key: &'static str, path: &Path, own_fd: RawFd) -> Result<Sink, Error> {
+        let file = open_append(path).map_err(|source| Error::LogFile {
+            key,
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let pipe_failed = |source| Error::Sys {
+            call: "pipe",
+            source,
+        };
+        let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_failed)?;
         nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-            .map_err(|e| format!("pipe: {}", crate::error::errno_reason(e)))?;
+            .map_err(pipe_failed)?;
         let sink = Sink {
             path: path.to_path_buf(),
             file,
@@ -106,13 +113,13 @@ pub struct LogFiles {
 impl LogFiles {
     /// Opens the files (creating them) and points the master's own stdout and
     /// stderr at them. Fails naming the file.
-    pub fn open(stdout: Option<&Path>, stderr: Option<&Path>) -> Result<LogFiles, String> {
+    pub fn open(stdout: Option<&Path>, stderr: Option<&Path>) -> Result<LogFiles, Error> {
         let mut sinks = Vec::new();
         if let Some(path) = stdout {
-            sinks.push(Sink::open(path, 1).map_err(|w| format!("stdout_path {w}"))?);
+            sinks.push(Sink::open("stdout_path", path, 1)?);
         }
         if let Some(path) = stderr {
-            sinks.push(Sink::open(path, 2).map_err(|w| format!("stderr_path {w}"))?);
+            sinks.push(Sink::open("stderr_path", path, 2)?);
         }
         Ok(LogFiles {
             sinks,

@@ -1,0 +1,205 @@
+//! Starting a master: load and check the configuration, detach if asked,
+//! take or bind the listeners, write the pid file, then hand over to the
+//! event loop (`master`).
+//!
+//! A master started by an upgrade (USR2) inherits its listeners and runs
+//! where its old master put it; if it fails before its loop runs, it tells
+//! the old master why, for `forkmaster upgrade --wait`.
+
+use crate::cli::MasterFlags;
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::handoff::{self, Inherited};
+use crate::ipc::output::LogFiles;
+use crate::ipc::{notify, systemd};
+use crate::launch::Launch;
+use crate::master::Master;
+use crate::sockets::Listener;
+use crate::{daemon, logging, pidfile, protocol, sys};
+use nix::sys::stat::Mode;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
+/// Runs a master until it stops. `Err` is printed by the caller, once; the
+/// launching process of `--daemonize` and an old master waiting on this
+/// upgrade have been told already.
+pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
+    let config = config::load(flags, command)
+        .map_err(Error::Config)
+        .inspect_err(report_to_old_master)?;
+    if flags.check {
+        return check(&config);
+    }
+    let upgrading = std::env::var_os(protocol::UPGRADE_FROM).is_some();
+    if config.daemonize && config.stderr_path.is_none() && !upgrading {
+        eprintln!(
+            "forkmaster: warning: --daemonize without --stderr-path: the log goes to /dev/null"
+        );
+    }
+    // A master started by an upgrade runs where its old master put it.
+    let report = (config.daemonize && !upgrading)
+        .then(daemon::daemonize)
+        .transpose()?;
+    // A copy to report a failure with, once the master owns the original.
+    let failure_report = report.as_ref().and_then(|r| r.try_clone().ok());
+    logging::init(config.log_level.as_deref());
+    let launch = Launch::capture(flags, command);
+    serve(launch, config, report).inspect_err(|e| {
+        if let Some(report) = failure_report {
+            let _ = nix::unistd::write(&report, format!("{e}\n").as_bytes());
+        }
+        report_to_old_master(e);
+    })
+}
+
+/// `--check`: what would run, or why it cannot.
+fn check(config: &Config) -> Result<()> {
+    let activated = systemd::activated_fds(
+        &std::env::vars_os().collect::<Vec<_>>(),
+        std::process::id() as i32,
+    );
+    if config.listeners.is_empty() && activated.is_empty() {
+        return Err(Error::Config(config::NO_LISTENER.into()));
+    }
+    let mut out = std::io::stdout().lock();
+    // A reader that went away (`| head`) is no failure of the config.
+    let _ = writeln!(out, "{}configuration ok", config.describe());
+    Ok(())
+}
+
+fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<()> {
+    if let Some(mask) = config.umask {
+        nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    }
+    check_may_switch_user(&config)?;
+    if let Some(path) = &config.pid_file {
+        pidfile::ensure_not_running(path)?;
+    }
+    let mut logs = LogFiles::open(config.stdout_path.as_deref(), config.stderr_path.as_deref())?;
+    let (uid, gid) = worker_owner(&config);
+    logs.chown(uid, gid);
+    let mut inherited = Inherited::from_env(launch.inherited_fds.as_deref());
+    inherited.add_activated(&systemd::activated_fds(
+        &launch.env,
+        std::process::id() as i32,
+    ));
+    let listeners = if config.listeners.is_empty() {
+        // Socket activation without --listen: serve on everything passed.
+        let adopted = adopt_all(&mut inherited)?;
+        config.listeners = adopted.iter().map(|l| l.spec.clone()).collect();
+        adopted
+    } else {
+        open_listeners(&config, &mut inherited, (uid, gid))?
+    };
+    // Nothing the master inherited may leak into workers.
+    sys::set_cloexec_from_3(&[]);
+    let pid_file = config.pid_file.clone();
+    let master = Master::new(launch, config, listeners, logs, report)?;
+    if let Some(path) = &pid_file {
+        pidfile::write_pid(path, std::process::id() as i32)?;
+    }
+    master.run()
+}
+
+/// Every socket systemd passed, when no listener is configured.
+fn adopt_all(inherited: &mut Inherited) -> Result<Vec<Listener>> {
+    let adopted = inherited.take_all();
+    if adopted.is_empty() {
+        return Err(Error::Config(config::NO_LISTENER.into()));
+    }
+    for (i, listener) in adopted.iter().enumerate() {
+        log::info!(
+            "event=listen addr={} fd={} name={} how=activated",
+            listener.bound,
+            3 + i,
+            listener.spec.fd_name()
+        );
+    }
+    Ok(adopted)
+}
+
+/// The configured listeners, in order: each taken from what was inherited
+/// (an upgrade, socket activation) or bound anew. On failure no socket
+/// file we created is left behind.
+fn open_listeners(
+    config: &Config,
+    inherited: &mut Inherited,
+    owner: (Option<u32>, Option<u32>),
+) -> Result<Vec<Listener>> {
+    let mut listeners: Vec<(Listener, &str)> = Vec::with_capacity(config.listeners.len());
+    for spec in &config.listeners {
+        let (listener, how) = match inherited.take(spec) {
+            Some(listener) if listener.external => (listener, "activated"),
+            Some(listener) => (listener, "inherited"),
+            None => match Listener::bind(spec) {
+                Ok(listener) => {
+                    listener.chown(owner.0, owner.1);
+                    (listener, "bound")
+                }
+                Err(e) => {
+                    for (listener, _) in listeners.iter().filter(|(_, how)| *how == "bound") {
+                        listener.unlink_if_ours();
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        log::info!(
+            "event=listen addr={} fd={} name={} how={how}",
+            listener.bound,
+            3 + listeners.len(),
+            spec.fd_name()
+        );
+        listeners.push((listener, how));
+    }
+    for addr in std::mem::take(inherited).leftovers() {
+        log::info!("event=listen-closed addr={addr} reason=\"no longer configured\"");
+    }
+    Ok(listeners.into_iter().map(|(l, _)| l).collect())
+}
+
+/// The owner for files workers use (socket and log files): the worker user.
+fn worker_owner(config: &Config) -> (Option<u32>, Option<u32>) {
+    let uid = config.user.as_ref().map(|u| u.uid);
+    let gid = config
+        .group
+        .as_ref()
+        .map(|g| g.gid)
+        .or(config.user.as_ref().map(|u| u.gid));
+    (uid, gid)
+}
+
+/// Only root may run workers as someone else: refuse clearly up front.
+fn check_may_switch_user(config: &Config) -> Result<()> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 {
+        return Ok(());
+    }
+    let egid = nix::unistd::getegid().as_raw();
+    if let Some(user) = config.user.as_ref().filter(|u| u.uid != euid) {
+        return Err(Error::Config(format!(
+            "user {}: switching workers to another user needs root (running as uid {euid})",
+            user.name
+        )));
+    }
+    if let Some(group) = config.group.as_ref().filter(|g| g.gid != egid) {
+        return Err(Error::Config(format!(
+            "group {}: switching workers to another group needs root (running as uid {euid})",
+            group.name
+        )));
+    }
+    Ok(())
+}
+
+/// A new master that fails before its loop runs tells the old master why
+/// (a failure while running is reported by the master itself).
+fn report_to_old_master(e: &Error) {
+    let predecessor = std::env::var(protocol::UPGRADE_FROM)
+        .ok()
+        .and_then(|v| handoff::decode_predecessor(&v));
+    if let (Some(old), false) = (predecessor, matches!(e, Error::UpgradeFailed(_))) {
+        let message = protocol::upgrade_failed_message(&e.to_string());
+        let _ = notify::send_to_master(old.pid, &message);
+    }
+}
