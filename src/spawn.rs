@@ -35,6 +35,9 @@ pub struct WorkerTemplate {
     argv: Vec<CString>,
     env: Vec<CString>,
     path_var: Option<OsString>,
+    /// The program found on `PATH` once; `None` while it is not there (then
+    /// each spawn looks again, so installing it needs no reload).
+    found: Option<CString>,
     chdir: Option<CString>,
     listener_fds: Vec<RawFd>,
     credentials: Option<Credentials>,
@@ -113,11 +116,13 @@ impl WorkerTemplate {
             .map(|d| CString::new(d.as_os_str().as_bytes()))
             .transpose()
             .map_err(|_| "working_directory: holds a NUL byte".to_string())?;
+        let found = find_program(&config.command[0], path_var.as_deref());
         Ok(WorkerTemplate {
             command: config.command.clone(),
             argv,
             env,
             path_var,
+            found,
             chdir,
             listener_fds: listeners.iter().map(|l| l.fd.as_raw_fd()).collect(),
             credentials: credentials(config),
@@ -144,8 +149,10 @@ impl WorkerTemplate {
                 env.push(entry);
             }
         }
-        let program = resolve_program(self.program(), self.path_var.as_deref());
-        let program = CString::new(program.into_os_string().into_vec()).unwrap_or_default();
+        let program = self.found.clone().unwrap_or_else(|| {
+            let program = resolve_program(self.program(), self.path_var.as_deref());
+            CString::new(program.into_os_string().into_vec()).unwrap_or_default()
+        });
         ExecPlan::worker(
             program,
             self.argv.clone(),
@@ -220,6 +227,17 @@ pub fn socket_vars(listeners: &[Listener]) -> Vec<(String, String)> {
         ));
     }
     vars
+}
+
+/// The program to exec, when it can be settled once: a path with a `/` (it
+/// is resolved by exec, from the working directory, at each spawn), or a
+/// bare name found on `PATH`.
+fn find_program(program: &OsStr, path_var: Option<&OsStr>) -> Option<CString> {
+    let resolved = resolve_program(program, path_var);
+    let settled = program.as_bytes().contains(&b'/') || resolved.as_os_str() != program;
+    settled
+        .then(|| CString::new(resolved.into_os_string().into_vec()).ok())
+        .flatten()
 }
 
 /// Finds a bare program name on `PATH`, as execvp would, but in the parent:
