@@ -8,6 +8,7 @@
 //! | new master -> old master | `FORKMASTER_RETIRE=N`, `FORKMASTER_UPGRADE_FAILED=why` (datagrams) |
 //! | systemd -> master        | `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID` |
 //! | client -> master         | the control socket: one JSON `Status` per connection |
+//! | anyone -> master         | the socket names: `@forkmaster/<pid>/control`, `@forkmaster/<pid>/notify` |
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -53,6 +54,18 @@ pub const NOTIFY_STATUS: &str = "STATUS";
 pub const NOTIFY_RETIRE: &str = "FORKMASTER_RETIRE";
 /// New master to old master: why the upgrade failed.
 pub const NOTIFY_UPGRADE_FAILED: &str = "FORKMASTER_UPGRADE_FAILED";
+
+/// The abstract-namespace name of a master's control socket, where it
+/// answers each connection with its status as one line of JSON.
+pub fn control_address(pid: i32) -> String {
+    format!("forkmaster/{pid}/control")
+}
+
+/// The abstract-namespace name of a master's sd_notify socket (workers get
+/// it as `NOTIFY_SOCKET=@...`; a new master reports to its old one there).
+pub fn notify_address(pid: i32) -> String {
+    format!("forkmaster/{pid}/notify")
+}
 
 /// `FORKMASTER_RETIRE=N\n`.
 pub fn retire_message(ready: usize) -> String {

@@ -8,6 +8,7 @@
 //! from the pid in the pid file, so a pid file naming some unrelated process
 //! is recognised: nothing answers there.
 
+use crate::protocol;
 use crate::status::Status;
 use nix::sys::socket::{getsockopt, sockopt};
 use std::io::{ErrorKind, Read, Write};
@@ -18,10 +19,6 @@ use std::time::Duration;
 
 /// The answer to another user: tells the client why, and nothing else.
 const REFUSED: &[u8] = b"{\"error\":\"permission denied\"}\n";
-
-pub fn address(pid: i32) -> String {
-    format!("forkmaster/{pid}/control")
-}
 
 pub struct ControlSocket {
     listener: UnixListener,
@@ -40,7 +37,7 @@ fn open_spare() -> Option<std::fs::File> {
 
 impl ControlSocket {
     pub fn bind() -> std::io::Result<ControlSocket> {
-        let name = address(std::process::id() as i32);
+        let name = protocol::control_address(std::process::id() as i32);
         let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
         let listener = UnixListener::bind_addr(&addr)?;
         listener.set_nonblocking(true)?;
@@ -128,7 +125,7 @@ pub enum QueryError {
 
 /// Asks the master with this pid for its status.
 pub fn query(pid: i32) -> Result<Status, QueryError> {
-    let addr = SocketAddr::from_abstract_name(address(pid).as_bytes())
+    let addr = SocketAddr::from_abstract_name(protocol::control_address(pid).as_bytes())
         .map_err(|_| QueryError::NoMaster)?;
     let mut stream = UnixStream::connect_addr(&addr).map_err(|_| QueryError::NoMaster)?;
     stream

@@ -60,14 +60,9 @@ pub struct Datagram {
     pub message: Message,
 }
 
-/// The abstract address of a master's notify socket.
-pub fn address(pid: i32) -> String {
-    format!("forkmaster/{pid}/notify")
-}
-
 /// Sends one datagram to the notify socket of the master `pid`.
 pub fn send_to_master(pid: i32, message: &str) -> std::io::Result<()> {
-    let addr = SocketAddr::from_abstract_name(address(pid).as_bytes())?;
+    let addr = SocketAddr::from_abstract_name(protocol::notify_address(pid).as_bytes())?;
     UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &addr)?;
     Ok(())
 }
@@ -81,7 +76,7 @@ pub struct NotifySocket {
 impl NotifySocket {
     /// Binds a fresh abstract socket with credentials passing on.
     pub fn bind() -> std::io::Result<NotifySocket> {
-        let name = address(std::process::id() as i32);
+        let name = protocol::notify_address(std::process::id() as i32);
         let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
         let socket = UnixDatagram::bind_addr(&addr)?;
         socket.set_nonblocking(true)?;
