@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod error;
+pub mod files;
 #[cfg(test)]
 mod fuzz;
 pub mod handoff;

@@ -1,37 +1,54 @@
 //! Pid files: written atomically (temp file + rename), removed only while they
-//! still hold our pid. A pid file naming a live process means another master
-//! runs; one naming a dead process is stale and taken over.
+//! still hold our pid. A pid file naming a live forkmaster master of this
+//! pid file means another master runs; one naming a dead process, or a live
+//! process that is not that master (a pid reused after a reboot or a
+//! container restart), is stale and taken over.
+//!
+//! Reading never blocks and is bounded (see `files`): a FIFO or a directory
+//! at the path is refused, a huge file or a symlink to a secret is never
+//! copied into a message beyond a short quoted prefix.
 
 use crate::error::{Error, Result};
+use crate::files::{self, ReadError};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+/// A pid and a newline take a few bytes; anything much larger is not a pid file.
+const PID_FILE_LIMIT: u64 = 128;
+
 /// Reads the pid a pid file names; `Ok(None)` if there is no such file.
-/// A file whose content is not a pid is an error naming the file.
+/// Errors name the file: what is not a regular file (`InvalidInput`), or
+/// content that is not a pid (`InvalidData`, quoting at most a prefix).
 pub fn read_pid(path: &Path) -> Result<Option<i32>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+    let fail = |kind, why: String| Error::PidFile {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(kind, why),
+    };
+    let bytes = match files::read_bounded(path, PID_FILE_LIMIT) {
+        Ok(bytes) => bytes,
+        Err(ReadError::NotFound) => return Ok(None),
+        Err(ReadError::Io(source)) => {
             return Err(Error::PidFile {
                 path: path.to_path_buf(),
                 source,
             })
         }
+        Err(e @ ReadError::TooLarge(_)) => {
+            return Err(fail(ErrorKind::InvalidData, format!("not a pid: {e}")))
+        }
+        Err(e) => return Err(fail(ErrorKind::InvalidInput, e.to_string())),
     };
+    let text = String::from_utf8_lossy(&bytes);
     match text.trim().parse::<i32>() {
         Ok(pid) if pid > 0 => Ok(Some(pid)),
         _ if text.trim().is_empty() => Ok(None),
-        _ => Err(Error::PidFile {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(
-                ErrorKind::InvalidData,
-                format!("not a pid: {:?}", text.trim()),
-            ),
-        }),
+        _ => Err(fail(
+            ErrorKind::InvalidData,
+            format!("not a pid: {}", files::quoted_prefix(&bytes)),
+        )),
     }
 }
 
@@ -55,8 +72,9 @@ fn is_zombie(pid: i32) -> bool {
         .is_some_and(|state| state == "Z" || state == "X")
 }
 
-/// Refuses to go on if `path` names a live process other than us.
-pub fn ensure_not_running(path: &Path) -> Result<()> {
+/// Refuses to go on if `path` names a live process other than us that
+/// `is_master_of_this_file` confirms is the master of this pid file.
+pub fn ensure_not_running(path: &Path, is_master_of_this_file: impl Fn(i32) -> bool) -> Result<()> {
     let pid = match read_pid(path) {
         Ok(Some(pid)) => pid,
         Ok(None) => return Ok(()),
@@ -69,14 +87,21 @@ pub fn ensure_not_running(path: &Path) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
-    if pid != std::process::id() as i32 && is_alive(pid) {
+    if pid == std::process::id() as i32 || !is_alive(pid) {
+        log::info!(
+            "event=stale-pid-file path={} pid={pid} action=take-over",
+            path.display()
+        );
+        return Ok(());
+    }
+    if is_master_of_this_file(pid) {
         return Err(Error::AlreadyRunning {
             pid,
             pid_file: path.to_path_buf(),
         });
     }
-    log::info!(
-        "event=stale-pid-file path={} pid={pid} action=take-over",
+    log::warn!(
+        "event=stale-pid-file path={} pid={pid} reason=\"a live process that is not the master of this pid file\" action=take-over",
         path.display()
     );
     Ok(())
@@ -85,22 +110,16 @@ pub fn ensure_not_running(path: &Path) -> Result<()> {
 /// Writes `pid` to `path` atomically: readers see the old file or the new
 /// one, never a partial write.
 pub fn write_pid(path: &Path, pid: i32) -> Result<()> {
-    let fail = |source| Error::PidFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = temp_path(path);
     // No fsync: the rename alone makes the change atomic for readers, and a
     // pid file need not survive a power cut. Under I/O load an fsync can
     // stall for seconds, and an upgrading master writes this before it
     // starts its workers.
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut file| file.write_all(format!("{pid}\n").as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(fail)
+    files::write_atomically(path, format!("{pid}\n").as_bytes(), 0o644).map_err(|source| {
+        Error::PidFile {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Removes the pid file if it still names `pid`; reports whether it did.
@@ -139,12 +158,6 @@ pub fn oldbin_path(pid_file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp.{}", std::process::id()));
-    path.with_file_name(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,19 +183,25 @@ mod tests {
     #[test]
     fn live_refuses_stale_is_taken_over() {
         let path = scratch("live");
-        // Our parent (the test runner's parent) is alive.
+        // Our parent (the test runner's parent) is alive: refused when it
+        // is this pid file's master, taken over when it is not.
         write_pid(&path, nix::unistd::getppid().as_raw()).unwrap();
         assert!(matches!(
-            ensure_not_running(&path),
+            ensure_not_running(&path, |_| true),
             Err(Error::AlreadyRunning { .. })
         ));
+        assert!(ensure_not_running(&path, |_| false).is_ok());
         // pid_max is at most 2^22, so this pid cannot exist.
         write_pid(&path, 1 << 23).unwrap();
-        assert!(ensure_not_running(&path).is_ok());
+        assert!(ensure_not_running(&path, |_| true).is_ok());
         std::fs::write(&path, "garbage").unwrap();
         let err = read_pid(&path).unwrap_err().to_string();
         assert!(err.contains("not a pid"), "{err}");
-        assert!(ensure_not_running(&path).is_ok());
+        assert!(ensure_not_running(&path, |_| true).is_ok());
+        std::fs::write(&path, vec![b'7'; 1 << 20]).unwrap();
+        let err = read_pid(&path).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
+        assert!(ensure_not_running(&path, |_| true).is_ok());
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -10,6 +10,7 @@ use crate::cli::MasterFlags;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::handoff::{self, Inherited};
+use crate::ipc::control::{self, QueryError};
 use crate::ipc::output::LogFiles;
 use crate::ipc::{notify, systemd};
 use crate::launch::Launch;
@@ -74,7 +75,7 @@ fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<
     }
     check_may_switch_user(&config)?;
     if let Some(path) = &config.pid_file {
-        pidfile::ensure_not_running(path)?;
+        pidfile::ensure_not_running(path, |pid| is_master_of(pid, path))?;
     }
     let mut logs = LogFiles::open(config.stdout_path.as_deref(), config.stderr_path.as_deref())?;
     let (uid, gid) = worker_owner(&config);
@@ -190,6 +191,19 @@ fn check_may_switch_user(config: &Config) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Whether `pid` is a forkmaster master of the pid file `path` (or may be:
+/// one that does not answer us is given the benefit of the doubt).
+fn is_master_of(pid: i32, path: &std::path::Path) -> bool {
+    match control::query(pid) {
+        Ok(status) => {
+            let ours = pidfile::canonical(path).map(|p| p.display().to_string());
+            status.pid_file.is_some() && status.pid_file == ours
+        }
+        Err(QueryError::NoMaster) => false,
+        Err(QueryError::Refused | QueryError::NoAnswer) => true,
+    }
 }
 
 /// A new master that fails before its loop runs tells the old master why
