@@ -12,6 +12,7 @@ use super::signals::handled_signals;
 use super::spawn::{ChildStage, ExecPlan, ERROR_RECORD_LEN, LISTEN_PID_PREFIX};
 use libc::{c_int, pid_t};
 use nix::errno::Errno;
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use std::os::fd::RawFd;
 
 /// Runs the child to its exec; never returns.
@@ -56,14 +57,7 @@ unsafe fn reset_signals() {
             unsafe { libc::signal(signal, libc::SIG_DFL) };
         }
     }
-    // SAFETY: sigemptyset initialises the zeroed set it is given.
-    let empty: libc::sigset_t = unsafe {
-        let mut set = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        set
-    };
-    // SAFETY: reads the initialised set; no old mask is asked for.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // The Rust runtime ignores SIGPIPE; an ignored signal stays ignored across
     // exec, and the app expects the default.
     // SAFETY: SIG_DFL installs no code of ours.

@@ -46,16 +46,20 @@ impl fmt::Display for NotAdoptable {
 /// Shows `inspect` the inherited listening socket numbered `fd`, borrowed for
 /// this call only (to read its address, say). Fails, without calling
 /// `inspect`, if `fd` is not an open, inherited, not yet adopted listening
-/// socket.
+/// socket. `inspect` must not adopt: no fd is adopted while it runs.
 pub fn inspect_inherited<T>(
     fd: RawFd,
     inspect: impl FnOnce(BorrowedFd<'_>) -> T,
 ) -> Result<T, NotAdoptable> {
-    check_inherited(fd)?;
+    let adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
+    check_inherited(fd, &adopted)?;
     // SAFETY: `fd` is open (checked just now) and owned by nothing in this
-    // process (inherited, not adopted), so nothing closes it during the call;
-    // the borrow cannot outlive `inspect`.
-    Ok(inspect(unsafe { BorrowedFd::borrow_raw(fd) }))
+    // process (inherited, not adopted, and none can be while we hold the
+    // lock), so nothing closes it during the call; the borrow cannot outlive
+    // `inspect`.
+    let result = inspect(unsafe { BorrowedFd::borrow_raw(fd) });
+    drop(adopted);
+    Ok(result)
 }
 
 /// The one place a raw fd number becomes an `OwnedFd`: takes the listening
@@ -70,21 +74,16 @@ pub fn inspect_inherited<T>(
 /// recorded here and a second adoption refused), so no two `OwnedFd`s share it.
 pub fn adopt_inherited(fd: RawFd) -> Result<OwnedFd, NotAdoptable> {
     let mut adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
-    check_inherited_in(fd, &adopted)?;
+    check_inherited(fd, &adopted)?;
     adopted.insert(fd);
     // SAFETY: see above: open, inherited, a listening socket, and recorded
     // as adopted (under the lock) so that this happens once per number.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn check_inherited(fd: RawFd) -> Result<(), NotAdoptable> {
-    let adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
-    check_inherited_in(fd, &adopted)
-}
-
 /// Checks `fd` is open, a listening socket, without close-on-exec and not in
 /// `adopted` (in this order, so the common refusals read as they always did).
-fn check_inherited_in(fd: RawFd, adopted: &BTreeSet<RawFd>) -> Result<(), NotAdoptable> {
+fn check_inherited(fd: RawFd, adopted: &BTreeSet<RawFd>) -> Result<(), NotAdoptable> {
     let flags = fd_flags(fd).ok_or(NotAdoptable::NotOpen)?;
     // SAFETY: `fd` is open (just checked); the borrow ends with this function
     // and is only used to read the descriptor's type and socket options.
