@@ -4,10 +4,11 @@
 //! script that starts forkmaster this way knows whether it runs.
 
 use crate::error::{Error, Result};
+use crate::sys::process::{fork_single_threaded, Forked};
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
-use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid, ForkResult};
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, pipe2, setsid};
 use std::io::Read;
 use std::os::fd::OwnedFd;
 
@@ -20,10 +21,10 @@ fn sys(call: &'static str) -> impl Fn(nix::errno::Errno) -> Error {
 /// it exits with the outcome.
 pub fn daemonize() -> Result<OwnedFd> {
     let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    // SAFETY: the process is single-threaded here (no master loop, no
-    // helper threads), so the child may run any code.
-    match unsafe { fork() }.map_err(sys("fork"))? {
-        ForkResult::Parent { child } => {
+    // `main` detaches before it starts logging, the master loop or any
+    // thread: the process is single-threaded, as this fork requires.
+    match fork_single_threaded().map_err(sys("fork"))? {
+        Forked::Parent { child } => {
             drop(write);
             let outcome = first_line(read);
             let _ = waitpid(child, None);
@@ -34,12 +35,12 @@ pub fn daemonize() -> Result<OwnedFd> {
             }
             std::process::exit(1);
         }
-        ForkResult::Child => {}
+        Forked::Child => {}
     }
     drop(read);
     setsid().map_err(sys("setsid"))?;
-    // SAFETY: still single-threaded.
-    if let ForkResult::Parent { .. } = unsafe { fork() }.map_err(sys("fork"))? {
+    // Still single-threaded.
+    if let Forked::Parent { .. } = fork_single_threaded().map_err(sys("fork"))? {
         // The session leader leaves, so the daemon can never regain a terminal.
         std::process::exit(0);
     }

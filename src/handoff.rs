@@ -6,16 +6,15 @@
 //! | `FORKMASTER_INHERIT_FDS`  | `3=127.0.0.1:8080;4=unix:/run/app.sock`    |
 //! | `FORKMASTER_UPGRADE_FROM` | `<old master pid>:<highest generation>`    |
 //!
-//! The fd numbers come from the environment, so this is the one place that
-//! trusts a raw fd number: each is checked to be a listening socket bound to
-//! the address it claims before it is adopted.
+//! The fd numbers come from the environment: each is checked to be a
+//! listening socket bound to the address it claims before it is adopted,
+//! through `sys::fd`, the one place that turns a raw fd number into ours.
 
 use crate::listen::{parse_address_with, Address, ListenSpec};
 use crate::sockets::{bound_address, Listener};
-use nix::sys::socket::{getsockopt, sockopt};
-use nix::sys::stat::{fstat, SFlag};
+use crate::sys::fd::{adopt_inherited, inspect_inherited};
 use std::ffi::OsString;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 pub use crate::protocol::{INHERIT_FDS as INHERIT_VAR, UPGRADE_FROM as UPGRADE_VAR};
 
@@ -165,10 +164,15 @@ impl Inherited {
             log::warn!("event=inherit-ignored fd={fd} addr={bound} reason=\"given twice\"");
             return;
         }
-        // SAFETY: `fd` is open and a listening socket (verified just before),
-        // named to us alone by whoever started us, and adopted only once (an
-        // address given twice is refused above).
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The one place a number from the environment becomes ours: sys
+        // checks it again and refuses a number adopted before.
+        let fd = match adopt_inherited(fd) {
+            Ok(fd) => fd,
+            Err(why) => {
+                log::warn!("event=inherit-ignored fd={fd} addr={bound} reason=\"{why}\"");
+                return;
+            }
+        };
         self.sockets.push(Adopted {
             bound,
             name,
@@ -228,22 +232,11 @@ fn same_address(configured: &Address, bound: &Address) -> bool {
     }
 }
 
-/// Checks `fd` is an open, listening socket; its bound address.
+/// Checks `fd` is an open, inherited listening socket; its bound address.
 fn verify(fd: RawFd) -> Result<Address, String> {
-    // SAFETY: F_GETFD only inspects the descriptor table.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err("not open".into());
-    }
-    // SAFETY: the fd is open (just checked); borrowed only within this call.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let stat = fstat(borrowed).map_err(|e| e.desc().to_string())?;
-    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
-        return Err("not a socket".into());
-    }
-    if !getsockopt(&borrowed, sockopt::AcceptConn).unwrap_or(false) {
-        return Err("not a listening socket".into());
-    }
-    bound_address(&borrowed).ok_or_else(|| "no address".into())
+    inspect_inherited(fd, |socket| bound_address(&socket))
+        .map_err(|why| why.to_string())?
+        .ok_or_else(|| "no address".into())
 }
 
 /// The environment a new master starts with: ours as we started, less any

@@ -4,6 +4,10 @@
 //! the app with those sockets inherited, so connections queue in the kernel
 //! across every restart. See `master` for the event loop.
 
+// Only `sys` may hold code the compiler cannot check; each such block there
+// says why it is sound.
+#![deny(unsafe_code)]
+
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -27,6 +31,7 @@ pub mod sockets;
 pub mod spawn;
 pub mod start;
 pub mod status;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod timers;
 pub mod worker;
