@@ -907,7 +907,7 @@ report_logs() {
 }
 
 main() {
-    [[ -f Cargo.toml && -f src/bin/forkmaster-demo.rs ]] || die "run me from the forkmaster repo root"
+    [[ -f Cargo.toml && -f src/bin/forkmaster-demo/main.rs ]] || die "run me from the forkmaster repo root"
     local t0
     t0=$(now_us)
     build

@@ -400,7 +400,7 @@ report_logs() {
 }
 
 main() {
-    [[ -f Cargo.toml && -f src/bin/forkmaster-demo.rs ]] || die "run me from the forkmaster repo root"
+    [[ -f Cargo.toml && -f src/bin/forkmaster-demo/main.rs ]] || die "run me from the forkmaster repo root"
     build
     bench_overhead
     if ensure_wrk; then
