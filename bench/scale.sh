@@ -49,8 +49,8 @@
 # reload failed, the naive baseline saw no failure, or a log line was lost.
 #
 # BENCH_QUICK=1: fewer runs and smaller counts. BENCH_KEEP=1 keeps the temp
-# dir. BENCH_RUNS (every part), BENCH_IDLE_SECS and BENCH_LOAD_ACTIONS
-# override counts; BENCH_LOG_DIR where part 6 writes. CARGO names the cargo
+# dir. BENCH_RUNS (every part), BENCH_IDLE_SECS, BENCH_LOAD_ACTIONS and
+# BENCH_ROLLOUT_COUNTS override counts; BENCH_LOG_DIR where part 6 writes. CARGO names the cargo
 # command that builds the release binaries (default: cargo).
 set -Eeuo pipefail
 # shellcheck source=bench/lib.sh
@@ -84,6 +84,10 @@ else
     LOG_TOTAL_LINES=10000000       # 1 GB per run, split among the writers
     LOG_RUNS=${BENCH_RUNS:-5}      # the flood's figures vary more from run to run
     ROLLOUT_COUNTS=(250 500 1000)
+fi
+# BENCH_ROLLOUT_COUNTS="1000 2000" overrides part 7's worker counts.
+if [[ -n ${BENCH_ROLLOUT_COUNTS:-} ]]; then
+    read -r -a ROLLOUT_COUNTS <<<"$BENCH_ROLLOUT_COUNTS"
 fi
 readonly RUNS SLOW_RUNS IDLE_SECS SPAWN_COUNTS UPGRADE_COUNTS LOAD_ACTIONS LOG_WRITERS LOG_TOTAL_LINES LOG_RUNS ROLLOUT_COUNTS
 # Replacements booting at once in part 7: large, so that a rollout of 1000
@@ -210,6 +214,12 @@ stats() {
         }'
 }
 
+# The mean of a "\n"-joined list in variable text $1, formatted with $2
+# (finer than the median for counts in clock ticks: it has 1/runs of a tick).
+mean() {
+    printf '%s' "$1" | awk -v f="$2" '{ s += $1 } END { if (NR == 0) print "-"; else printf f "\n", s / NR }'
+}
+
 # The median of a "\n"-joined list in variable text $1, formatted with $2.
 med() {
     local m
@@ -235,6 +245,9 @@ ctx_switches() {
 
 # utime+stime of PID in clock ticks. (The comm field has no spaces here.)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# "utime stime" of PID in clock ticks.
+user_sys_ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
 
 # ---------------------------------------------------------------- masters
 
@@ -851,9 +864,9 @@ last_log_ms() {
 # One master per N, rolled $RUNS times back to back; each rollout is timed
 # and its CPU counted from just before the HUP to its last old worker reaped.
 bench_rollout() {
-    local n run pid log pidfile t0 ticks0 ns0 ns1 out rc hup done_ms
+    local n run pid log pidfile t0 user0 sys0 user1 sys1 ns0 ns1 out rc hup done_ms
     for n in "${ROLLOUT_COUNTS[@]}"; do
-        local c_wall="" c_log="" c_cpu="" c_run=""
+        local c_wall="" c_log="" c_cpu="" c_user="" c_sys="" c_run=""
         say "rollout: $n workers, --max-surge $ROLLOUT_SURGE, $RUNS HUP rolling restarts (reload --wait)"
         start_master "rollout-$n" --workers "$n" --ready notify --max-surge "$ROLLOUT_SURGE" -- "$DEMO"
         pid=$STARTED_PID log="$TMP/rollout-$n.log" pidfile="$TMP/rollout-$n.pid"
@@ -861,7 +874,8 @@ bench_rollout() {
         for run in $(seq 1 "$RUNS"); do
             wait_until "$READY_TIMEOUT_S" has_children "$pid" "$n" ||
                 die "master $pid does not have $n workers before rollout $run (log: $log)"
-            ticks0=$(cpu_ticks "$pid") ns0=$(run_ns "$pid")
+            read -r user0 sys0 < <(user_sys_ticks "$pid")
+            ns0=$(run_ns "$pid")
             t0=$(now_us)
             rc=0
             out=$("$FM" reload -p "$pidfile" --wait --timeout "${ROLLOUT_TIMEOUT_S}s" 2>&1) || rc=$?
@@ -869,7 +883,10 @@ bench_rollout() {
             [[ $rc -eq 0 ]] || die "rollout $run of $n workers failed (exit $rc): $out (log: $log)"
             wait_until "$READY_TIMEOUT_S" has_children "$pid" "$n" ||
                 die "old workers of rollout $run not reaped within ${READY_TIMEOUT_S}s (log: $log)"
-            c_cpu+="$(( ($(cpu_ticks "$pid") - ticks0) * TICK_MS ))"$'\n'
+            read -r user1 sys1 < <(user_sys_ticks "$pid")
+            c_cpu+="$(( (user1 + sys1 - user0 - sys0) * TICK_MS ))"$'\n'
+            c_user+="$(( (user1 - user0) * TICK_MS ))"$'\n'
+            c_sys+="$(( (sys1 - sys0) * TICK_MS ))"$'\n'
             ns1=$(run_ns "$pid")
             [[ $ns0 == - || $ns1 == - ]] || c_run+="$(( (ns1 - ns0) / 1000 ))"$'\n'
             hup=$(last_log_ms "$pid" "$log" event=reload-start) || die "no event=reload-start in $log"
@@ -877,9 +894,9 @@ bench_rollout() {
             c_log+="$(ms_between "$hup" "$done_ms")"$'\n'
         done
         stop_master "$pidfile"
-        local cpu run_us
-        cpu=$(med "$c_cpu" %d) run_us=$(med "$c_run" %d)
-        ROLLOUT_ROWS+=("$n|$(printf '%s' "$c_wall" | stats %d)|$(med "$c_log" %d)|$(printf '%s' "$c_cpu" | stats %d)|$(awk -v c="$cpu" -v n="$n" 'BEGIN { printf "%d", c * 1000 / n + 0.5 }')|$(awk -v u="$run_us" -v n="$n" 'BEGIN { if (u == "-") print "-|-"; else printf "%.1f|%d", u / 1000, u / n + 0.5 }')")
+        local cpu user run_us
+        cpu=$(med "$c_cpu" %d) user=$(mean "$c_user" %.1f) run_us=$(med "$c_run" %d)
+        ROLLOUT_ROWS+=("$n|$(printf '%s' "$c_wall" | stats %d)|$(med "$c_log" %d)|$(printf '%s' "$c_cpu" | stats %d)|$user|$(mean "$c_sys" %.1f)|$(awk -v u="$user" -v n="$n" 'BEGIN { printf "%.1f", u * 1000 / n }')|$(awk -v c="$cpu" -v n="$n" 'BEGIN { printf "%d", c * 1000 / n + 0.5 }')|$(awk -v u="$run_us" -v n="$n" 'BEGIN { if (u == "-") print "-"; else printf "%d", u / n + 0.5 }')")
     done
 }
 
@@ -890,7 +907,7 @@ report_machine() {
     echo "machine: $NPROC cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r)"
     echo "limits:  $LIMITS"
     echo "build:   $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo "?"), $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "load:    $LOAD_AT_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end (1/5/15-minute load averages; other processes blur the figures)"
+    echo "load:    $LOAD_AT_START (1/5/15-minute load averages when the run began: other work blurs the figures)"
 }
 
 report_memory() {
@@ -995,22 +1012,25 @@ report_throughput() {
 }
 
 report_rollout() {
-    local row n wall logms cpu per run_ms run_per
+    local row n wall logms cpu user sys user_per per run_per fmt='%-9s%-20s%-14s%-22s%-9s%-9s%-16s%-15s%s\n'
     echo
     echo "7. rollout cost: one HUP rolling restart of N workers, --max-surge $ROLLOUT_SURGE (median of $RUNS)"
-    printf '%-9s%-22s%-15s%-28s%-15s%-12s%s\n' workers "wall ms med/min/max" "HUP->done ms" \
-        "master CPU ms med/min/max" "CPU us/worker" "on-CPU ms" "on-CPU us/worker"
+    # shellcheck disable=SC2059  # the format is ours
+    printf "$fmt" workers "wall ms med/min/max" "HUP->done ms" "master CPU ms m/m/m" "user ms" "sys ms" \
+        "user us/worker" "CPU us/worker" "on-CPU us/worker"
     for row in "${ROLLOUT_ROWS[@]}"; do
-        IFS='|' read -r n wall logms cpu per run_ms run_per <<<"$row"
-        # shellcheck disable=SC2086  # "median min max" split into words
-        printf '%-9s%-22s%-15s%-28s%-15s%-12s%s\n' "$n" "$(printf '%s/%s/%s' $wall)" "$logms" \
-            "$(printf '%s/%s/%s' $cpu)" "$per" "$run_ms" "$run_per"
+        IFS='|' read -r n wall logms cpu user sys user_per per run_per <<<"$row"
+        # shellcheck disable=SC2086,SC2059  # "median min max" split into words; our format
+        printf "$fmt" "$n" "$(printf '%s/%s/%s' $wall)" "$logms" "$(printf '%s/%s/%s' $cpu)" "$user" "$sys" \
+            "$user_per" "$per" "$run_per"
     done
     echo "(wall: HUP until \`forkmaster reload --wait\` returned (it polls every 50 ms); HUP->done:"
     echo " the master's reload-start to reload-done log stamps; master CPU: its utime + stime over"
-    echo " the rollout, up to the last old worker reaped, in ${TICK_MS} ms ticks; on-CPU: the same"
-    echo " span from /proc/PID/schedstat, in ns. A flat us/worker column is O(N) work per rollout;"
-    echo " one that grows in proportion to N is O(N^2))"
+    echo " the rollout, up to the last old worker reaped, in ${TICK_MS} ms ticks; user, sys: the two"
+    echo " parts, mean of the runs (finer than one tick); on-CPU: the same span from"
+    echo " /proc/PID/schedstat (ns). A flat us/worker column is O(N) work per rollout; one that"
+    echo " grows in proportion to N is O(N^2). sys is mostly fork and waitpid in the kernel;"
+    echo " user is the master's own code)"
 }
 
 report_logs() {
