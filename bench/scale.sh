@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scale benchmarks of forkmaster, run from the repo root:
 #
-#     bash bench/scale.sh                 # full run, about 3 minutes on 2 cores
+#     bash bench/scale.sh                 # full run, about 3.5 minutes on 2 cores
 #     BENCH_QUICK=1 bash bench/scale.sh   # smoke run, well under a minute
 #     bash bench/scale.sh rollout spawn   # only these parts (names below)
 #
