@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Scale benchmarks of forkmaster, run from the repo root:
 #
-#     bash bench/scale.sh                 # full run, about 2.5 minutes on 2 cores
+#     bash bench/scale.sh                 # full run, about 3.5 minutes on 2 cores
 #     BENCH_QUICK=1 bash bench/scale.sh   # smoke run, well under a minute
+#     bash bench/scale.sh rollout spawn   # only these parts (names below)
+#
+# Parts, by name: idle (1 and 2), spawn (3), upgrade (4), load (5), logs
+# (6), rollout (7); with no name, all of them.
 #
 # Each figure is the median of several runs, printed beside a baseline that
 # explains it:
@@ -31,6 +35,12 @@
 #    into one pipe drained by `cat` (forkmaster's design without forkmaster).
 #    The files go to /dev/shm when it is a tmpfs with room (BENCH_LOG_DIR
 #    overrides), so that disk writeback does not blur the figures.
+# 7. Rollout cost: the master's own CPU time (utime + stime of its
+#    /proc/PID/stat, before and after) for one whole HUP rolling restart of
+#    250, 500 and 1000 workers (`--ready notify`, `--max-surge 50`), from the
+#    HUP until `forkmaster reload --wait` says done and every old worker is
+#    reaped. Per worker it is flat if the master's work is O(N) per rollout,
+#    and grows with N if it is O(N^2).
 #
 # Everything runs in a temp dir (Unix sockets, and 127.0.0.1 for wrk) that
 # is removed on exit; every process started here (masters, including the
@@ -39,8 +49,9 @@
 # reload failed, the naive baseline saw no failure, or a log line was lost.
 #
 # BENCH_QUICK=1: fewer runs and smaller counts. BENCH_KEEP=1 keeps the temp
-# dir. BENCH_RUNS (every part), BENCH_IDLE_SECS and BENCH_LOAD_ACTIONS
-# override counts; BENCH_LOG_DIR where part 6 writes.
+# dir. BENCH_RUNS (every part), BENCH_IDLE_SECS, BENCH_LOAD_ACTIONS and
+# BENCH_ROLLOUT_COUNTS override counts; BENCH_LOG_DIR where part 6 writes. CARGO names the cargo
+# command that builds the release binaries (default: cargo).
 set -Eeuo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -61,6 +72,7 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     LOG_WRITERS=(1 4)
     LOG_TOTAL_LINES=200000
     LOG_RUNS=${BENCH_RUNS:-1}
+    ROLLOUT_COUNTS=(250 500 1000)
 else
     RUNS=${BENCH_RUNS:-5}          # cheap measurements (spawn, upgrade)
     SLOW_RUNS=${BENCH_RUNS:-3}     # 10 s idle windows, memory baselines
@@ -71,8 +83,18 @@ else
     LOG_WRITERS=(1 4 16)
     LOG_TOTAL_LINES=10000000       # 1 GB per run, split among the writers
     LOG_RUNS=${BENCH_RUNS:-5}      # the flood's figures vary more from run to run
+    ROLLOUT_COUNTS=(250 500 1000)
 fi
-readonly RUNS SLOW_RUNS IDLE_SECS SPAWN_COUNTS UPGRADE_COUNTS LOAD_ACTIONS LOG_WRITERS LOG_TOTAL_LINES LOG_RUNS
+# BENCH_ROLLOUT_COUNTS="1000 2000" overrides part 7's worker counts.
+if [[ -n ${BENCH_ROLLOUT_COUNTS:-} ]]; then
+    read -r -a ROLLOUT_COUNTS <<<"$BENCH_ROLLOUT_COUNTS"
+fi
+readonly RUNS SLOW_RUNS IDLE_SECS SPAWN_COUNTS UPGRADE_COUNTS LOAD_ACTIONS LOG_WRITERS LOG_TOTAL_LINES LOG_RUNS ROLLOUT_COUNTS
+# Replacements booting at once in part 7: large, so that a rollout of 1000
+# takes about a second rather than 1000 boots one after the other.
+readonly ROLLOUT_SURGE=50
+readonly ROLLOUT_TIMEOUT_S=120
+readonly ALL_PARTS=(idle spawn upgrade load logs rollout)
 readonly IDLE_WORKERS=(4 256)
 readonly WATCHDOG_WORKERS=4
 readonly WATCHDOG_TIMEOUT_S=2
@@ -192,6 +214,12 @@ stats() {
         }'
 }
 
+# The mean of a "\n"-joined list in variable text $1, formatted with $2
+# (finer than the median for counts in clock ticks: it has 1/runs of a tick).
+mean() {
+    printf '%s' "$1" | awk -v f="$2" '{ s += $1 } END { if (NR == 0) print "-"; else printf f "\n", s / NR }'
+}
+
 # The median of a "\n"-joined list in variable text $1, formatted with $2.
 med() {
     local m
@@ -217,6 +245,9 @@ ctx_switches() {
 
 # utime+stime of PID in clock ticks. (The comm field has no spaces here.)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# "utime stime" of PID in clock ticks.
+user_sys_ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
 
 # ---------------------------------------------------------------- masters
 
@@ -279,12 +310,15 @@ no_live_master() { ! is_our_master "$1"; }
 # ---------------------------------------------------------------- setup
 
 build() {
-    command -v cargo >/dev/null 2>&1 || die "cargo is required (install Rust with rustup)"
-    command -v python3 >/dev/null 2>&1 || die "python3 is required (the baselines and log writers)"
+    local cargo=${CARGO:-cargo}
+    command -v "$cargo" >/dev/null 2>&1 || die "$cargo is required (install Rust with rustup)"
     say "building release binaries"
-    cargo build --release --bins >&2
+    "$cargo" build --release --bins >&2
     [[ -x $FM && -x $DEMO ]] || die "missing $FM or $DEMO after the build"
     FM_EXE=$(readlink -f "$FM")
+    # Only the spawn baseline and the log writers are Python.
+    selected spawn || selected logs || return 0
+    command -v python3 >/dev/null 2>&1 || die "python3 is required (the baselines and log writers)"
     PYTHON=$(python3 -c 'import sys; print(sys.executable)')
     [[ -x $PYTHON ]] || die "cannot find python3's interpreter (got '$PYTHON')"
 }
@@ -301,6 +335,7 @@ machine_limits() {
     nproc_limit=$(ulimit -u)
     mem=$(awk '/^MemAvailable:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
     for n in "${SPAWN_COUNTS[@]}" "${UPGRADE_COUNTS[@]}"; do (( n > max_workers )) && max_workers=$n; done
+    for n in "${ROLLOUT_COUNTS[@]}"; do (( n + ROLLOUT_SURGE > max_workers )) && max_workers=$(( n + ROLLOUT_SURGE )); done
     tasks=$(( max_workers * 3 * 2 + 100 ))
     LIMITS="ulimit -n $(ulimit -n) (hard $hard), ulimit -u $nproc_limit, pid_max $pid_max,"
     LIMITS+=" threads-max $threads_max, MemAvailable $mem, net.unix.max_dgram_qlen"
@@ -802,16 +837,81 @@ bench_logs() {
     done
 }
 
+# ---------------------------------------------------------------- part 7
+
+ROLLOUT_ROWS=()
+
+# Whether master $1 has exactly $2 children: after a rollout, every old
+# worker has exited and been reaped, so the master's CPU time covers it all.
+has_children() { (( $(wc -w <"/proc/$1/task/$1/children") == $2 )); }
+
+# Nanoseconds master $1 has run on a CPU (the scheduler's own count, finer
+# than the clock ticks of utime + stime); "-" without /proc/PID/schedstat.
+run_ns() { awk '{ print $1; found = 1 } END { exit !found }' "/proc/$1/schedstat" 2>/dev/null || echo -; }
+
+# Milliseconds since midnight UTC of the last line of master $1 in log $2
+# holding event $3: with several rollouts in one log, the latest one.
+last_log_ms() {
+    awk -v who="forkmaster[$1]" -v ev="$3" '
+        $3 == who && $4 == ev { t = $1 }
+        END {
+            if (t == "") exit 1
+            split(substr(t, 12, 12), a, ":")
+            printf "%d\n", (a[1] * 3600 + a[2] * 60 + a[3]) * 1000 + 0.5
+        }' "$2"
+}
+
+# One master per N, rolled $RUNS times back to back; each rollout is timed
+# and its CPU counted from just before the HUP to its last old worker reaped.
+bench_rollout() {
+    local n run pid log pidfile t0 user0 sys0 user1 sys1 ns0 ns1 out rc hup done_ms
+    for n in "${ROLLOUT_COUNTS[@]}"; do
+        local c_wall="" c_log="" c_cpu="" c_user="" c_sys="" c_run=""
+        say "rollout: $n workers, --max-surge $ROLLOUT_SURGE, $RUNS HUP rolling restarts (reload --wait)"
+        start_master "rollout-$n" --workers "$n" --ready notify --max-surge "$ROLLOUT_SURGE" -- "$DEMO"
+        pid=$STARTED_PID log="$TMP/rollout-$n.log" pidfile="$TMP/rollout-$n.pid"
+        wait_all_ready "$pid" "$log"
+        for run in $(seq 1 "$RUNS"); do
+            wait_until "$READY_TIMEOUT_S" has_children "$pid" "$n" ||
+                die "master $pid does not have $n workers before rollout $run (log: $log)"
+            read -r user0 sys0 < <(user_sys_ticks "$pid")
+            ns0=$(run_ns "$pid")
+            t0=$(now_us)
+            rc=0
+            out=$("$FM" reload -p "$pidfile" --wait --timeout "${ROLLOUT_TIMEOUT_S}s" 2>&1) || rc=$?
+            c_wall+="$(( ($(now_us) - t0) / 1000 ))"$'\n'
+            [[ $rc -eq 0 ]] || die "rollout $run of $n workers failed (exit $rc): $out (log: $log)"
+            wait_until "$READY_TIMEOUT_S" has_children "$pid" "$n" ||
+                die "old workers of rollout $run not reaped within ${READY_TIMEOUT_S}s (log: $log)"
+            read -r user1 sys1 < <(user_sys_ticks "$pid")
+            c_cpu+="$(( (user1 + sys1 - user0 - sys0) * TICK_MS ))"$'\n'
+            c_user+="$(( (user1 - user0) * TICK_MS ))"$'\n'
+            c_sys+="$(( (sys1 - sys0) * TICK_MS ))"$'\n'
+            ns1=$(run_ns "$pid")
+            [[ $ns0 == - || $ns1 == - ]] || c_run+="$(( (ns1 - ns0) / 1000 ))"$'\n'
+            hup=$(last_log_ms "$pid" "$log" event=reload-start) || die "no event=reload-start in $log"
+            done_ms=$(last_log_ms "$pid" "$log" event=reload-done) || die "no event=reload-done in $log"
+            c_log+="$(ms_between "$hup" "$done_ms")"$'\n'
+        done
+        stop_master "$pidfile"
+        local cpu user run_us
+        cpu=$(med "$c_cpu" %d) user=$(mean "$c_user" %.1f) run_us=$(med "$c_run" %d)
+        ROLLOUT_ROWS+=("$n|$(printf '%s' "$c_wall" | stats %d)|$(med "$c_log" %d)|$(printf '%s' "$c_cpu" | stats %d)|$user|$(mean "$c_sys" %.1f)|$(awk -v u="$user" -v n="$n" 'BEGIN { printf "%.1f", u * 1000 / n }')|$(awk -v c="$cpu" -v n="$n" 'BEGIN { printf "%d", c * 1000 / n + 0.5 }')|$(awk -v u="$run_us" -v n="$n" 'BEGIN { if (u == "-") print "-"; else printf "%d", u / n + 0.5 }')")
+    done
+}
+
 # ---------------------------------------------------------------- report
 
-report() {
-    local row label rss anon file pss n t bl bt bb kc ex bo ta co ov wa ms cpu pings mbs mls verdict
-
+report_machine() {
     echo
     echo "machine: $NPROC cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r)"
     echo "limits:  $LIMITS"
     echo "build:   $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo "?"), $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "load:    $LOAD_AT_START (1/5/15-minute load averages when the run began: other work blurs the figures)"
+}
 
+report_memory() {
+    local row label rss anon file pss
     echo
     echo "1. master memory, idle with all workers ready (median of $SLOW_RUNS)"
     printf '%-40s%-12s%-12s%-12s%s\n' process VmRSS RssAnon RssFile Pss
@@ -825,7 +925,10 @@ report() {
     fi
     echo "(RssFile: pages of the forkmaster binary and libc mapped from the page cache,"
     echo " shared with every process mapping them; RssAnon: the master's own heap and stack)"
+}
 
+report_idle() {
+    local row label cmed cmax tmed tmax pings
     echo
     echo "2. idle cost over ${IDLE_SECS}s, from 0.5s after all-ready (median of $SLOW_RUNS, max)"
     printf '%-46s%-18s%-14s%s\n' master "context switches" "CPU ms" "watchdog pings sent"
@@ -837,7 +940,10 @@ report() {
     echo " + involuntary, /proc/PID/status, i.e. wake-ups; CPU: utime + stime in ${TICK_MS} ms ticks;"
     echo " pings: WATCHDOG=1 datagrams, one per worker every timeout/3 (the demo's rate), each"
     echo " a reason to wake; fewer wakes than pings means several were read in one pass)"
+}
 
+report_spawn() {
+    local row n t bl bt bb kc
     echo
     echo "3. spawn scale: start -> all N workers ready, --ready notify (ms, median of $RUNS)"
     printf '%-9s%-24s%-12s%-26s%-12s%s\n' workers "forkmaster med/min/max" "spawn loop" \
@@ -851,7 +957,10 @@ report() {
     echo " its last event=spawn. minimal sup.: bench/notify_spawner.py, posix_spawn N demos then"
     echo " wait for N READY=1, from its main(). demo boots CPU: the N demos' CPU time divided by"
     echo " the cores, the least any supervisor could take on this machine)"
+}
 
+report_upgrade() {
+    local row n t ex bo ta co ov wa
     echo
     echo "4. upgrade, USR2 -> old master gone and all new workers ready (ms, median of $RUNS)"
     printf '%-9s%-20s%-7s%-11s%-10s%-12s%-10s%s\n' workers "total med/min/max" exec "new ready" "old gone" \
@@ -865,7 +974,10 @@ report() {
     echo " new start -> new all-ready; old gone = then until the old master's exit; cold start = a"
     echo " fresh master's start -> all-ready for the same N, the app's boot at that scale; overhead"
     echo " = total - cold start; upgrade --wait = the client's wall time, polling every 50 ms)"
+}
 
+report_load() {
+    local row label ok tried count requests failed secs details times
     echo
     if [[ ${#LOAD_ROWS[@]} -eq 0 ]]; then
         echo "5. zero downtime under wrk load: skipped (wrk not available)"
@@ -882,7 +994,10 @@ report() {
         echo " reload --wait, or stop --wait + start, under load)"
         for row in "${LOAD_NOTES[@]}"; do echo "$row"; done
     fi
+}
 
+report_throughput() {
+    local row n label mbs mls ms cpu verdict
     echo
     echo "6. log throughput: N writers x 100-byte lines (${LOG_TOTAL_LINES} lines in all) into one file"
     echo "   in $LOG_DIR ($LOG_FS), median of $LOG_RUNS"
@@ -896,6 +1011,28 @@ report() {
     echo " its start, or cat's; bad: lines that are not one writer's whole line)"
 }
 
+report_rollout() {
+    local row n wall logms cpu user sys user_per per run_per fmt='%-9s%-20s%-14s%-22s%-9s%-9s%-16s%-15s%s\n'
+    echo
+    echo "7. rollout cost: one HUP rolling restart of N workers, --max-surge $ROLLOUT_SURGE (median of $RUNS)"
+    # shellcheck disable=SC2059  # the format is ours
+    printf "$fmt" workers "wall ms med/min/max" "HUP->done ms" "master CPU ms m/m/m" "user ms" "sys ms" \
+        "user us/worker" "CPU us/worker" "on-CPU us/worker"
+    for row in "${ROLLOUT_ROWS[@]}"; do
+        IFS='|' read -r n wall logms cpu user sys user_per per run_per <<<"$row"
+        # shellcheck disable=SC2086,SC2059  # "median min max" split into words; our format
+        printf "$fmt" "$n" "$(printf '%s/%s/%s' $wall)" "$logms" "$(printf '%s/%s/%s' $cpu)" "$user" "$sys" \
+            "$user_per" "$per" "$run_per"
+    done
+    echo "(wall: HUP until \`forkmaster reload --wait\` returned (it polls every 50 ms); HUP->done:"
+    echo " the master's reload-start to reload-done log stamps; master CPU: its utime + stime over"
+    echo " the rollout, up to the last old worker reaped, in ${TICK_MS} ms ticks; user, sys: the two"
+    echo " parts, mean of the runs (finer than one tick); on-CPU: the same span from"
+    echo " /proc/PID/schedstat (ns). A flat us/worker column is O(N) work per rollout; one that"
+    echo " grows in proportion to N is O(N^2). sys is mostly fork and waitpid in the kernel;"
+    echo " user is the master's own code)"
+}
+
 report_logs() {
     local lines
     lines=$(cat "$TMP"/*.log 2>/dev/null | grep -E '^[^ ]+ (WARN|ERROR) ' || true)
@@ -906,29 +1043,67 @@ report_logs() {
     fi
 }
 
+PARTS=()          # the parts to run, by name (all of ALL_PARTS by default)
+LOAD_AT_START=""  # /proc/loadavg when the run began
+
+# Whether part $1 was asked for.
+selected() {
+    local part
+    for part in "${PARTS[@]}"; do [[ $part == "$1" ]] && return 0; done
+    return 1
+}
+
+# Reads the part names from the command line; dies on an unknown one.
+select_parts() {
+    local arg part known
+    (( $# > 0 )) || { PARTS=("${ALL_PARTS[@]}"); return 0; }
+    for arg in "$@"; do
+        known=no
+        for part in "${ALL_PARTS[@]}"; do [[ $arg == "$part" ]] && known=yes; done
+        [[ $known == yes ]] || die "unknown part '$arg' (parts: ${ALL_PARTS[*]})"
+        PARTS+=("$arg")
+    done
+}
+
 main() {
-    [[ -f Cargo.toml && -f src/bin/forkmaster-demo.rs ]] || die "run me from the forkmaster repo root"
+    [[ -f Cargo.toml && -f src/bin/forkmaster-demo/main.rs ]] || die "run me from the forkmaster repo root"
+    select_parts "$@"
+    LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
     local t0
     t0=$(now_us)
     build
     machine_limits
     say "$LIMITS"
-    bench_idle
-    bench_memory_baselines
-    bench_spawn
-    bench_upgrade
-    if ensure_wrk; then
-        bench_load
-        check_load
-    else
-        echo "wrk is not available: skipping the zero-downtime part" >&2
+    if selected idle; then
+        bench_idle
+        bench_memory_baselines
     fi
-    pick_log_dir
-    bench_logs
-    report
+    if selected spawn; then bench_spawn; fi
+    if selected upgrade; then bench_upgrade; fi
+    if selected load; then
+        if ensure_wrk; then
+            bench_load
+            check_load
+        else
+            echo "wrk is not available: skipping the zero-downtime part" >&2
+        fi
+    fi
+    if selected logs; then
+        pick_log_dir
+        bench_logs
+    fi
+    if selected rollout; then bench_rollout; fi
+    report_machine
+    if selected idle || selected spawn; then report_memory; fi
+    if selected idle; then report_idle; fi
+    if selected spawn; then report_spawn; fi
+    if selected upgrade; then report_upgrade; fi
+    if selected load; then report_load; fi
+    if selected logs; then report_throughput; fi
+    if selected rollout; then report_rollout; fi
     report_logs
     echo
-    echo "took $(( ($(now_us) - t0) / 1000000 ))s${BENCH_QUICK:+ (BENCH_QUICK=$BENCH_QUICK)}"
+    echo "took $(( ($(now_us) - t0) / 1000000 ))s${BENCH_QUICK:+ (BENCH_QUICK=$BENCH_QUICK)}, parts: ${PARTS[*]}"
     if [[ ${#WARNINGS[@]} -gt 0 ]]; then
         echo
         printf 'WARNING: %s\n' "${WARNINGS[@]}"

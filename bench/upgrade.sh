@@ -18,6 +18,7 @@
 # an upgrade failed, or the baseline saw no failure (the harness is blind).
 # Set BENCH_KEEP=1 to keep the temp dir (master logs) for inspection, and
 # BENCH_RUNS / BENCH_LOAD_UPGRADES to change the counts (defaults 5 / 20).
+# CARGO names the cargo command that builds the release binaries (default: cargo).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -227,9 +228,10 @@ log_upgrade_secs() {
 # ---------------------------------------------------------------- setup
 
 build() {
-    command -v cargo >/dev/null 2>&1 || die "cargo is required (install Rust with rustup)"
+    local cargo=${CARGO:-cargo}
+    command -v "$cargo" >/dev/null 2>&1 || die "$cargo is required (install Rust with rustup)"
     say "building release binaries"
-    cargo build --release --bins >&2
+    "$cargo" build --release --bins >&2
     [[ -x $FM && -x $DEMO ]] || die "missing $FM or $DEMO after the build"
     FM_EXE=$(readlink -f "$FM")
 }
@@ -400,7 +402,7 @@ report_logs() {
 }
 
 main() {
-    [[ -f Cargo.toml && -f src/bin/forkmaster-demo.rs ]] || die "run me from the forkmaster repo root"
+    [[ -f Cargo.toml && -f src/bin/forkmaster-demo/main.rs ]] || die "run me from the forkmaster repo root"
     build
     bench_overhead
     if ensure_wrk; then
