@@ -7,37 +7,22 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// Whatever a daemonized master left running for this test: it is not our
-/// child, so it is found by its pid file and by its command line naming the
-/// test's directory, and killed with its descendants when dropped. (Init
-/// reaps it.)
+/// child, so the guard finds it by its pid file and by its command line
+/// naming the test's directory. (Init reaps it.)
 struct Daemon {
     dir: PathBuf,
-    pid_file: PathBuf,
+    _guard: Guard,
 }
 
 impl Daemon {
     fn new(dir: &TempDir, pid_file: &Path) -> Daemon {
+        let mut guard = Guard::new();
+        guard.watch_dir(&dir.path);
+        guard.watch_pid_file(pid_file);
         Daemon {
             dir: dir.path.clone(),
-            pid_file: pid_file.to_path_buf(),
+            _guard: guard,
         }
-    }
-
-    /// Live processes whose command line names our directory.
-    fn processes(&self) -> Vec<i32> {
-        let needle = format!("{}/", self.dir.display());
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| *pid != std::process::id() as i32 && is_running(*pid))
-            .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                String::from_utf8_lossy(&cmdline).contains(&needle)
-            })
-            .collect()
     }
 
     /// Waits until the processes naming our directory are exactly `pids`;
@@ -45,8 +30,7 @@ impl Daemon {
     fn wait_only(&self, pids: &[i32]) {
         let deadline = std::time::Instant::now() + secs(20);
         loop {
-            let mut left = self.processes();
-            left.sort_unstable();
+            let left = processes_naming(&self.dir);
             if left == pids {
                 return;
             }
@@ -66,20 +50,6 @@ impl Daemon {
                 );
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let mut roots = self.processes();
-        roots.extend(read_pid(&self.pid_file).filter(|p| is_running(*p)));
-        for root in roots {
-            let doomed = descendants_of(root);
-            let _ = nix::sys::signal::kill(Pid::from_raw(root), Signal::SIGKILL);
-            for pid in doomed {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
         }
     }
 }

@@ -63,7 +63,7 @@ fn cwd_of(pid: i32) -> PathBuf {
 fn worker_env_describes_listeners_worker_and_master() {
     let dir = TempDir::new();
     let sock = dir.join("app.sock");
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-l",
@@ -123,11 +123,11 @@ fn worker_env_describes_listeners_worker_and_master() {
 #[test]
 fn notify_socket_is_set_only_with_ready_notify() {
     let dir = TempDir::new();
-    let mut delayed = Master::start(
+    let delayed = Master::start(
         &dir,
         &["-l", "127.0.0.1:0", "--ready", "delay:100ms", "--", demo()],
     );
-    let mut notified = Master::start(
+    let notified = Master::start(
         &dir,
         &["-l", "127.0.0.1:0", "--ready", "notify", "--", demo()],
     );
@@ -142,7 +142,7 @@ fn notify_socket_is_set_only_with_ready_notify() {
 #[test]
 fn inherited_socket_variables_of_the_master_are_not_passed_on() {
     let dir = TempDir::new();
-    let mut master = Master::start_with(
+    let master = Master::start_with(
         &dir,
         &["-l", "127.0.0.1:0", "--ready", "delay:100ms", "--", demo()],
         |cmd| {
@@ -168,7 +168,7 @@ fn inherited_socket_variables_of_the_master_are_not_passed_on() {
 #[test]
 fn worker_fds_are_exactly_stdio_and_the_listeners() {
     let dir = TempDir::new();
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-l",
@@ -195,7 +195,7 @@ fn worker_fds_are_exactly_stdio_and_the_listeners() {
 fn fds_the_master_inherited_do_not_leak_into_workers() {
     const LEAKED_FD: i32 = 7;
     let dir = TempDir::new();
-    let mut master = Master::start_with(
+    let master = Master::start_with(
         &dir,
         &[
             "-l",
@@ -269,7 +269,7 @@ fn worker_has_its_own_process_group_and_dies_with_the_master() {
 #[test]
 fn demo_info_reports_the_parent_death_signal_sigkill() {
     let dir = TempDir::new();
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &["-l", "127.0.0.1:0", "--ready", "notify", "--", demo()],
     );
@@ -289,7 +289,7 @@ fn working_directory_symlink_is_followed_anew_at_each_spawn() {
     }
     let current = dir.join("current");
     std::os::unix::fs::symlink("rel1", &current).expect("symlink current");
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-l",
@@ -337,7 +337,7 @@ fn config_file_and_flags_merge_with_flags_winning() {
         ),
     )
     .expect("write config");
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-c",

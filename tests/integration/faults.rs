@@ -37,7 +37,7 @@ fn start(app: &App, setup: impl FnOnce(&mut Command)) -> Master {
             setup(cmd);
         },
     );
-    master.pid_file = Some(app.pid_file.clone());
+    master.watch_pid_file(&app.pid_file);
     master.wait_ready();
     master
 }
@@ -108,27 +108,6 @@ fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
-}
-
-/// A child of the test, killed and reaped when dropped, even on a panic.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A worker's process group, SIGKILLed when dropped: what a killed worker
-/// left behind (here a shell's `sleep`) must not outlive the test. Its
-/// orphans are reaped by init.
-struct KillGroup(i32);
-
-impl Drop for KillGroup {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
-    }
 }
 
 /// Worker pids in a status, as a set.
@@ -849,8 +828,9 @@ fn reopen_logs_during_a_reload_does_not_kill_the_booting_replacement() {
         .find(|e| e.contains_key("role"))
         .map(event_pid)
         .expect("the replacement's spawn line");
-    // Its own process group (the master makes one per worker), with the sleep.
-    let _group = KillGroup(replacement);
+    // Its own process group (the master makes one per worker), with the
+    // sleep: what a killed worker leaves behind must not outlive the test.
+    master.guard().watch_group(replacement);
     let (code, out, err) = client_by("reopen-logs", &app.pid_file, &[]);
     assert_eq!(code, 0, "{out}{err}");
     let status = app.wait_status("the reload to end", secs(30), |s| {
@@ -1060,14 +1040,15 @@ const SIGNALLING: [&[&str]; 5] = [
 #[test]
 fn clients_without_wait_signal_no_unrelated_process_named_by_the_pid_file_or_its_oldbin() {
     let dir = TempDir::new();
-    let mut sleeper = Reaped(
+    let mut guard = Guard::new();
+    let sleeper = guard.adopt(
         Command::new("sleep")
             .arg("60")
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("spawn sleep"),
     );
-    let pid = sleeper.0.id() as i32;
+    let pid = sleeper.id() as i32;
     let pid_file = dir.join("app.pid");
     let oldbin = dir.join("app.pid.oldbin");
     // The pid file itself, then only a `.oldbin` (as mid-upgrade), naming it.
@@ -1089,10 +1070,7 @@ fn clients_without_wait_signal_no_unrelated_process_named_by_the_pid_file_or_its
     }
     // QUIT, TERM, HUP, USR1 and USR2 each end `sleep`; the clients have
     // exited, so a signal sent would show by now as a death or pending.
-    assert!(
-        sleeper.0.try_wait().unwrap().is_none(),
-        "sleep was signalled"
-    );
+    assert!(sleeper.try_wait().unwrap().is_none(), "sleep was signalled");
     assert!(!has_pending_signal(pid), "a signal is pending for sleep");
 }
 

@@ -73,7 +73,7 @@ fn bare_port_binds_all_ipv4_interfaces_and_serves() {
 #[test]
 fn ipv4_loopback_port_zero_gets_a_real_port_and_serves() {
     let dir = TempDir::new();
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &["-l", "127.0.0.1:0", "--ready", "notify", "--", demo()],
     );
@@ -92,7 +92,7 @@ fn ipv6_loopback_serves_when_the_machine_has_it() {
         return;
     }
     let dir = TempDir::new();
-    let mut master = Master::start(&dir, &["-l", "[::1]:0", "--ready", "notify", "--", demo()]);
+    let master = Master::start(&dir, &["-l", "[::1]:0", "--ready", "notify", "--", demo()]);
     let log = master.wait_ready();
     let addr = listen_addr(&log, 0);
     assert!(addr.is_ipv6() && addr.ip().is_loopback(), "{addr}");
@@ -105,7 +105,7 @@ fn ipv6_loopback_serves_when_the_machine_has_it() {
 fn unix_socket_serves() {
     let dir = TempDir::new();
     let path = dir.join("app.sock");
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-l",
@@ -129,7 +129,7 @@ fn unix_socket_serves() {
 #[test]
 fn listener_names_go_into_listen_fdnames_in_fd_order() {
     let dir = TempDir::new();
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-l",
@@ -185,7 +185,7 @@ fn yaml_map_listener_sets_name_backlog_and_socket_mode() {
         "{described}"
     );
 
-    let mut master = Master::start(&dir, &["-c", &cfg, "--ready", "notify", "--", demo()]);
+    let master = Master::start(&dir, &["-c", &cfg, "--ready", "notify", "--", demo()]);
     master.wait_ready();
     assert!(is_socket(&path));
     assert_eq!(mode_of(&path), 0o600, "the socket file's mode");
@@ -224,7 +224,7 @@ fn stale_unix_socket_file_is_replaced_and_served() {
     // A server that died without cleaning up: the file stays, nobody accepts.
     drop(UnixListener::bind(&path).expect("bind the soon stale socket"));
     assert!(is_socket(&path), "the stale socket file is there");
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-l",

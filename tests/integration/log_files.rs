@@ -57,7 +57,7 @@ impl Logged {
                 demo(),
             ],
         );
-        master.pid_file = Some(self.pid_file.clone());
+        master.watch_pid_file(&self.pid_file);
         let inherited = std::mem::replace(&mut master.log_path, self.err.clone());
         master.wait_ready();
         (master, inherited)

@@ -1,6 +1,8 @@
 //! Integration tests: the real binary, the real demo app, real sockets and
 //! real signals. One test binary, one module per area.
 
+mod guard;
+mod source;
 mod support;
 
 mod clients;

@@ -90,7 +90,7 @@ fn workers_run_as_the_user_and_the_master_stays_root() {
             demo(),
         ],
     );
-    master.pid_file = Some(pid_file.clone());
+    master.watch_pid_file(&pid_file);
     master.log_path = err.clone();
     master.wait_ready();
 
@@ -152,7 +152,7 @@ fn group_sets_the_workers_gid() {
     let gid = nogroup.gid.as_raw();
     let dir = TempDir::new();
     let sock = dir.join("app.sock");
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-w",

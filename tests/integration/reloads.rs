@@ -101,7 +101,7 @@ fn replacements(log: &str) -> Vec<(String, String)> {
 #[test]
 fn a_reload_replaces_every_worker_one_at_a_time() {
     let app = App::new(3, "");
-    let mut master = app.start();
+    let master = app.start();
     let before = worker_pids(&app.status());
     app.set_token("reloaded");
     let status = reload_ok(&app, &master, 2, 3);
@@ -212,7 +212,7 @@ fn a_new_command_applies() {
 #[test]
 fn an_invalid_config_changes_nothing() {
     let app = App::new(2, "");
-    let mut master = app.start();
+    let master = app.start();
     let before = app.status();
     std::fs::write(&app.config, "workers: [\n").unwrap();
     // `-c` cannot find the master through a broken file: usage error, no signal.
@@ -328,7 +328,7 @@ fn a_change_of_listeners_waits_for_an_upgrade() {
 #[test]
 fn a_second_hup_supersedes_a_rollout_in_progress() {
     let app = App::new(3, "");
-    let mut master = app.start();
+    let master = app.start();
     let first = app.dir.join("token-first");
     let last = app.dir.join("token-last");
     std::fs::write(&first, "first").unwrap();
@@ -362,7 +362,7 @@ fn a_second_hup_supersedes_a_rollout_in_progress() {
 #[test]
 fn an_invalid_config_does_not_stop_a_rollout_in_progress() {
     let app = App::new(3, "");
-    let mut master = app.start();
+    let master = app.start();
     // The first reload's replacements boot for 1s each.
     app.set_token("first");
     app.write_config(3, &app.env_line(&[("DEMO_BOOT_DELAY", "1s")]));

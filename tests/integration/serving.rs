@@ -6,7 +6,7 @@ use crate::support::*;
 fn serves_on_tcp_and_unix_with_stable_worker_indexes() {
     let dir = TempDir::new();
     let sock = dir.unix("app.sock");
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-w",

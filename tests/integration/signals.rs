@@ -302,7 +302,7 @@ fn int_stops_quickly() {
 #[test]
 fn ttin_adds_a_worker_in_the_next_slot() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 2, &[]);
+    let master = start(&dir, 2, &[]);
     master.wait_ready();
     let before = wait_children(&master, 2);
 
@@ -330,7 +330,7 @@ fn ttin_adds_a_worker_in_the_next_slot() {
 #[test]
 fn ttou_stops_the_highest_slot_first() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 3, &[]);
+    let master = start(&dir, 3, &[]);
     let log = master.wait_ready();
     wait_children(&master, 3);
     let pid_of = |slot: usize| {
@@ -436,7 +436,7 @@ fn winch_stops_every_worker_but_keeps_the_master() {
 #[test]
 fn usr1_is_forwarded_to_every_worker() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 2, &[]);
+    let master = start(&dir, 2, &[]);
     master.wait_ready();
     let workers = wait_children(&master, 2);
 

@@ -86,7 +86,7 @@ fn kill(pid: i32, signal: Signal) {
 #[test]
 fn a_crashed_worker_is_logged_by_signal_and_respawned_in_its_slot() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 2, &["--ready", "notify"], &[demo()]);
+    let master = start(&dir, 2, &["--ready", "notify"], &[demo()]);
     master.wait_ready();
     wait_children(&master, 2);
 
@@ -121,7 +121,7 @@ fn a_crashed_worker_is_logged_by_signal_and_respawned_in_its_slot() {
 #[test]
 fn a_worker_exit_status_is_logged_and_the_worker_respawned() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 1, &["--ready", "notify"], &[demo()]);
+    let master = start(&dir, 1, &["--ready", "notify"], &[demo()]);
     let log = master.wait_ready();
     let dead = last_ready(&log, 0);
 
@@ -144,7 +144,7 @@ fn a_worker_exit_status_is_logged_and_the_worker_respawned() {
 #[test]
 fn a_crash_loop_backs_off_exponentially() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 1, &["--ready", "notify"], &[demo()]);
+    let master = start(&dir, 1, &["--ready", "notify"], &[demo()]);
     // Each worker crashes right after it is ready, long before it would count
     // as healthy (plan::HEALTHY_AFTER, 10s): the failures pile up.
     let mut crashed_at = Vec::new();
@@ -295,7 +295,7 @@ fn exec_failures_of_many_workers_at_once_are_all_reported() {
 
     let dir = TempDir::new();
     let program = linked_app(&dir);
-    let mut master = start(&dir, 64, &["--ready", "notify"], &[&program]);
+    let master = start(&dir, 64, &["--ready", "notify"], &[&program]);
     master.wait_ready();
     let workers = wait_children(&master, 64);
     let notify = proc_environ(workers[0])["NOTIFY_SOCKET"].clone();
@@ -344,7 +344,7 @@ fn exec_failures_of_many_workers_at_once_are_all_reported() {
 #[test]
 fn delay_readiness_waits_the_delay() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 1, &["--ready", "delay:300ms"], &[demo()]);
+    let master = start(&dir, 1, &["--ready", "delay:300ms"], &[demo()]);
     let log = master.wait_ready();
     let ready = &master_events(&log, "ready")[0];
     let boot_ms: u64 = ready["boot_ms"].parse().expect("boot_ms");
@@ -354,7 +354,7 @@ fn delay_readiness_waits_the_delay() {
 #[test]
 fn notify_readiness_waits_for_ready_1() {
     let dir = TempDir::new();
-    let mut master = start(
+    let master = start(
         &dir,
         1,
         &["--ready", "notify", "--env", "DEMO_BOOT_DELAY=300ms"],
@@ -449,7 +449,7 @@ fn the_watchdog_spares_a_pinging_worker_and_replaces_a_silent_one() {
     // 2s rather than 1s: the demo pings every third of it, and a thread can
     // stall for most of a second on a machine loaded by parallel tests.
     let timeout = secs(2);
-    let mut master = start(
+    let master = start(
         &dir,
         1,
         &["--ready", "notify", "--timeout", &flag(timeout)],
@@ -570,7 +570,7 @@ fn a_ready_timeout_shorter_than_the_spawn_pass_kills_no_ready_worker() {
     // when it can hear them.
     let dir = TempDir::new();
     let sock = dir.unix("app.sock");
-    let mut master = Master::start(
+    let master = Master::start(
         &dir,
         &[
             "-w",

@@ -198,7 +198,7 @@ fn notifies_ready_reloading_mainpid_and_stopping_in_order() {
                 .env_remove("WATCHDOG_PID");
         },
     );
-    master.pid_file = Some(pid_file.clone());
+    master.watch_pid_file(&pid_file);
     let first = master.pid();
 
     assert_eq!(systemd.next("READY at start"), ready_note(first, 1));
@@ -314,7 +314,7 @@ fn a_failed_upgrade_or_reload_reports_ready_again() {
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID");
     });
-    master.pid_file = Some(pid_file.clone());
+    master.watch_pid_file(&pid_file);
     let old = master.pid();
     assert_eq!(systemd.next("READY at start"), ready_note(old, 1));
 
@@ -400,7 +400,7 @@ fn start_watched(
         cmd.env("WATCHDOG_PID", pid);
     }
     let mut master = spawn_master(dir, cmd);
-    master.pid_file = Some(pid_file);
+    master.watch_pid_file(&pid_file);
     master
 }
 
@@ -422,7 +422,7 @@ fn watchdog_pings_go_out_only_when_meant_for_the_master() {
     let other = Supervisor::bind(&dir, "other.sock");
     let a = start_watched(&dir, &unset, "unset", None);
     let b = start_watched(&dir, &own, "own", Some("$$"));
-    let mut c = start_watched(&dir, &other, "other", Some("1"));
+    let c = start_watched(&dir, &other, "other", Some("1"));
 
     for (master, systemd, what) in [(&a, &unset, "unset"), (&b, &own, "own pid")] {
         let mut seen = 0;
@@ -477,8 +477,8 @@ fn workers_never_see_the_supervisors_notify_socket() {
             },
         )
     };
-    let mut delay = start("delay.sock", "delay:100ms");
-    let mut notify = start("notify-app.sock", "notify");
+    let delay = start("delay.sock", "delay:100ms");
+    let notify = start("notify-app.sock", "notify");
     delay.wait_ready();
     notify.wait_ready();
 
@@ -578,7 +578,7 @@ fn serves_on_an_activated_socket_without_listen_and_leaves_it_on_stop() {
         None,
         &["-w", "2", "--ready", "notify", "-p", pid, "--", demo()],
     );
-    master.pid_file = Some(pid_file.clone());
+    master.watch_pid_file(&pid_file);
     let log = master.wait_ready();
     let line = format!(
         "event=listen addr=unix:{} fd=3 name=unknown how=activated",
@@ -620,7 +620,7 @@ fn adopts_an_activated_socket_by_name() {
         Some("web"),
         &["-l", &named, "--ready", "notify", "-p", pid, "--", demo()],
     );
-    master.pid_file = Some(pid_file.clone());
+    master.watch_pid_file(&pid_file);
     let log = master.wait_ready();
     let line = format!(
         "event=listen addr=unix:{} fd=3 name=web how=activated",
@@ -663,7 +663,7 @@ fn ignores_activation_meant_for_another_pid() {
     // process is not adopted.
     let own = dir.join("own.sock");
     let listen = format!("unix:{}", own.display());
-    let mut master = start_activated(
+    let master = start_activated(
         &dir,
         &listener,
         Some("1"),
@@ -698,7 +698,7 @@ fn an_upgrade_keeps_an_activated_socket_adopted_by_name() {
         Some("web"),
         &["-l", &named, "--ready", "notify", "-p", pid, "--", demo()],
     );
-    master.pid_file = Some(pid_file.clone());
+    master.watch_pid_file(&pid_file);
     master.wait_ready();
 
     let (code, out, err) = client(&["upgrade", "-p", pid, "--wait"], secs(120));
@@ -732,7 +732,7 @@ fn an_upgrade_keeps_the_names_of_activated_sockets() {
         Some("web"),
         &["--ready", "notify", "-p", pid, "--", demo()],
     );
-    master.pid_file = Some(pid_file.clone());
+    master.watch_pid_file(&pid_file);
     master.wait_ready();
     let target = Target::unix(&path);
     let env = env_lines(&target);
@@ -767,7 +767,7 @@ fn an_activated_socket_matched_by_address_survives_an_upgrade_and_stop() {
         None,
         &["-l", &listen, "--ready", "notify", "-p", pid, "--", demo()],
     );
-    master.pid_file = Some(pid_file.clone());
+    master.watch_pid_file(&pid_file);
     let log = master.wait_ready();
     assert!(
         log.contains(&format!(
@@ -824,7 +824,7 @@ fn a_rollback_hands_the_service_back_to_the_old_master() {
                 .env_remove("WATCHDOG_PID");
         },
     );
-    master.pid_file = Some(pid_file.clone());
+    master.watch_pid_file(&pid_file);
     let old = master.pid();
     assert_eq!(systemd.next("READY at start"), ready_note(old, 1));
 

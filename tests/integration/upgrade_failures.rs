@@ -194,7 +194,7 @@ fn an_exec_failure_is_named_even_if_the_new_master_is_reaped_in_the_same_pass() 
     let mut master = Master::start_program_with(&app.dir, &link, &["-c", app.cfg()], |cmd| {
         cmd.stderr(Stdio::piped());
     });
-    master.pid_file = Some(app.pid_file.clone());
+    master.watch_pid_file(&app.pid_file);
     let stderr = master.child.stderr.take().expect("stderr pipe");
     app.wait_status("the worker to be ready", secs(20), |s| s["ready"] == 1);
     std::fs::remove_file(&link).unwrap();
@@ -672,7 +672,7 @@ fn a_second_usr2_during_an_upgrade_is_refused() {
 #[test]
 fn usr2_to_the_new_master_is_refused_while_the_old_one_runs() {
     let app = App::new(2, "retire: manual\n");
-    let mut master = app.start();
+    let master = app.start();
     let old = master.pid();
     master.signal(Signal::SIGUSR2);
     master.wait_log("retire=manual action=", secs(30));

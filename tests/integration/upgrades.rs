@@ -134,7 +134,7 @@ fn retire_gradual_tells_the_old_master_each_new_ready_count() {
 #[test]
 fn manual_retire_leaves_the_old_master_and_hup_rolls_back() {
     let app = App::new(2, "retire: manual\n");
-    let mut master = app.start();
+    let master = app.start();
     let old = master.pid();
     app.set_token("new");
     master.signal(Signal::SIGUSR2);
