@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, the real demo app, real sockets and
 //! real signals. One test binary, one module per area.
 
+mod fixture;
 mod guard;
 mod source;
 mod support;

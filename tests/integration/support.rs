@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use crate::fixture::Fixture;
 pub use crate::guard::{processes_naming, Guard};
 pub use nix::sys::signal::Signal;
 
