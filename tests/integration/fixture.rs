@@ -104,6 +104,17 @@ impl<'a> Fixture<'a> {
         self.arg("--env").arg(pair)
     }
 
+    /// `--stdout-path OUT --stderr-path ERR`: the master's and workers'
+    /// output into files (the master's log then goes to `err`, not the one
+    /// `Master::log` reads unless the test points `log_path` there).
+    pub fn log_files(self, out: impl AsRef<Path>, err: impl AsRef<Path>) -> Self {
+        let (out, err) = (out.as_ref().display(), err.as_ref().display());
+        self.arg("--stdout-path")
+            .arg(out.to_string())
+            .arg("--stderr-path")
+            .arg(err.to_string())
+    }
+
     /// One more argument before the command.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());

@@ -35,29 +35,13 @@ impl Logged {
     /// Starts two workers; the guard's log is the stderr file from then on.
     /// Returns the master and what the master's inherited stderr received.
     fn start(&self) -> (Master, PathBuf) {
-        let mut master = Master::start(
-            &self.dir,
-            &[
-                "-w",
-                "2",
-                "--ready",
-                "notify",
-                "-p",
-                self.pid_file.to_str().unwrap(),
-                "-l",
-                &self.dir.unix("app.sock"),
-                "--stdout-path",
-                self.out.to_str().unwrap(),
-                "--stderr-path",
-                self.err.to_str().unwrap(),
-                "--",
-                "/bin/sh",
-                "-c",
-                STDOUT_THEN_DEMO,
-                demo(),
-            ],
-        );
-        master.watch_pid_file(&self.pid_file);
+        let mut master = Fixture::new(&self.dir)
+            .workers(2)
+            .pid_file(&self.pid_file)
+            .unix("app.sock")
+            .log_files(&self.out, &self.err)
+            .command(&["/bin/sh", "-c", STDOUT_THEN_DEMO, demo()])
+            .start();
         let inherited = std::mem::replace(&mut master.log_path, self.err.clone());
         master.wait_ready();
         (master, inherited)

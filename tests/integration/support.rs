@@ -18,7 +18,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use crate::fixture::Fixture;
-pub use crate::guard::{processes_naming, Guard};
+pub use crate::guard::{is_forkmaster, oldbin_of, processes_naming, Guard};
+pub use crate::source::{assert_no_event, assert_no_panic, assert_not_logged, in_source};
 pub use nix::sys::signal::Signal;
 
 pub fn forkmaster() -> &'static str {
