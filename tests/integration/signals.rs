@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 
 /// Starts `forkmaster -w N -l unix:<dir>/app.sock --ready notify EXTRA -- demo`.
 fn start(dir: &TempDir, workers: usize, extra: &[&str]) -> Master {
-    let sock = dir.unix("app.sock");
-    let n = workers.to_string();
-    let mut args = vec!["-w", &n, "-l", &sock, "--ready", "notify"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", demo()]);
-    Master::start(dir, &args)
+    Fixture::new(dir)
+        .workers(workers)
+        .unix("app.sock")
+        .args(extra)
+        .start()
 }
 
 fn app(dir: &TempDir) -> Target {
