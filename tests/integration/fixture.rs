@@ -21,6 +21,8 @@ use crate::support::{demo, forkmaster, run_command, Master, TempDir};
 pub struct Fixture<'a> {
     dir: &'a TempDir,
     program: PathBuf,
+    /// Arguments before forkmaster's own (a shell's `-c SCRIPT forkmaster`).
+    prefix: Vec<String>,
     config: Option<String>,
     pid_file: Option<PathBuf>,
     workers: Option<usize>,
@@ -37,6 +39,7 @@ impl<'a> Fixture<'a> {
         Fixture {
             dir,
             program: PathBuf::from(forkmaster()),
+            prefix: Vec::new(),
             config: None,
             pid_file: None,
             workers: None,
@@ -139,6 +142,19 @@ impl<'a> Fixture<'a> {
         self
     }
 
+    /// Runs `/bin/sh -c SCRIPT PROGRAM ARGS...`, where the script ends in
+    /// `exec "$0" "$@"`: the master keeps the shell's pid, so the script can
+    /// hand it `$$` (as a service manager would set `LISTEN_PID`).
+    pub fn through_shell(mut self, script: &str) -> Self {
+        self.prefix = vec![
+            "-c".to_string(),
+            script.to_string(),
+            self.program.display().to_string(),
+        ];
+        self.program = PathBuf::from("/bin/sh");
+        self
+    }
+
     /// An environment variable of the master process itself.
     pub fn master_env(self, key: &'a str, value: &'a str) -> Self {
         self.setup(move |cmd| {
@@ -155,7 +171,7 @@ impl<'a> Fixture<'a> {
 
     /// The command line `start` runs, after the program.
     pub fn command_line(&self) -> Vec<String> {
-        let mut line = Vec::new();
+        let mut line = self.prefix.clone();
         let mut flag = |name: &str, value: &str| {
             line.push(name.to_string());
             line.push(value.to_string());
