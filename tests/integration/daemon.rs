@@ -54,6 +54,16 @@ impl Daemon {
     }
 }
 
+/// `forkmaster -D -p PIDFILE -l unix:<dir>/app.sock --stderr-path ERR
+/// --ready notify -- demo`, for `run`: the launcher's exit is the result.
+fn daemonized<'a>(dir: &'a TempDir, pid_file: &Path, err: &Path) -> Fixture<'a> {
+    Fixture::new(dir)
+        .arg("-D")
+        .pid_file(pid_file)
+        .unix("app.sock")
+        .args(&["--stderr-path", err.to_str().unwrap()])
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -65,27 +75,11 @@ fn daemonize_returns_once_every_worker_is_ready_and_detaches() {
     let pid_path = pid_file.to_str().unwrap();
     let err = dir.join("err.log");
     let daemon = Daemon::new(&dir, &pid_file);
-    let out = run(
-        &[
-            "-D",
-            "-p",
-            pid_path,
-            "-l",
-            &dir.unix("app.sock"),
-            "--stderr-path",
-            err.to_str().unwrap(),
-            "-w",
-            "2",
-            "--ready",
-            "notify",
-            // Slow to boot: a launcher that returned early would be caught.
-            "--env",
-            "DEMO_BOOT_DELAY=300ms",
-            "--",
-            demo(),
-        ],
-        secs(60),
-    );
+    let out = daemonized(&dir, &pid_file, &err)
+        .workers(2)
+        // Slow to boot: a launcher that returned early would be caught.
+        .env("DEMO_BOOT_DELAY=300ms")
+        .run(secs(60));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -210,24 +204,7 @@ fn an_upgrade_of_a_daemon_leaves_only_the_new_master() {
     let pid_path = pid_file.to_str().unwrap();
     let err = dir.join("err.log");
     let daemon = Daemon::new(&dir, &pid_file);
-    let out = run(
-        &[
-            "-D",
-            "-p",
-            pid_path,
-            "-l",
-            &dir.unix("app.sock"),
-            "--stderr-path",
-            err.to_str().unwrap(),
-            "-w",
-            "2",
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-        secs(60),
-    );
+    let out = daemonized(&dir, &pid_file, &err).workers(2).run(secs(60));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let old = read_pid(&pid_file).expect("pid file");
 
@@ -252,25 +229,12 @@ fn an_upgrade_of_a_daemon_leaves_only_the_new_master() {
 fn a_daemon_killed_during_startup_fails_the_launcher() {
     let dir = TempDir::new();
     let pid_file = dir.join("app.pid");
-    let pid_path = pid_file.to_str().unwrap().to_string();
     let err = dir.join("err.log");
     let daemon = Daemon::new(&dir, &pid_file);
-    let args = [
-        "-D".to_string(),
-        "-p".into(),
-        pid_path,
-        "-l".into(),
-        dir.unix("app.sock"),
-        "--stderr-path".into(),
-        err.to_str().unwrap().into(),
-        "--ready".into(),
-        "notify".into(),
+    let args = daemonized(&dir, &pid_file, &err)
         // Workers that never say they are ready: startup never ends.
-        "--env".into(),
-        "DEMO_NO_READY=1".into(),
-        "--".into(),
-        demo().into(),
-    ];
+        .env("DEMO_NO_READY=1")
+        .command_line();
     let launcher = std::thread::spawn(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run(&args, secs(60))

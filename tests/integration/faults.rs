@@ -28,16 +28,11 @@ use std::time::{Duration, Instant};
 /// (a SIGSEGVed worker must not write a core anywhere) and `setup` having the
 /// last say on the command; waits until all workers are ready.
 fn start(app: &App, setup: impl FnOnce(&mut Command)) -> Master {
-    let mut master = Master::start_program_with(
-        &app.dir,
-        Path::new(forkmaster()),
-        &["-c", app.cfg()],
-        |cmd| {
-            limit_in_child(cmd, Resource::RLIMIT_CORE, 0);
-            setup(cmd);
-        },
-    );
-    master.watch_pid_file(&app.pid_file);
+    let master = app
+        .fixture()
+        .setup(|cmd| limit_in_child(cmd, Resource::RLIMIT_CORE, 0))
+        .setup(setup)
+        .start();
     master.wait_ready();
     master
 }

@@ -25,6 +25,8 @@ pub struct Fixture<'a> {
     prefix: Vec<String>,
     config: Option<String>,
     pid_file: Option<PathBuf>,
+    /// Watched for later generations without a `-p` (a config file names it).
+    watched: Option<PathBuf>,
     workers: Option<usize>,
     listen: Vec<String>,
     ready: Option<String>,
@@ -42,6 +44,7 @@ impl<'a> Fixture<'a> {
             prefix: Vec::new(),
             config: None,
             pid_file: None,
+            watched: None,
             workers: None,
             listen: Vec::new(),
             ready: Some("notify".to_string()),
@@ -99,6 +102,13 @@ impl<'a> Fixture<'a> {
     /// `-p PATH`; the master's guard watches it for later generations.
     pub fn pid_file(mut self, path: impl AsRef<Path>) -> Self {
         self.pid_file = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Watches `path` for later generations, as `pid_file` does, but adds
+    /// no flag (the config file names it).
+    pub fn watch_pid_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.watched = Some(path.as_ref().to_path_buf());
         self
     }
 
@@ -209,7 +219,7 @@ impl<'a> Fixture<'a> {
                 setup(cmd);
             }
         });
-        if let Some(path) = &self.pid_file {
+        if let Some(path) = self.pid_file.as_ref().or(self.watched.as_ref()) {
             master.watch_pid_file(path);
         }
         master

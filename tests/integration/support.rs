@@ -809,10 +809,14 @@ impl App {
 
     /// Starts the master as `program -c CONFIG` and waits until all ready.
     pub fn start_program(&self, program: &Path) -> Master {
-        let mut master = Master::start_program(&self.dir, program, &["-c", self.cfg()]);
-        master.watch_pid_file(&self.pid_file);
+        let master = self.fixture().program(program).start();
         master.wait_ready();
         master
+    }
+
+    /// `forkmaster -c CONFIG`, its pid file watched; not started.
+    pub fn fixture(&self) -> Fixture<'_> {
+        Fixture::config(&self.dir, &self.config).watch_pid_file(&self.pid_file)
     }
 
     pub fn cfg(&self) -> &str {

@@ -191,10 +191,13 @@ fn an_exec_failure_is_named_even_if_the_new_master_is_reaped_in_the_same_pass() 
     // exec failures, and the first warning comes after it.
     let app = App::new(1, "log_level: warn\n");
     let link = forkmaster_link(&app);
-    let mut master = Master::start_program_with(&app.dir, &link, &["-c", app.cfg()], |cmd| {
-        cmd.stderr(Stdio::piped());
-    });
-    master.watch_pid_file(&app.pid_file);
+    let mut master = app
+        .fixture()
+        .program(&link)
+        .setup(|cmd| {
+            cmd.stderr(Stdio::piped());
+        })
+        .start();
     let stderr = master.child.stderr.take().expect("stderr pipe");
     app.wait_status("the worker to be ready", secs(20), |s| s["ready"] == 1);
     std::fs::remove_file(&link).unwrap();
