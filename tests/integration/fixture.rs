@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::support::{demo, forkmaster, run_command, Master, TempDir};
+use crate::support::{demo, forkmaster, run_command, spawn_master, Master, TempDir};
 
 /// A master about to start in `dir`; `start` runs it (without waiting),
 /// `run` runs it to completion.
@@ -211,10 +211,10 @@ impl<'a> Fixture<'a> {
 
     /// Starts the master; it is not waited for.
     pub fn start(self) -> Master {
-        let line = self.command_line();
-        let args: Vec<&str> = line.iter().map(String::as_str).collect();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(self.command_line());
         let setups = self.setup;
-        let mut master = Master::start_program_with(self.dir, &self.program, &args, |cmd| {
+        let mut master = spawn_master(self.dir, cmd, |cmd| {
             for setup in setups {
                 setup(cmd);
             }

@@ -102,34 +102,6 @@ pub struct Master {
 }
 
 impl Master {
-    /// Starts `forkmaster ARGS` with stdin from /dev/null and both output
-    /// streams into `<dir>/<name>.log`.
-    pub fn start(dir: &TempDir, args: &[&str]) -> Master {
-        Master::start_with(dir, args, |_| {})
-    }
-
-    pub fn start_with(dir: &TempDir, args: &[&str], setup: impl FnOnce(&mut Command)) -> Master {
-        Master::start_program_with(dir, Path::new(forkmaster()), args, setup)
-    }
-
-    /// Starts the master as `program ARGS` (e.g. a symlink to the binary, so
-    /// that an upgrade re-execs whatever that path names then).
-    pub fn start_program(dir: &TempDir, program: &Path, args: &[&str]) -> Master {
-        Master::start_program_with(dir, program, args, |_| {})
-    }
-
-    /// `start_program` with a last say on the command (e.g. other streams).
-    pub fn start_program_with(
-        dir: &TempDir,
-        program: &Path,
-        args: &[&str],
-        setup: impl FnOnce(&mut Command),
-    ) -> Master {
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        spawn_logged(dir, "master", cmd, setup)
-    }
-
     /// Watches `path` for masters started by upgrades: they are killed with
     /// this one, and a wait does not fail while one of them lives.
     pub fn watch_pid_file(&mut self, path: &Path) {
@@ -307,7 +279,7 @@ impl Master {
 
 impl Drop for Master {
     fn drop(&mut self) {
-        // The guard watches this master too (see `spawn_logged`), so it is
+        // The guard watches this master too (see `spawn_master`), so it is
         // killed with its descendants; reaping it is ours.
         self.guard.kill_all();
         if self.status.is_none() {
@@ -318,17 +290,12 @@ impl Drop for Master {
 }
 
 /// Spawns `cmd` as a guarded master: stdin from /dev/null, both output
-/// streams into `<dir>/<prefix>-<n>.log`, no `RUST_LOG`; `setup` has the
-/// last say.
-fn spawn_logged(
-    dir: &TempDir,
-    prefix: &str,
-    mut cmd: Command,
-    setup: impl FnOnce(&mut Command),
-) -> Master {
+/// streams into `<dir>/master-<n>.log`, no `RUST_LOG`; `setup` has the last
+/// say (`Fixture::start` is the way in).
+pub fn spawn_master(dir: &TempDir, mut cmd: Command, setup: impl FnOnce(&mut Command)) -> Master {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let log_path = dir.join(&format!("{prefix}-{n}.log"));
+    let log_path = dir.join(&format!("master-{n}.log"));
     let log = std::fs::File::create(&log_path).expect("create log");
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
@@ -549,13 +516,6 @@ pub fn client(args: &[&str], timeout: Duration) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Starts any command that becomes forkmaster (e.g. `/bin/sh -c '... exec
-/// forkmaster ...'`, which keeps the shell's pid), guarded like `start`:
-/// stdin from /dev/null, both output streams into `<dir>/spawned-<n>.log`.
-pub fn spawn_master(dir: &TempDir, cmd: Command) -> Master {
-    spawn_logged(dir, "spawned", cmd, |_| {})
 }
 
 /// Runs any command to completion with its output captured, killing it and
