@@ -221,8 +221,8 @@ fn an_upgrade_of_a_daemon_leaves_only_the_new_master() {
     // Nothing but the new master is left: no launcher waiting on it.
     daemon.wait_only(&[new]);
     let log = file_text(&err);
-    assert!(!log.contains("event=rollback"), "{log}");
-    assert!(!log.contains("forkmaster: "), "{log}");
+    assert_no_event(&log, "rollback");
+    assert_not_logged(&log, "forkmaster: ");
 }
 
 #[test]

@@ -260,8 +260,8 @@ fn init_script_drives_the_whole_life_of_a_service() {
     // The rotated file may end with the line about out.log (stdout is
     // reopened first), never with anything logged after err.log was.
     let old = std::fs::read_to_string(&rotated).expect("read rotated log");
-    assert!(!old.contains(&err_reopened), "{old}");
-    assert!(!old.contains("event=usr1"), "{old}");
+    assert!(!old.contains(in_source(&err_reopened)), "{old}");
+    assert_no_event(&old, "usr1");
 
     // stop: graceful, and everything is gone when the script returns.
     let workers = descendants_of(second);

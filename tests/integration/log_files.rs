@@ -154,8 +154,8 @@ fn every_line_follows_the_files_across_a_rotation() {
     );
     assert_eq!(size(&rotated(&app.out)), old_out_size);
     let old = file_text(&rotated(&app.err));
-    assert!(!old.contains("event=usr1"), "{old}");
-    assert!(!old.contains("event=crash"), "{old}");
+    assert_no_event(&old, "usr1");
+    assert_no_event(&old, "crash");
     assert!(!file_text(&rotated(&app.out)).contains(&format!("pid={replacement} ")));
 }
 

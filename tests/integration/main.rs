@@ -3,6 +3,7 @@
 
 mod fixture;
 mod guard;
+mod harness;
 mod source;
 mod support;
 

@@ -233,7 +233,7 @@ fn an_invalid_config_changes_nothing() {
     );
     let log = master.wait_log("event=reload-failed", secs(10));
     assert!(log.contains("action=\"nothing changed\""), "{log}");
-    assert!(!log.contains("event=reload-start"), "{log}");
+    assert_no_event(&log, "reload-start");
     let after = app.status();
     assert_eq!(worker_pids(&after), worker_pids(&before));
     assert_eq!(after["generation"], 1);
@@ -351,7 +351,7 @@ fn a_second_hup_supersedes_a_rollout_in_progress() {
         log.contains("event=reload-abandoned reason=\"superseded by a new HUP\""),
         "{log}"
     );
-    assert!(!log.contains("event=reload-done generation=2"), "{log}");
+    assert_not_logged(&log, "event=reload-done generation=2");
     every_worker_answers(&app, &worker_pids(&status), "/", |body| {
         body.contains("token=last") && body.contains("generation=3")
     });

@@ -72,6 +72,13 @@ pub fn in_source(needle: &str) -> &str {
                     sources().contains(&key),
                     "log key `{key}` (of {needle:?}) no longer exists in src/: update this test"
                 );
+                // A word value is written somewhere too (numbers, paths and
+                // signal names come from elsewhere).
+                let word = value.chars().all(|c| c.is_ascii_lowercase() || c == '-');
+                assert!(
+                    !word || value.is_empty() || sources().contains(value),
+                    "log value `{value}` (of {needle:?}) no longer exists in src/: update this test"
+                );
             }
         } else if token.chars().any(|c| c.is_ascii_digit()) {
             flush(&mut words);
@@ -87,6 +94,15 @@ pub fn in_source(needle: &str) -> &str {
         );
     }
     needle
+}
+
+/// Returns the event name once src/ is proven to log `event=<name>`.
+pub fn event_in_source(name: &str) -> &str {
+    assert!(
+        has_event(name),
+        "event `{name}` no longer exists in src/: update this test"
+    );
+    name
 }
 
 /// Asserts `text` (a log, an error output) does not hold `needle`, once

@@ -18,8 +18,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use crate::fixture::Fixture;
-pub use crate::guard::{is_forkmaster, oldbin_of, processes_naming, Guard};
-pub use crate::source::{assert_no_event, assert_no_panic, assert_not_logged, in_source};
+pub use crate::guard::{oldbin_of, processes_naming, Guard};
+pub use crate::source::{
+    assert_no_event, assert_no_panic, assert_not_logged, event_in_source, in_source,
+};
 pub use nix::sys::signal::Signal;
 
 pub fn forkmaster() -> &'static str {
@@ -797,7 +799,7 @@ impl App {
     }
 
     pub fn oldbin(&self) -> PathBuf {
-        PathBuf::from(format!("{}.oldbin", self.pid_file.display()))
+        oldbin_of(&self.pid_file)
     }
 
     /// `forkmaster status -p PIDFILE --json`, parsed; `None` unless it

@@ -654,7 +654,7 @@ fn ignores_activation_meant_for_another_pid() {
         )),
         "{log}"
     );
-    assert!(!log.contains("how=activated"), "{log}");
+    assert_not_logged(&log, "how=activated");
     let env = env_lines(&Target::unix(&own));
     assert!(env.contains(&"LISTEN_FDS=1".to_string()), "{env:?}");
 }
@@ -681,7 +681,7 @@ fn an_upgrade_keeps_an_activated_socket_adopted_by_name() {
         "the new master bound {} instead of keeping the activated socket; log:\n{log}",
         other.display()
     );
-    assert!(!log.contains("event=listen-closed"), "{log}");
+    assert_no_event(&log, "listen-closed");
     let target = Target::unix(&path);
     let served = wait_serving(&target);
     assert_eq!(served["generation"], "2");

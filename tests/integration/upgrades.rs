@@ -101,7 +101,7 @@ fn retire_all_waits_for_every_new_worker_then_quits_the_old_master() {
         "{log}"
     );
     // With `all`, the old master keeps every worker until the QUIT.
-    assert!(!log.contains("reason=retire"), "{log}");
+    assert_not_logged(&log, "reason=retire");
     assert_eq!(app.token_served(), "new");
     let status = client(&["status", "-c", app.cfg(), "--json"], secs(10));
     assert_eq!(status.0, 0);
