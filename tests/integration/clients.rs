@@ -376,7 +376,7 @@ fn stop_wait_is_not_held_up_by_a_worker_blocked_in_accept() {
     let master = app.start();
     // Requests until one worker's accept thread lost a race for a connection
     // and sits in accept(2) (each request wakes every worker).
-    let blocked = wait_for("a worker blocked in accept(2)", secs(20), || {
+    let blocked = master.wait_for("a worker blocked in accept(2)", secs(20), |_| {
         get(&app.target, "/").expect("GET /");
         master
             .children()

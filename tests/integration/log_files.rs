@@ -105,10 +105,10 @@ fn every_line_follows_the_files_across_a_rotation() {
     // Every worker got USR1 after the switch: its line is in the new file.
     for pid in &workers {
         let usr1 = format!("demo pid={pid} worker=");
-        wait_for(
+        master.wait_for(
             &format!("{usr1}.. event=usr1 in the new file"),
             secs(10),
-            || {
+            |_| {
                 file_text(&app.err)
                     .lines()
                     .any(|l| l.starts_with(&usr1) && l.ends_with("event=usr1"))
@@ -128,7 +128,7 @@ fn every_line_follows_the_files_across_a_rotation() {
         .expect("crash line");
     assert!(workers.contains(&crashed), "{crashed} {workers:?}");
     wait_file(&app.err, &format!("pid={crashed} event=exit"), secs(10));
-    let replacement = wait_for("a replacement worker", secs(20), || {
+    let replacement = master.wait_for("a replacement worker", secs(20), |_| {
         let now = master.children();
         let new: Vec<i32> = now.into_iter().filter(|p| !workers.contains(p)).collect();
         (new.len() == 1).then(|| new[0])

@@ -104,7 +104,7 @@ fn workers_run_as_the_user_and_the_master_stays_root() {
 
     // A crashed worker comes back as nobody.
     assert!(get(&target, "/crash").is_err(), "/crash answered");
-    let replacement = wait_for("a replacement worker", secs(20), || {
+    let replacement = master.wait_for("a replacement worker", secs(20), |_| {
         let new: Vec<i32> = master
             .children()
             .into_iter()

@@ -38,7 +38,7 @@ fn only_generation(app: &App, master: &Master, generation: u32, workers: usize) 
     );
     assert_eq!(status["generation"], generation);
     let pids = worker_pids(&status);
-    wait_for("the replaced workers to exit", secs(30), || {
+    master.wait_for("the replaced workers to exit", secs(30), |_| {
         (master.children().into_iter().collect::<BTreeSet<_>>() == pids).then_some(())
     });
     status

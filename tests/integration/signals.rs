@@ -42,10 +42,10 @@ fn request_in_flight(
             .any(|p| open_connections(p) > 0)
     };
     // Earlier connections linger briefly after their response: let them go first.
-    wait_for("no open connection", secs(10), || (!busy()).then_some(()));
+    master.wait_for("no open connection", secs(10), |_| (!busy()).then_some(()));
     let (target, path) = (target.clone(), path.to_string());
     let request = std::thread::spawn(move || get(&target, &path));
-    wait_for("a worker to hold the request", secs(10), || {
+    master.wait_for("a worker to hold the request", secs(10), |_| {
         busy().then_some(())
     });
     request

@@ -204,7 +204,7 @@ fn notifies_ready_reloading_mainpid_and_stopping_in_order() {
     // of it even while stopping, until we hang up.
     // (A replaced worker may still accept a connection before its stop
     // signal lands: retry until a generation 2 worker answers.)
-    let mut held = wait_for("a generation 2 worker to answer", secs(20), || {
+    let mut held = master.wait_for("a generation 2 worker to answer", secs(20), |_| {
         let mut stream = UnixStream::connect(&sock).expect("connect");
         stream.set_read_timeout(Some(secs(10))).unwrap();
         stream
@@ -415,10 +415,10 @@ fn watchdog_pings_go_out_only_when_meant_for_the_master() {
 
     for (master, systemd, what) in [(&a, &unset, "unset"), (&b, &own, "own pid")] {
         let mut seen = 0;
-        wait_for(
+        master.wait_for(
             &format!("3 WATCHDOG=1 with WATCHDOG_PID {what}"),
             secs(10),
-            || (count_pings(systemd, master.pid(), &mut seen) >= 3).then_some(()),
+            |_| (count_pings(systemd, master.pid(), &mut seen) >= 3).then_some(()),
         );
     }
 
@@ -428,7 +428,7 @@ fn watchdog_pings_go_out_only_when_meant_for_the_master() {
     let pid_file = dir.join("other.pid");
     let pid_file = pid_file.to_str().unwrap();
     c.wait_log("event=all-ready", secs(20));
-    wait_for("the master to be up for 1s", secs(20), || {
+    c.wait_for("the master to be up for 1s", secs(20), |_| {
         let (code, json, _) = client(&["status", "-p", pid_file, "--json"], secs(10));
         let json: serde_json::Value = serde_json::from_str(&json).ok()?;
         (code == 0 && json["uptime_secs"].as_f64()? >= 1.0).then_some(())

@@ -123,10 +123,10 @@ fn assert_old_master_restored(app: &App, master: &mut Master, workers: usize) ->
         .collect();
     pids.sort_unstable();
     // No new master lingers: the workers are all the old master has.
-    wait_for(
+    master.wait_for(
         "the old master's children to be its workers",
         secs(20),
-        || (master.children() == pids).then_some(()),
+        |_| (master.children() == pids).then_some(()),
     );
     status
 }
@@ -557,7 +557,7 @@ fn gradual_retirement_retires_one_old_worker_per_ready_new_worker() {
 fn begin_upgrade(app: &App, master: &mut Master) -> i32 {
     let old = master.pid();
     master.signal(Signal::SIGUSR2);
-    let new = wait_for("the pid file to name a new master", secs(20), || {
+    let new = master.wait_for("the pid file to name a new master", secs(20), |_| {
         read_pid(&app.pid_file).filter(|pid| *pid != old)
     });
     assert_eq!(read_pid(&app.oldbin()), Some(old));
@@ -615,7 +615,7 @@ fn the_old_master_takes_over_again_when_the_new_one_is_killed() {
     load.wait_answers(5);
     let new = begin_upgrade(&app, &mut master);
     signal_pid(new, Signal::SIGKILL);
-    wait_for("the pid file to name the old master", secs(20), || {
+    master.wait_for("the pid file to name the old master", secs(20), |_| {
         (read_pid(&app.pid_file) == Some(old)).then_some(())
     });
     let status = assert_old_master_restored(&app, &mut master, 2);

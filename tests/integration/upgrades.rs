@@ -148,7 +148,7 @@ fn manual_retire_leaves_the_old_master_and_hup_rolls_back() {
         &format!("INFO forkmaster[{old}] event=scale signal=WINCH workers=0"),
         secs(10),
     );
-    wait_for("the old workers to be gone", secs(20), || {
+    master.wait_for("the old workers to be gone", secs(20), |_| {
         master.children().iter().all(|p| *p == new).then_some(())
     });
     assert_eq!(app.token_served(), "new");
@@ -158,14 +158,14 @@ fn manual_retire_leaves_the_old_master_and_hup_rolls_back() {
         &format!("INFO forkmaster[{old}] event=restore-workers"),
         secs(10),
     );
-    wait_for("the old master to have 2 workers again", secs(20), || {
+    master.wait_for("the old master to have 2 workers again", secs(20), |_| {
         (master.children().iter().filter(|p| **p != new).count() == 2).then_some(())
     });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(new), Signal::SIGQUIT).unwrap();
-    wait_for(
+    master.wait_for(
         "the pid file to name the old master again",
         secs(20),
-        || (read_pid(&app.pid_file) == Some(old)).then_some(()),
+        |_| (read_pid(&app.pid_file) == Some(old)).then_some(()),
     );
     assert_gone(&app.oldbin());
     // The restored workers read the token file anew; their generation tells them apart.
