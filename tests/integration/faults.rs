@@ -281,10 +281,6 @@ fn a_storm_of_worker_kills_is_held_down_by_backoff_and_every_slot_comes_back() {
     assert_no_panic(&log);
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// A uid with no other process, for a master run unprivileged: RLIMIT_NPROC
 /// counts every process of the user, and other tests run workers as nobody
 /// in parallel. `n` tells apart the tests that need one at the same time.

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use crate::support::{demo, forkmaster, run_command, spawn_master, Master, TempDir};
 
+/// A last say on the `Command`, run in the order given.
+type Setup<'a> = Box<dyn FnOnce(&mut Command) + 'a>;
+
 /// A master about to start in `dir`; `start` runs it (without waiting),
 /// `run` runs it to completion.
 pub struct Fixture<'a> {
@@ -32,7 +35,7 @@ pub struct Fixture<'a> {
     ready: Option<String>,
     args: Vec<String>,
     command: Vec<String>,
-    setup: Vec<Box<dyn FnOnce(&mut Command) + 'a>>,
+    setup: Vec<Setup<'a>>,
 }
 
 impl<'a> Fixture<'a> {

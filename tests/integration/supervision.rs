@@ -76,11 +76,6 @@ fn last_ready(log: &str, slot: usize) -> i32 {
         .unwrap_or_else(|| panic!("worker {slot} never ready; log:\n{log}"))
 }
 
-fn kill(pid: i32, signal: Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-        .unwrap_or_else(|e| panic!("kill {pid}: {e}"));
-}
-
 #[test]
 fn a_crashed_worker_is_logged_by_signal_and_respawned_in_its_slot() {
     let dir = TempDir::new();
@@ -257,7 +252,7 @@ fn an_exec_failure_after_startup_is_reported_as_such_and_retried() {
     let first = last_ready(&log, 0);
 
     std::fs::remove_file(&program).expect("remove the app");
-    kill(first, Signal::SIGKILL);
+    send_signal(first, Signal::SIGKILL);
     let log = master.wait_log("event=exec-failed", secs(10));
     let failed = master_lines(&log, "event=exec-failed")[0];
     let expected = format!("worker=0 exec {program}: No such file or directory pid=");
@@ -315,7 +310,7 @@ fn exec_failures_of_many_workers_at_once_are_all_reported() {
     };
     std::fs::remove_file(&program).expect("remove the app");
     for pid in workers {
-        kill(pid, Signal::SIGKILL);
+        send_signal(pid, Signal::SIGKILL);
     }
     // Three rounds of failed respawns of all 64 slots (backoff 100, 200, 400ms).
     let log = master.try_wait_for(secs(30), |m| {

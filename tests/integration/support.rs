@@ -1033,6 +1033,11 @@ pub fn set_soft_limit(pid: i32, resource: nix::sys::resource::Resource, value: u
     }
 }
 
+/// Whether the tests run as root (some need to, some must drop it first).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 /// Sends `signal` to `pid`; panics naming both if it cannot.
 pub fn send_signal(pid: i32, signal: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)

@@ -1,23 +1,7 @@
 //! USR2 upgrades and HUP rolling restarts under load: not one failed request.
 
 use crate::support::*;
-use std::path::Path;
 use std::sync::atomic::Ordering;
-
-fn zombies_of(pid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| matches!(proc_stat(*p), Some(('Z', ppid, _)) if ppid == pid))
-        .collect()
-}
-
-fn assert_gone(path: &Path) {
-    assert!(!path.exists(), "{} should not exist", path.display());
-}
 
 #[test]
 fn five_upgrades_and_five_reloads_under_load_fail_no_request() {
@@ -43,7 +27,7 @@ fn five_upgrades_and_five_reloads_under_load_fail_no_request() {
         assert!(out.contains("2 workers ready in"), "{out}");
         // The old master is gone: every answer comes from the new generation.
         assert_eq!(app.token_served(), token);
-        assert_gone(&app.oldbin());
+        assert_no_file(&app.oldbin());
         if i == 1 {
             assert!(master.wait_exit(secs(10)).success());
             fds_before = fd_count(app.master_pid());
@@ -70,16 +54,16 @@ fn five_upgrades_and_five_reloads_under_load_fail_no_request() {
     assert!(ok > 100, "only {ok} requests answered");
     let current = app.master_pid();
     assert!(
-        zombies_of(current).is_empty(),
+        zombie_children_of(current).is_empty(),
         "zombies: {:?}",
-        zombies_of(current)
+        zombie_children_of(current)
     );
     assert_eq!(
         fd_count(current),
         fds_before,
         "the master's fd count changed"
     );
-    assert_gone(&app.oldbin());
+    assert_no_file(&app.oldbin());
     eprintln!("{ok} requests answered, none failed");
 }
 
@@ -167,7 +151,7 @@ fn manual_retire_leaves_the_old_master_and_hup_rolls_back() {
         secs(20),
         |_| (read_pid(&app.pid_file) == Some(old)).then_some(()),
     );
-    assert_gone(&app.oldbin());
+    assert_no_file(&app.oldbin());
     // The restored workers read the token file anew; their generation tells them apart.
     wait_for("only the old generation to answer", secs(20), || {
         (0..5)
