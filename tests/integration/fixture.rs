@@ -1,6 +1,6 @@
 //! One builder for the masters the tests start: the common case (the demo
 //! app as the command, `--ready notify`, logs in the test's temp dir) by
-//! default, each variation a tests needs as one call.
+//! default, each variation a test needs as one call.
 //!
 //! ```ignore
 //! let master = Fixture::new(&dir).workers(2).unix("app.sock").arg("--retire").arg("manual").start();

@@ -1,6 +1,9 @@
-//! The harness: temp dirs, a guard around each master we start, waiting on
-//! conditions with deadlines (never sleeping to synchronise), a tiny HTTP
-//! client over TCP or Unix sockets, and /proc readers.
+//! The harness: temp dirs, the running master (started by `fixture`,
+//! killed by its `guard`) whose waits fail fast once it has exited, waiting
+//! on conditions with deadlines (never sleeping to synchronise), a tiny HTTP
+//! client over TCP or Unix sockets, and /proc readers. It re-exports the
+//! builder, the guard and the src/-checked absence asserts (`source`), so a
+//! test needs only `use crate::support::*`.
 //!
 //! Deadlines scale with `FORKMASTER_TEST_TIMEOUT_SCALE` for slow machines.
 
