@@ -282,7 +282,7 @@ fn stop_quick_wait_returns_once_the_master_is_gone() {
 fn stop_wait_times_out_while_a_worker_ignores_its_stop_signal() {
     // The demo only logs USR1: the workers outlive the 1s we wait.
     let app = App::new(1, "stop_signal: USR1\ngraceful_timeout: 30s\n");
-    let mut master = app.start();
+    let master = app.start();
     let pid = master.pid();
     let (code, out, err) = client(
         &["stop", "-c", app.cfg(), "--wait", "--timeout", "1s"],
@@ -334,7 +334,7 @@ fn upgrade_wait_times_out_while_the_new_workers_boot() {
 #[test]
 fn reopen_logs_sends_usr1_to_the_master_and_on_to_each_worker() {
     let app = App::new(2, "");
-    let mut master = app.start();
+    let master = app.start();
     let pid = master.pid();
     let (code, out, err) = client(&["reopen-logs", "-c", app.cfg()], secs(10));
     assert_eq!(code, 0, "{err}");
@@ -376,7 +376,7 @@ fn stop_wait_is_not_held_up_by_a_worker_blocked_in_accept() {
     let master = app.start();
     // Requests until one worker's accept thread lost a race for a connection
     // and sits in accept(2) (each request wakes every worker).
-    let blocked = wait_for("a worker blocked in accept(2)", secs(20), || {
+    let blocked = master.wait_for("a worker blocked in accept(2)", secs(20), |_| {
         get(&app.target, "/").expect("GET /");
         master
             .children()

@@ -7,37 +7,22 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// Whatever a daemonized master left running for this test: it is not our
-/// child, so it is found by its pid file and by its command line naming the
-/// test's directory, and killed with its descendants when dropped. (Init
-/// reaps it.)
+/// child, so the guard finds it by its pid file and by its command line
+/// naming the test's directory. (Init reaps it.)
 struct Daemon {
     dir: PathBuf,
-    pid_file: PathBuf,
+    _guard: Guard,
 }
 
 impl Daemon {
     fn new(dir: &TempDir, pid_file: &Path) -> Daemon {
+        let mut guard = Guard::new();
+        guard.watch_dir(&dir.path);
+        guard.watch_pid_file(pid_file);
         Daemon {
             dir: dir.path.clone(),
-            pid_file: pid_file.to_path_buf(),
+            _guard: guard,
         }
-    }
-
-    /// Live processes whose command line names our directory.
-    fn processes(&self) -> Vec<i32> {
-        let needle = format!("{}/", self.dir.display());
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| *pid != std::process::id() as i32 && is_running(*pid))
-            .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                String::from_utf8_lossy(&cmdline).contains(&needle)
-            })
-            .collect()
     }
 
     /// Waits until the processes naming our directory are exactly `pids`;
@@ -45,8 +30,7 @@ impl Daemon {
     fn wait_only(&self, pids: &[i32]) {
         let deadline = std::time::Instant::now() + secs(20);
         loop {
-            let mut left = self.processes();
-            left.sort_unstable();
+            let left = processes_naming(&self.dir);
             if left == pids {
                 return;
             }
@@ -70,18 +54,14 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let mut roots = self.processes();
-        roots.extend(read_pid(&self.pid_file).filter(|p| is_running(*p)));
-        for root in roots {
-            let doomed = descendants_of(root);
-            let _ = nix::sys::signal::kill(Pid::from_raw(root), Signal::SIGKILL);
-            for pid in doomed {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
+/// `forkmaster -D -p PIDFILE -l unix:<dir>/app.sock --stderr-path ERR
+/// --ready notify -- demo`, for `run`: the launcher's exit is the result.
+fn daemonized<'a>(dir: &'a TempDir, pid_file: &Path, err: &Path) -> Fixture<'a> {
+    Fixture::new(dir)
+        .arg("-D")
+        .pid_file(pid_file)
+        .unix("app.sock")
+        .args(&["--stderr-path", err.to_str().unwrap()])
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -95,27 +75,11 @@ fn daemonize_returns_once_every_worker_is_ready_and_detaches() {
     let pid_path = pid_file.to_str().unwrap();
     let err = dir.join("err.log");
     let daemon = Daemon::new(&dir, &pid_file);
-    let out = run(
-        &[
-            "-D",
-            "-p",
-            pid_path,
-            "-l",
-            &dir.unix("app.sock"),
-            "--stderr-path",
-            err.to_str().unwrap(),
-            "-w",
-            "2",
-            "--ready",
-            "notify",
-            // Slow to boot: a launcher that returned early would be caught.
-            "--env",
-            "DEMO_BOOT_DELAY=300ms",
-            "--",
-            demo(),
-        ],
-        secs(60),
-    );
+    let out = daemonized(&dir, &pid_file, &err)
+        .workers(2)
+        // Slow to boot: a launcher that returned early would be caught.
+        .env("DEMO_BOOT_DELAY=300ms")
+        .run(secs(60));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -240,24 +204,7 @@ fn an_upgrade_of_a_daemon_leaves_only_the_new_master() {
     let pid_path = pid_file.to_str().unwrap();
     let err = dir.join("err.log");
     let daemon = Daemon::new(&dir, &pid_file);
-    let out = run(
-        &[
-            "-D",
-            "-p",
-            pid_path,
-            "-l",
-            &dir.unix("app.sock"),
-            "--stderr-path",
-            err.to_str().unwrap(),
-            "-w",
-            "2",
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-        secs(60),
-    );
+    let out = daemonized(&dir, &pid_file, &err).workers(2).run(secs(60));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let old = read_pid(&pid_file).expect("pid file");
 
@@ -274,33 +221,20 @@ fn an_upgrade_of_a_daemon_leaves_only_the_new_master() {
     // Nothing but the new master is left: no launcher waiting on it.
     daemon.wait_only(&[new]);
     let log = file_text(&err);
-    assert!(!log.contains("event=rollback"), "{log}");
-    assert!(!log.contains("forkmaster: "), "{log}");
+    assert_no_event(&log, "rollback");
+    assert_not_logged(&log, "forkmaster: ");
 }
 
 #[test]
 fn a_daemon_killed_during_startup_fails_the_launcher() {
     let dir = TempDir::new();
     let pid_file = dir.join("app.pid");
-    let pid_path = pid_file.to_str().unwrap().to_string();
     let err = dir.join("err.log");
     let daemon = Daemon::new(&dir, &pid_file);
-    let args = [
-        "-D".to_string(),
-        "-p".into(),
-        pid_path,
-        "-l".into(),
-        dir.unix("app.sock"),
-        "--stderr-path".into(),
-        err.to_str().unwrap().into(),
-        "--ready".into(),
-        "notify".into(),
+    let args = daemonized(&dir, &pid_file, &err)
         // Workers that never say they are ready: startup never ends.
-        "--env".into(),
-        "DEMO_NO_READY=1".into(),
-        "--".into(),
-        demo().into(),
-    ];
+        .env("DEMO_NO_READY=1")
+        .command_line();
     let launcher = std::thread::spawn(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run(&args, secs(60))

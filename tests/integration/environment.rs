@@ -63,23 +63,12 @@ fn cwd_of(pid: i32) -> PathBuf {
 fn worker_env_describes_listeners_worker_and_master() {
     let dir = TempDir::new();
     let sock = dir.join("app.sock");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--env",
-            "GREETING=hello world",
-            "--env",
-            "EMPTY=",
-            "--",
-            demo(),
-        ],
-    );
+    let master = Fixture::new(&dir)
+        .tcp()
+        .unix("app.sock")
+        .env("GREETING=hello world")
+        .env("EMPTY=")
+        .start();
     let log = master.wait_ready();
     let addr = listen_addr(&log, 0);
     let tcp = Target::Tcp(addr);
@@ -123,14 +112,8 @@ fn worker_env_describes_listeners_worker_and_master() {
 #[test]
 fn notify_socket_is_set_only_with_ready_notify() {
     let dir = TempDir::new();
-    let mut delayed = Master::start(
-        &dir,
-        &["-l", "127.0.0.1:0", "--ready", "delay:100ms", "--", demo()],
-    );
-    let mut notified = Master::start(
-        &dir,
-        &["-l", "127.0.0.1:0", "--ready", "notify", "--", demo()],
-    );
+    let delayed = Fixture::new(&dir).tcp().ready("delay:100ms").start();
+    let notified = Fixture::new(&dir).tcp().start();
     let delayed_tcp = Target::Tcp(listen_addr(&delayed.wait_ready(), 0));
     let notified_tcp = Target::Tcp(listen_addr(&notified.wait_ready(), 0));
     let env = worker_env(&delayed_tcp);
@@ -142,17 +125,15 @@ fn notify_socket_is_set_only_with_ready_notify() {
 #[test]
 fn inherited_socket_variables_of_the_master_are_not_passed_on() {
     let dir = TempDir::new();
-    let mut master = Master::start_with(
-        &dir,
-        &["-l", "127.0.0.1:0", "--ready", "delay:100ms", "--", demo()],
-        |cmd| {
-            cmd.env("LISTEN_FDS", "5")
-                .env("LISTEN_PID", "1")
-                .env("LISTEN_FDNAMES", "inherited")
-                .env("NOTIFY_SOCKET", "/nonexistent/notify.sock")
-                .env("FM_TEST_INHERITED", "kept");
-        },
-    );
+    let master = Fixture::new(&dir)
+        .tcp()
+        .ready("delay:100ms")
+        .master_env("LISTEN_FDS", "5")
+        .master_env("LISTEN_PID", "1")
+        .master_env("LISTEN_FDNAMES", "inherited")
+        .master_env("NOTIFY_SOCKET", "/nonexistent/notify.sock")
+        .master_env("FM_TEST_INHERITED", "kept")
+        .start();
     let log = master.wait_ready();
     let tcp = Target::Tcp(listen_addr(&log, 0));
     let root = wait_serving(&tcp);
@@ -168,19 +149,7 @@ fn inherited_socket_variables_of_the_master_are_not_passed_on() {
 #[test]
 fn worker_fds_are_exactly_stdio_and_the_listeners() {
     let dir = TempDir::new();
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-    );
+    let master = Fixture::new(&dir).tcp().unix("app.sock").start();
     let log = master.wait_ready();
     let tcp = Target::Tcp(listen_addr(&log, 0));
     wait_serving(&tcp);
@@ -195,19 +164,10 @@ fn worker_fds_are_exactly_stdio_and_the_listeners() {
 fn fds_the_master_inherited_do_not_leak_into_workers() {
     const LEAKED_FD: i32 = 7;
     let dir = TempDir::new();
-    let mut master = Master::start_with(
-        &dir,
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-        |cmd| {
+    let master = Fixture::new(&dir)
+        .tcp()
+        .unix("app.sock")
+        .setup(|cmd| {
             // SAFETY: the closure runs in the forked child just before exec and
             // calls only dup2(2) and reads errno, both async-signal-safe; it
             // allocates nothing and takes no locks. dup2 leaves the new fd
@@ -221,8 +181,8 @@ fn fds_the_master_inherited_do_not_leak_into_workers() {
                     Ok(())
                 });
             }
-        },
-    );
+        })
+        .start();
     let log = master.wait_ready();
     // The setup worked: the master itself does hold the inherited fd.
     let held = std::fs::read_link(format!("/proc/{}/fd/{LEAKED_FD}", master.pid()))
@@ -240,10 +200,7 @@ fn fds_the_master_inherited_do_not_leak_into_workers() {
 #[test]
 fn worker_has_its_own_process_group_and_dies_with_the_master() {
     let dir = TempDir::new();
-    let mut master = Master::start(
-        &dir,
-        &["-l", "127.0.0.1:0", "--ready", "notify", "--", demo()],
-    );
+    let mut master = Fixture::new(&dir).tcp().start();
     let log = master.wait_ready();
     let tcp = Target::Tcp(listen_addr(&log, 0));
     wait_serving(&tcp);
@@ -269,10 +226,7 @@ fn worker_has_its_own_process_group_and_dies_with_the_master() {
 #[test]
 fn demo_info_reports_the_parent_death_signal_sigkill() {
     let dir = TempDir::new();
-    let mut master = Master::start(
-        &dir,
-        &["-l", "127.0.0.1:0", "--ready", "notify", "--", demo()],
-    );
+    let master = Fixture::new(&dir).tcp().start();
     let log = master.wait_ready();
     let tcp = Target::Tcp(listen_addr(&log, 0));
     wait_serving(&tcp);
@@ -289,19 +243,11 @@ fn working_directory_symlink_is_followed_anew_at_each_spawn() {
     }
     let current = dir.join("current");
     std::os::unix::fs::symlink("rel1", &current).expect("symlink current");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "--ready",
-            "notify",
-            "--working-directory",
-            &current.display().to_string(),
-            "--",
-            demo(),
-        ],
-    );
+    let master = Fixture::new(&dir)
+        .tcp()
+        .arg("--working-directory")
+        .arg(current.display().to_string())
+        .start();
     let log = master.wait_ready();
     let tcp = Target::Tcp(listen_addr(&log, 0));
     let first = pid_of(&wait_serving(&tcp));
@@ -315,7 +261,7 @@ fn working_directory_symlink_is_followed_anew_at_each_spawn() {
 
     // The crash gets no response; the master respawns the slot.
     let _ = get(&tcp, "/crash");
-    let second = wait_for("the respawned worker to serve", secs(20), || {
+    let second = master.wait_for("the respawned worker to serve", secs(20), |_| {
         get(&tcp, "/")
             .ok()
             .filter(|r| r.status == 200)
@@ -337,17 +283,7 @@ fn config_file_and_flags_merge_with_flags_winning() {
         ),
     )
     .expect("write config");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-c",
-            &cfg.display().to_string(),
-            "-w",
-            "2",
-            "--env",
-            "B=flag",
-        ],
-    );
+    let master = Fixture::config(&dir, &cfg).workers(2).env("B=flag").start();
     let log = master.wait_log("event=all-ready workers=2 ", secs(20));
     let tcp = Target::Tcp(listen_addr(&log, 0));
     wait_serving(&tcp);
@@ -362,21 +298,11 @@ fn config_file_and_flags_merge_with_flags_winning() {
 #[test]
 fn env_flag_cannot_duplicate_the_variables_forkmaster_sets() {
     let dir = TempDir::new();
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "--ready",
-            "notify",
-            "--env",
-            "LISTEN_FDS=9",
-            "--env",
-            "FORKMASTER_WORKER=7",
-            "--",
-            demo(),
-        ],
-    );
+    let mut master = Fixture::new(&dir)
+        .tcp()
+        .env("LISTEN_FDS=9")
+        .env("FORKMASTER_WORKER=7")
+        .start();
     // Either answer is fine: refuse the flag, or let forkmaster's values win.
     // Today the worker sees LISTEN_FDS=9 first, finds no listener at fd 4
     // and never boots, so the master gives up ("startup failed").

@@ -12,51 +12,6 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/init.d/forkmaster")
 }
 
-/// Kills, on drop, every master the pid file (or its `.oldbin`) named at
-/// any point, and their descendants: a failed assertion leaves nothing
-/// running. The daemon is not our child, so it is found by pid file only.
-struct Cleanup {
-    pid_file: PathBuf,
-    seen: Vec<i32>,
-}
-
-impl Cleanup {
-    fn new(pid_file: PathBuf) -> Cleanup {
-        Cleanup {
-            pid_file,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Remembers the masters the pid files name now.
-    fn note(&mut self) {
-        let oldbin = PathBuf::from(format!("{}.oldbin", self.pid_file.display()));
-        for file in [&self.pid_file, &oldbin] {
-            if let Some(pid) = read_pid(file) {
-                if !self.seen.contains(&pid) {
-                    self.seen.push(pid);
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        self.note();
-        for &pid in &self.seen {
-            if !is_running(pid) || !is_forkmaster(pid) {
-                continue;
-            }
-            let doomed = descendants_of(pid);
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-            for p in doomed {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
-            }
-        }
-    }
-}
-
 /// Whether `pid` runs our forkmaster binary (a pid can be reused).
 fn is_forkmaster(pid: i32) -> bool {
     let ours = std::fs::canonicalize(forkmaster()).ok();
@@ -220,7 +175,10 @@ fn serves_now(target: &Target) -> std::collections::HashMap<String, String> {
 fn init_script_drives_the_whole_life_of_a_service() {
     let dir = TempDir::new();
     let mut service = Service::new(&dir);
-    let mut cleanup = Cleanup::new(service.pid_file.clone());
+    // Every master the pid file (or its `.oldbin`) names at any point dies
+    // with the test: the daemon is not our child.
+    let mut cleanup = Guard::new();
+    cleanup.watch_pid_file(&service.pid_file);
     let target = service.target();
 
     // Not started yet: status 3, and stop is a success (LSB).
@@ -302,8 +260,8 @@ fn init_script_drives_the_whole_life_of_a_service() {
     // The rotated file may end with the line about out.log (stdout is
     // reopened first), never with anything logged after err.log was.
     let old = std::fs::read_to_string(&rotated).expect("read rotated log");
-    assert!(!old.contains(&err_reopened), "{old}");
-    assert!(!old.contains("event=usr1"), "{old}");
+    assert!(!old.contains(in_source(&err_reopened)), "{old}");
+    assert_no_event(&old, "usr1");
 
     // stop: graceful, and everything is gone when the script returns.
     let workers = descendants_of(second);
@@ -336,7 +294,8 @@ fn init_script_drives_the_whole_life_of_a_service() {
 fn init_script_start_reports_a_failed_startup() {
     let dir = TempDir::new();
     let mut service = Service::new(&dir);
-    let _cleanup = Cleanup::new(service.pid_file.clone());
+    let mut cleanup = Guard::new();
+    cleanup.watch_pid_file(&service.pid_file);
     let missing = dir.join("no-such-app");
     let text = std::fs::read_to_string(&service.config).expect("read config");
     let text = text.replace(demo(), &missing.display().to_string());

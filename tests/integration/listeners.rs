@@ -32,10 +32,7 @@ fn start_on_bare_port(dir: &TempDir) -> (Master, u16, String) {
             .and_then(|l| l.local_addr())
             .expect("find a free port")
             .port();
-        let mut master = Master::start(
-            dir,
-            &["-l", &port.to_string(), "--ready", "notify", "--", demo()],
-        );
+        let mut master = Fixture::new(dir).listen(port.to_string()).start();
         let bound = master.try_wait_for(secs(20), |m| {
             let log = m.log();
             if log.contains("event=listen addr=") {
@@ -73,10 +70,7 @@ fn bare_port_binds_all_ipv4_interfaces_and_serves() {
 #[test]
 fn ipv4_loopback_port_zero_gets_a_real_port_and_serves() {
     let dir = TempDir::new();
-    let mut master = Master::start(
-        &dir,
-        &["-l", "127.0.0.1:0", "--ready", "notify", "--", demo()],
-    );
+    let master = Fixture::new(&dir).tcp().start();
     let log = master.wait_ready();
     let addr = listen_addr(&log, 0);
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
@@ -92,7 +86,7 @@ fn ipv6_loopback_serves_when_the_machine_has_it() {
         return;
     }
     let dir = TempDir::new();
-    let mut master = Master::start(&dir, &["-l", "[::1]:0", "--ready", "notify", "--", demo()]);
+    let master = Fixture::new(&dir).listen("[::1]:0").start();
     let log = master.wait_ready();
     let addr = listen_addr(&log, 0);
     assert!(addr.is_ipv6() && addr.ip().is_loopback(), "{addr}");
@@ -105,17 +99,7 @@ fn ipv6_loopback_serves_when_the_machine_has_it() {
 fn unix_socket_serves() {
     let dir = TempDir::new();
     let path = dir.join("app.sock");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-    );
+    let master = Fixture::new(&dir).unix("app.sock").start();
     let log = master.wait_ready();
     assert!(
         log.contains(&format!("event=listen addr=unix:{} fd=3", path.display())),
@@ -129,21 +113,11 @@ fn unix_socket_serves() {
 #[test]
 fn listener_names_go_into_listen_fdnames_in_fd_order() {
     let dir = TempDir::new();
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-l",
-            "web=127.0.0.1:0",
-            "-l",
-            &dir.unix("plain.sock"),
-            "-l",
-            &format!("admin={}", dir.unix("admin.sock")),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-    );
+    let master = Fixture::new(&dir)
+        .listen("web=127.0.0.1:0")
+        .unix("plain.sock")
+        .listen(format!("admin={}", dir.unix("admin.sock")))
+        .start();
     let log = master.wait_ready();
     assert!(log.contains(" fd=3 name=web"), "{log}");
     assert!(log.contains(" fd=4 name=unknown"), "{log}");
@@ -185,7 +159,10 @@ fn yaml_map_listener_sets_name_backlog_and_socket_mode() {
         "{described}"
     );
 
-    let mut master = Master::start(&dir, &["-c", &cfg, "--ready", "notify", "--", demo()]);
+    let master = Fixture::config(&dir, &cfg)
+        .ready("notify")
+        .command(&[demo()])
+        .start();
     master.wait_ready();
     assert!(is_socket(&path));
     assert_eq!(mode_of(&path), 0o600, "the socket file's mode");
@@ -224,17 +201,7 @@ fn stale_unix_socket_file_is_replaced_and_served() {
     // A server that died without cleaning up: the file stays, nobody accepts.
     drop(UnixListener::bind(&path).expect("bind the soon stale socket"));
     assert!(is_socket(&path), "the stale socket file is there");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-    );
+    let master = Fixture::new(&dir).unix("app.sock").start();
     let log = master.wait_ready();
     assert!(
         log.contains(&format!(
@@ -251,17 +218,7 @@ fn live_unix_socket_refuses_to_start_and_is_left_alone() {
     let dir = TempDir::new();
     let path = dir.join("app.sock");
     let live = UnixListener::bind(&path).expect("bind the live socket");
-    let out = run(
-        &[
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-        secs(10),
-    );
+    let out = Fixture::new(&dir).unix("app.sock").run(secs(10));
     assert_one_line_error(
         &out,
         1,
@@ -277,17 +234,7 @@ fn regular_file_at_unix_path_refuses_to_start_and_is_left_alone() {
     let dir = TempDir::new();
     let path = dir.join("app.sock");
     std::fs::write(&path, "not a socket\n").expect("write regular file");
-    let out = run(
-        &[
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-        secs(10),
-    );
+    let out = Fixture::new(&dir).unix("app.sock").run(secs(10));
     assert_one_line_error(
         &out,
         1,
@@ -326,19 +273,10 @@ fn failed_start_removes_the_unix_socket_files_it_created() {
     let path = dir.join("first.sock");
     let held = TcpListener::bind("127.0.0.1:0").expect("bind a port to hold");
     let busy = held.local_addr().expect("local_addr").to_string();
-    let out = run(
-        &[
-            "-l",
-            &dir.unix("first.sock"),
-            "-l",
-            &busy,
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-        secs(10),
-    );
+    let out = Fixture::new(&dir)
+        .unix("first.sock")
+        .listen(busy)
+        .run(secs(10));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("address already in use"), "{stderr}");
@@ -353,17 +291,7 @@ fn failed_start_removes_the_unix_socket_files_it_created() {
 fn graceful_stop_removes_the_unix_socket_file() {
     let dir = TempDir::new();
     let path = dir.join("app.sock");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-    );
+    let mut master = Fixture::new(&dir).unix("app.sock").start();
     master.wait_ready();
     wait_serving(&Target::unix(&path));
     assert!(is_socket(&path));
@@ -377,17 +305,7 @@ fn graceful_stop_removes_the_unix_socket_file() {
 fn stop_leaves_a_socket_file_that_is_no_longer_ours() {
     let dir = TempDir::new();
     let path = dir.join("app.sock");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-    );
+    let mut master = Fixture::new(&dir).unix("app.sock").start();
     master.wait_ready();
     wait_serving(&Target::unix(&path));
     // A newer server took the path over while this master runs.

@@ -35,29 +35,13 @@ impl Logged {
     /// Starts two workers; the guard's log is the stderr file from then on.
     /// Returns the master and what the master's inherited stderr received.
     fn start(&self) -> (Master, PathBuf) {
-        let mut master = Master::start(
-            &self.dir,
-            &[
-                "-w",
-                "2",
-                "--ready",
-                "notify",
-                "-p",
-                self.pid_file.to_str().unwrap(),
-                "-l",
-                &self.dir.unix("app.sock"),
-                "--stdout-path",
-                self.out.to_str().unwrap(),
-                "--stderr-path",
-                self.err.to_str().unwrap(),
-                "--",
-                "/bin/sh",
-                "-c",
-                STDOUT_THEN_DEMO,
-                demo(),
-            ],
-        );
-        master.pid_file = Some(self.pid_file.clone());
+        let mut master = Fixture::new(&self.dir)
+            .workers(2)
+            .pid_file(&self.pid_file)
+            .unix("app.sock")
+            .log_files(&self.out, &self.err)
+            .command(&["/bin/sh", "-c", STDOUT_THEN_DEMO, demo()])
+            .start();
         let inherited = std::mem::replace(&mut master.log_path, self.err.clone());
         master.wait_ready();
         (master, inherited)
@@ -121,10 +105,10 @@ fn every_line_follows_the_files_across_a_rotation() {
     // Every worker got USR1 after the switch: its line is in the new file.
     for pid in &workers {
         let usr1 = format!("demo pid={pid} worker=");
-        wait_for(
+        master.wait_for(
             &format!("{usr1}.. event=usr1 in the new file"),
             secs(10),
-            || {
+            |_| {
                 file_text(&app.err)
                     .lines()
                     .any(|l| l.starts_with(&usr1) && l.ends_with("event=usr1"))
@@ -144,7 +128,7 @@ fn every_line_follows_the_files_across_a_rotation() {
         .expect("crash line");
     assert!(workers.contains(&crashed), "{crashed} {workers:?}");
     wait_file(&app.err, &format!("pid={crashed} event=exit"), secs(10));
-    let replacement = wait_for("a replacement worker", secs(20), || {
+    let replacement = master.wait_for("a replacement worker", secs(20), |_| {
         let now = master.children();
         let new: Vec<i32> = now.into_iter().filter(|p| !workers.contains(p)).collect();
         (new.len() == 1).then(|| new[0])
@@ -170,8 +154,8 @@ fn every_line_follows_the_files_across_a_rotation() {
     );
     assert_eq!(size(&rotated(&app.out)), old_out_size);
     let old = file_text(&rotated(&app.err));
-    assert!(!old.contains("event=usr1"), "{old}");
-    assert!(!old.contains("event=crash"), "{old}");
+    assert_no_event(&old, "usr1");
+    assert_no_event(&old, "crash");
     assert!(!file_text(&rotated(&app.out)).contains(&format!("pid={replacement} ")));
 }
 

@@ -1,6 +1,10 @@
 //! Integration tests: the real binary, the real demo app, real sockets and
 //! real signals. One test binary, one module per area.
 
+mod fixture;
+mod guard;
+mod harness;
+mod source;
 mod support;
 
 mod clients;

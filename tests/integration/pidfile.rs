@@ -20,19 +20,7 @@ fn wait_pid_file(master: &mut Master, path: &Path) -> String {
 }
 
 fn start_with_pid_file(dir: &TempDir, pid_file: &Path) -> Master {
-    Master::start(
-        dir,
-        &[
-            "-p",
-            &pid_file.display().to_string(),
-            "-l",
-            "127.0.0.1:0",
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-    )
+    Fixture::new(dir).pid_file(pid_file).tcp().start()
 }
 
 fn quit(master: &mut Master) {
@@ -66,19 +54,10 @@ fn pid_file_naming_a_live_process_refuses_to_start_and_binds_nothing() {
     // The test process itself is certainly alive.
     let live = std::process::id();
     std::fs::write(&pid_file, format!("{live}\n")).expect("write pid file");
-    let out = run(
-        &[
-            "-p",
-            &pid_file.display().to_string(),
-            "-l",
-            &dir.unix("app.sock"),
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-        secs(10),
-    );
+    let out = Fixture::new(&dir)
+        .pid_file(&pid_file)
+        .unix("app.sock")
+        .run(secs(10));
     assert_one_line_error(
         &out,
         1,
@@ -199,22 +178,10 @@ fn writing_the_pid_file_leaves_no_temp_files() {
 fn pid_file_in_a_missing_directory_fails_naming_it() {
     let dir = TempDir::new();
     let pid_file = dir.join("missing/app.pid");
-    let out = run(
-        &[
-            "-p",
-            &pid_file.display().to_string(),
-            "-l",
-            "127.0.0.1:0",
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-        secs(10),
-    );
+    let out = Fixture::new(&dir).pid_file(&pid_file).tcp().run(secs(10));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_no_panic(&stderr);
     // The listen line is logged first; the error is the last line.
     let last = stderr.lines().last().unwrap_or_default();
     assert_eq!(

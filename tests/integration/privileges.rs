@@ -8,10 +8,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 macro_rules! needs_root {
     ($name:expr) => {
         if !is_root() {
@@ -69,28 +65,13 @@ fn workers_run_as_the_user_and_the_master_stays_root() {
     let (out, err) = (dir.join("out.log"), dir.join("err.log"));
     let sock = dir.join("app.sock");
     let pid_file = dir.join("app.pid");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-w",
-            "2",
-            "--ready",
-            "notify",
-            "--user",
-            "nobody",
-            "-p",
-            pid_file.to_str().unwrap(),
-            "-l",
-            &dir.unix("app.sock"),
-            "--stdout-path",
-            out.to_str().unwrap(),
-            "--stderr-path",
-            err.to_str().unwrap(),
-            "--",
-            demo(),
-        ],
-    );
-    master.pid_file = Some(pid_file.clone());
+    let mut master = Fixture::new(&dir)
+        .workers(2)
+        .args(&["--user", "nobody"])
+        .pid_file(&pid_file)
+        .unix("app.sock")
+        .log_files(&out, &err)
+        .start();
     master.log_path = err.clone();
     master.wait_ready();
 
@@ -119,7 +100,7 @@ fn workers_run_as_the_user_and_the_master_stays_root() {
 
     // A crashed worker comes back as nobody.
     assert!(get(&target, "/crash").is_err(), "/crash answered");
-    let replacement = wait_for("a replacement worker", secs(20), || {
+    let replacement = master.wait_for("a replacement worker", secs(20), |_| {
         let new: Vec<i32> = master
             .children()
             .into_iter()
@@ -152,21 +133,11 @@ fn group_sets_the_workers_gid() {
     let gid = nogroup.gid.as_raw();
     let dir = TempDir::new();
     let sock = dir.join("app.sock");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-w",
-            "2",
-            "--ready",
-            "notify",
-            "--group",
-            &nogroup.name,
-            "-l",
-            &dir.unix("app.sock"),
-            "--",
-            demo(),
-        ],
-    );
+    let master = Fixture::new(&dir)
+        .workers(2)
+        .args(&["--group", &nogroup.name])
+        .unix("app.sock")
+        .start();
     master.wait_ready();
     assert_eq!(
         ids(master.pid(), "Gid"),
@@ -259,23 +230,11 @@ fn umask_applies_to_created_files_and_workers() {
     let dir = TempDir::new();
     let (out, err) = (dir.join("out.log"), dir.join("err.log"));
     let sock = dir.join("app.sock");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "--umask",
-            "0077",
-            "--ready",
-            "notify",
-            "-l",
-            &dir.unix("app.sock"),
-            "--stdout-path",
-            out.to_str().unwrap(),
-            "--stderr-path",
-            err.to_str().unwrap(),
-            "--",
-            demo(),
-        ],
-    );
+    let mut master = Fixture::new(&dir)
+        .args(&["--umask", "0077"])
+        .unix("app.sock")
+        .log_files(&out, &err)
+        .start();
     master.log_path = err.clone();
     master.wait_ready();
     let mode = |path: &Path| {

@@ -38,7 +38,7 @@ fn only_generation(app: &App, master: &Master, generation: u32, workers: usize) 
     );
     assert_eq!(status["generation"], generation);
     let pids = worker_pids(&status);
-    wait_for("the replaced workers to exit", secs(30), || {
+    master.wait_for("the replaced workers to exit", secs(30), |_| {
         (master.children().into_iter().collect::<BTreeSet<_>>() == pids).then_some(())
     });
     status
@@ -101,7 +101,7 @@ fn replacements(log: &str) -> Vec<(String, String)> {
 #[test]
 fn a_reload_replaces_every_worker_one_at_a_time() {
     let app = App::new(3, "");
-    let mut master = app.start();
+    let master = app.start();
     let before = worker_pids(&app.status());
     app.set_token("reloaded");
     let status = reload_ok(&app, &master, 2, 3);
@@ -212,7 +212,7 @@ fn a_new_command_applies() {
 #[test]
 fn an_invalid_config_changes_nothing() {
     let app = App::new(2, "");
-    let mut master = app.start();
+    let master = app.start();
     let before = app.status();
     std::fs::write(&app.config, "workers: [\n").unwrap();
     // `-c` cannot find the master through a broken file: usage error, no signal.
@@ -233,7 +233,7 @@ fn an_invalid_config_changes_nothing() {
     );
     let log = master.wait_log("event=reload-failed", secs(10));
     assert!(log.contains("action=\"nothing changed\""), "{log}");
-    assert!(!log.contains("event=reload-start"), "{log}");
+    assert_no_event(&log, "reload-start");
     let after = app.status();
     assert_eq!(worker_pids(&after), worker_pids(&before));
     assert_eq!(after["generation"], 1);
@@ -328,7 +328,7 @@ fn a_change_of_listeners_waits_for_an_upgrade() {
 #[test]
 fn a_second_hup_supersedes_a_rollout_in_progress() {
     let app = App::new(3, "");
-    let mut master = app.start();
+    let master = app.start();
     let first = app.dir.join("token-first");
     let last = app.dir.join("token-last");
     std::fs::write(&first, "first").unwrap();
@@ -351,7 +351,7 @@ fn a_second_hup_supersedes_a_rollout_in_progress() {
         log.contains("event=reload-abandoned reason=\"superseded by a new HUP\""),
         "{log}"
     );
-    assert!(!log.contains("event=reload-done generation=2"), "{log}");
+    assert_not_logged(&log, "event=reload-done generation=2");
     every_worker_answers(&app, &worker_pids(&status), "/", |body| {
         body.contains("token=last") && body.contains("generation=3")
     });
@@ -362,7 +362,7 @@ fn a_second_hup_supersedes_a_rollout_in_progress() {
 #[test]
 fn an_invalid_config_does_not_stop_a_rollout_in_progress() {
     let app = App::new(3, "");
-    let mut master = app.start();
+    let master = app.start();
     // The first reload's replacements boot for 1s each.
     app.set_token("first");
     app.write_config(3, &app.env_line(&[("DEMO_BOOT_DELAY", "1s")]));

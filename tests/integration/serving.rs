@@ -5,22 +5,7 @@ use crate::support::*;
 #[test]
 fn serves_on_tcp_and_unix_with_stable_worker_indexes() {
     let dir = TempDir::new();
-    let sock = dir.unix("app.sock");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-w",
-            "2",
-            "-l",
-            "127.0.0.1:0",
-            "-l",
-            &sock,
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-    );
+    let master = Fixture::new(&dir).workers(2).tcp().unix("app.sock").start();
     let log = master.wait_ready();
     let tcp = Target::Tcp(listen_addr(&log, 0));
     let unix = Target::unix(dir.join("app.sock"));

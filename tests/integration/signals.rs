@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 
 /// Starts `forkmaster -w N -l unix:<dir>/app.sock --ready notify EXTRA -- demo`.
 fn start(dir: &TempDir, workers: usize, extra: &[&str]) -> Master {
-    let sock = dir.unix("app.sock");
-    let n = workers.to_string();
-    let mut args = vec!["-w", &n, "-l", &sock, "--ready", "notify"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", demo()]);
-    Master::start(dir, &args)
+    Fixture::new(dir)
+        .workers(workers)
+        .unix("app.sock")
+        .args(extra)
+        .start()
 }
 
 fn app(dir: &TempDir) -> Target {
@@ -43,10 +42,10 @@ fn request_in_flight(
             .any(|p| open_connections(p) > 0)
     };
     // Earlier connections linger briefly after their response: let them go first.
-    wait_for("no open connection", secs(10), || (!busy()).then_some(()));
+    master.wait_for("no open connection", secs(10), |_| (!busy()).then_some(()));
     let (target, path) = (target.clone(), path.to_string());
     let request = std::thread::spawn(move || get(&target, &path));
-    wait_for("a worker to hold the request", secs(10), || {
+    master.wait_for("a worker to hold the request", secs(10), |_| {
         busy().then_some(())
     });
     request
@@ -172,7 +171,7 @@ fn quit_lets_the_in_flight_request_finish_then_exits_cleanly() {
         2,
         "{log}"
     );
-    assert!(!log.contains("mode=quick"), "{log}");
+    assert_not_logged(&log, "mode=quick");
     assert_clean_exit(&log);
     assert_gone(&workers, &log);
     assert_socket_removed(&dir, &log);
@@ -302,7 +301,7 @@ fn int_stops_quickly() {
 #[test]
 fn ttin_adds_a_worker_in_the_next_slot() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 2, &[]);
+    let master = start(&dir, 2, &[]);
     master.wait_ready();
     let before = wait_children(&master, 2);
 
@@ -330,7 +329,7 @@ fn ttin_adds_a_worker_in_the_next_slot() {
 #[test]
 fn ttou_stops_the_highest_slot_first() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 3, &[]);
+    let master = start(&dir, 3, &[]);
     let log = master.wait_ready();
     wait_children(&master, 3);
     let pid_of = |slot: usize| {
@@ -436,7 +435,7 @@ fn winch_stops_every_worker_but_keeps_the_master() {
 #[test]
 fn usr1_is_forwarded_to_every_worker() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 2, &[]);
+    let master = start(&dir, 2, &[]);
     master.wait_ready();
     let workers = wait_children(&master, 2);
 
@@ -537,8 +536,8 @@ fn a_storm_of_signals_leaves_the_master_responsive_with_its_workers() {
     assert!(answer["worker"] == "0" || answer["worker"] == "1");
     let log = master.log();
     assert!(log.contains("event=reopen-logs"), "{log}");
-    assert!(!log.contains("event=stop mode="), "{log}");
-    assert!(!log.contains("panicked"), "{log}");
+    assert_not_logged(&log, "event=stop mode=");
+    assert_no_panic(&log);
     assert_master_running(&mut master);
 }
 
@@ -559,7 +558,7 @@ fn a_stop_signal_for_a_worker_not_yet_exec_d_does_not_reach_the_master() {
         let log = master.log();
         assert!(status.success(), "round {round}: {status}; log:\n{log}");
         assert!(
-            !log.contains("event=stop mode=quick"),
+            !log.contains(in_source("event=stop mode=quick")),
             "round {round}: only QUIT was sent, yet the master stopped quickly; log:\n{log}"
         );
     }

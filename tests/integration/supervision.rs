@@ -6,17 +6,15 @@ use crate::support::*;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-/// Starts `forkmaster -w N -l unix:<dir>/app.sock EXTRA -- COMMAND`. Workers
-/// run in `dir`, so a core dump from `/crash` lands there.
-fn start(dir: &TempDir, workers: usize, extra: &[&str], command: &[&str]) -> Master {
-    let sock = dir.unix("app.sock");
-    let n = workers.to_string();
-    let cwd = dir.path.to_string_lossy().into_owned();
-    let mut args = vec!["-w", &n, "-l", &sock, "--working-directory", &cwd];
-    args.extend_from_slice(extra);
-    args.push("--");
-    args.extend_from_slice(command);
-    Master::start(dir, &args)
+/// `forkmaster -w N -l unix:<dir>/app.sock --ready notify -- demo`, to
+/// which each test adds its own. Workers run in `dir`, so a core dump from
+/// `/crash` lands there.
+fn fixture(dir: &TempDir, workers: usize) -> Fixture<'_> {
+    Fixture::new(dir)
+        .workers(workers)
+        .unix("app.sock")
+        .arg("--working-directory")
+        .arg(dir.path.to_string_lossy())
 }
 
 fn app(dir: &TempDir) -> Target {
@@ -78,15 +76,10 @@ fn last_ready(log: &str, slot: usize) -> i32 {
         .unwrap_or_else(|| panic!("worker {slot} never ready; log:\n{log}"))
 }
 
-fn kill(pid: i32, signal: Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-        .unwrap_or_else(|e| panic!("kill {pid}: {e}"));
-}
-
 #[test]
 fn a_crashed_worker_is_logged_by_signal_and_respawned_in_its_slot() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 2, &["--ready", "notify"], &[demo()]);
+    let master = fixture(&dir, 2).start();
     master.wait_ready();
     wait_children(&master, 2);
 
@@ -121,7 +114,7 @@ fn a_crashed_worker_is_logged_by_signal_and_respawned_in_its_slot() {
 #[test]
 fn a_worker_exit_status_is_logged_and_the_worker_respawned() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 1, &["--ready", "notify"], &[demo()]);
+    let master = fixture(&dir, 1).start();
     let log = master.wait_ready();
     let dead = last_ready(&log, 0);
 
@@ -144,7 +137,7 @@ fn a_worker_exit_status_is_logged_and_the_worker_respawned() {
 #[test]
 fn a_crash_loop_backs_off_exponentially() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 1, &["--ready", "notify"], &[demo()]);
+    let master = fixture(&dir, 1).start();
     // Each worker crashes right after it is ready, long before it would count
     // as healthy (plan::HEALTHY_AFTER, 10s): the failures pile up.
     let mut crashed_at = Vec::new();
@@ -254,12 +247,12 @@ fn linked_app(dir: &TempDir) -> String {
 fn an_exec_failure_after_startup_is_reported_as_such_and_retried() {
     let dir = TempDir::new();
     let program = linked_app(&dir);
-    let mut master = start(&dir, 1, &["--ready", "notify"], &[&program]);
+    let mut master = fixture(&dir, 1).command(&[&program]).start();
     let log = master.wait_ready();
     let first = last_ready(&log, 0);
 
     std::fs::remove_file(&program).expect("remove the app");
-    kill(first, Signal::SIGKILL);
+    send_signal(first, Signal::SIGKILL);
     let log = master.wait_log("event=exec-failed", secs(10));
     let failed = master_lines(&log, "event=exec-failed")[0];
     let expected = format!("worker=0 exec {program}: No such file or directory pid=");
@@ -269,7 +262,7 @@ fn an_exec_failure_after_startup_is_reported_as_such_and_retried() {
         "worker=0 pid={pid} event=exit status=127 reason=\"exec {program}: No such file or directory\""
     );
     let log = master.wait_log(&exit, secs(10));
-    assert!(!log.contains("exited with status 127"), "{log}");
+    assert_not_logged(&log, "exited with status 127");
     assert_master_running(&mut master);
 
     // The master keeps retrying with backoff; once the app is back, it serves.
@@ -295,7 +288,7 @@ fn exec_failures_of_many_workers_at_once_are_all_reported() {
 
     let dir = TempDir::new();
     let program = linked_app(&dir);
-    let mut master = start(&dir, 64, &["--ready", "notify"], &[&program]);
+    let master = fixture(&dir, 64).command(&[&program]).start();
     master.wait_ready();
     let workers = wait_children(&master, 64);
     let notify = proc_environ(workers[0])["NOTIFY_SOCKET"].clone();
@@ -317,7 +310,7 @@ fn exec_failures_of_many_workers_at_once_are_all_reported() {
     };
     std::fs::remove_file(&program).expect("remove the app");
     for pid in workers {
-        kill(pid, Signal::SIGKILL);
+        send_signal(pid, Signal::SIGKILL);
     }
     // Three rounds of failed respawns of all 64 slots (backoff 100, 200, 400ms).
     let log = master.try_wait_for(secs(30), |m| {
@@ -344,7 +337,7 @@ fn exec_failures_of_many_workers_at_once_are_all_reported() {
 #[test]
 fn delay_readiness_waits_the_delay() {
     let dir = TempDir::new();
-    let mut master = start(&dir, 1, &["--ready", "delay:300ms"], &[demo()]);
+    let master = fixture(&dir, 1).ready("delay:300ms").start();
     let log = master.wait_ready();
     let ready = &master_events(&log, "ready")[0];
     let boot_ms: u64 = ready["boot_ms"].parse().expect("boot_ms");
@@ -354,12 +347,7 @@ fn delay_readiness_waits_the_delay() {
 #[test]
 fn notify_readiness_waits_for_ready_1() {
     let dir = TempDir::new();
-    let mut master = start(
-        &dir,
-        1,
-        &["--ready", "notify", "--env", "DEMO_BOOT_DELAY=300ms"],
-        &[demo()],
-    );
+    let master = fixture(&dir, 1).env("DEMO_BOOT_DELAY=300ms").start();
     let log = master.wait_ready();
     assert!(log.contains("event=booting delay_ms=300"), "{log}");
     let ready = &master_events(&log, "ready")[0];
@@ -371,19 +359,10 @@ fn notify_readiness_waits_for_ready_1() {
 fn workers_never_ready_at_first_start_fail_the_startup_after_three_attempts() {
     let dir = TempDir::new();
     let started = now_ms();
-    let mut master = start(
-        &dir,
-        1,
-        &[
-            "--ready",
-            "notify",
-            "--ready-timeout",
-            "500ms",
-            "--env",
-            "DEMO_NO_READY=1",
-        ],
-        &[demo()],
-    );
+    let mut master = fixture(&dir, 1)
+        .args(&["--ready-timeout", "500ms"])
+        .env("DEMO_NO_READY=1")
+        .start();
     let status = master.wait_exit(secs(30));
     let log = master.log();
     assert_eq!(status.code(), Some(1), "{status}; log:\n{log}");
@@ -424,19 +403,17 @@ fn a_worker_never_ready_while_others_serve_is_killed_and_replaced() {
     // get ready on a loaded machine.
     let script = r#"if [ "$FORKMASTER_WORKER" = 1 ]; then DEMO_NO_READY=1; export DEMO_NO_READY; fi; exec "$0""#;
     let ready_timeout = flag(secs(2));
-    let mut master = start(
-        &dir,
-        2,
-        &["--ready", "notify", "--ready-timeout", &ready_timeout],
-        &["/bin/sh", "-c", script, demo()],
-    );
+    let mut master = fixture(&dir, 2)
+        .args(&["--ready-timeout", &ready_timeout])
+        .command(&["/bin/sh", "-c", script, demo()])
+        .start();
     let log = master.wait_log_count("worker=1 event=respawn delay=", 2, secs(30));
     let timeouts: Vec<_> = master_events(&log, "ready-timeout");
     assert!(timeouts.len() >= 2, "{log}");
     assert!(timeouts.iter().all(|t| t["worker"] == "1"), "{log}");
     assert_ne!(event_pid(&timeouts[0]), event_pid(&timeouts[1]));
     assert!(log.contains("worker=1 event=respawn delay=200ms"), "{log}");
-    assert!(!log.contains("startup-failed"), "{log}");
+    assert_not_logged(&log, "startup-failed");
     assert_master_running(&mut master);
     let answer = wait_serving(&app(&dir));
     assert_eq!(answer["worker"], "0");
@@ -449,12 +426,9 @@ fn the_watchdog_spares_a_pinging_worker_and_replaces_a_silent_one() {
     // 2s rather than 1s: the demo pings every third of it, and a thread can
     // stall for most of a second on a machine loaded by parallel tests.
     let timeout = secs(2);
-    let mut master = start(
-        &dir,
-        1,
-        &["--ready", "notify", "--timeout", &flag(timeout)],
-        &[demo()],
-    );
+    let master = fixture(&dir, 1)
+        .args(&["--timeout", &flag(timeout)])
+        .start();
     let log = master.wait_ready();
     let pid = last_ready(&log, 0);
 
@@ -464,7 +438,7 @@ fn the_watchdog_spares_a_pinging_worker_and_replaces_a_silent_one() {
     while Instant::now() < hold {
         let log = master.log();
         assert!(
-            !log.contains("event=watchdog-timeout") && master.children() == [pid],
+            !log.contains(in_source("event=watchdog-timeout")) && master.children() == [pid],
             "the pinging worker {pid} was replaced; log:\n{log}"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -489,19 +463,7 @@ fn the_watchdog_spares_a_pinging_worker_and_replaces_a_silent_one() {
 #[test]
 fn a_sigkilled_master_leaves_no_worker_and_frees_its_port() {
     let dir = TempDir::new();
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-w",
-            "2",
-            "-l",
-            "127.0.0.1:0",
-            "--ready",
-            "notify",
-            "--",
-            demo(),
-        ],
-    );
+    let mut master = Fixture::new(&dir).workers(2).tcp().start();
     let log = master.wait_ready();
     let addr = listen_addr(&log, 0);
     let workers = wait_children(&master, 2);
@@ -525,12 +487,9 @@ fn a_notification_from_a_process_that_is_not_a_worker_is_ignored() {
     let dir = TempDir::new();
     // Slot 0 serves; slot 1 stays booting for a minute.
     let script = r#"if [ "$FORKMASTER_WORKER" = 1 ]; then DEMO_BOOT_DELAY=60s; export DEMO_BOOT_DELAY; fi; exec "$0""#;
-    let mut master = start(
-        &dir,
-        2,
-        &["--ready", "notify"],
-        &["/bin/sh", "-c", script, demo()],
-    );
+    let mut master = fixture(&dir, 2)
+        .command(&["/bin/sh", "-c", script, demo()])
+        .start();
     let log = master.wait_log("event=ready boot_ms=", secs(20));
     let booting = master_events(&log, "spawn")
         .iter()
@@ -557,7 +516,7 @@ fn a_notification_from_a_process_that_is_not_a_worker_is_ignored() {
         secs(10),
     );
     assert_eq!(log.matches("event=ready boot_ms=").count(), 1, "{log}");
-    assert!(!log.contains("event=all-ready"), "{log}");
+    assert_no_event(&log, "all-ready");
     assert!(is_running(booting), "{log}");
     assert_master_running(&mut master);
 }
@@ -569,23 +528,12 @@ fn a_ready_timeout_shorter_than_the_spawn_pass_kills_no_ready_worker() {
     // master reads their READY=1 only after the pass. Their clocks must start
     // when it can hear them.
     let dir = TempDir::new();
-    let sock = dir.unix("app.sock");
-    let mut master = Master::start(
-        &dir,
-        &[
-            "-w",
-            "600",
-            "-l",
-            &sock,
-            "--ready",
-            "notify",
-            "--ready-timeout",
-            "200ms",
-            "--",
-            demo(),
-        ],
-    );
+    let master = Fixture::new(&dir)
+        .workers(600)
+        .unix("app.sock")
+        .args(&["--ready-timeout", "200ms"])
+        .start();
     let log = master.wait_log("event=all-ready workers=600", secs(60));
-    assert!(!log.contains("event=ready-timeout"), "{log}");
+    assert_no_event(&log, "ready-timeout");
     assert_eq!(log.matches("event=spawn").count(), 600);
 }

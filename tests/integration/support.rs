@@ -1,6 +1,9 @@
-//! The harness: temp dirs, a guard around each master we start, waiting on
-//! conditions with deadlines (never sleeping to synchronise), a tiny HTTP
-//! client over TCP or Unix sockets, and /proc readers.
+//! The harness: temp dirs, the running master (started by `fixture`,
+//! killed by its `guard`) whose waits fail fast once it has exited, waiting
+//! on conditions with deadlines (never sleeping to synchronise), a tiny HTTP
+//! client over TCP or Unix sockets, and /proc readers. It re-exports the
+//! builder, the guard and the src/-checked absence asserts (`source`), so a
+//! test needs only `use crate::support::*`.
 //!
 //! Deadlines scale with `FORKMASTER_TEST_TIMEOUT_SCALE` for slow machines.
 
@@ -17,6 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use crate::fixture::Fixture;
+pub use crate::guard::{oldbin_of, processes_naming, Guard};
+pub use crate::source::{
+    assert_no_event, assert_no_panic, assert_not_logged, event_in_source, in_source,
+};
 pub use nix::sys::signal::Signal;
 
 pub fn forkmaster() -> &'static str {
@@ -81,57 +89,34 @@ impl Drop for TempDir {
     }
 }
 
-/// A running master, killed with all its descendants and reaped when dropped.
+/// A running master. Its [`Guard`] kills it, its descendants and every
+/// master its pid file names (later generations are not our children) when
+/// dropped; the master itself is then reaped.
+///
+/// Every wait on the master fails fast: once the master has exited (and no
+/// master its pid file names lives on), the wait checks its condition one
+/// last time and then panics at once with the exit status and the tail of
+/// the log, instead of running out its deadline.
 pub struct Master {
     pub child: Child,
     pub log_path: PathBuf,
     status: Option<ExitStatus>,
-    /// Masters started by upgrades are found through the pid file.
+    /// Where the master writes its pid, if it does.
     pub pid_file: Option<PathBuf>,
+    guard: Guard,
 }
 
 impl Master {
-    /// Starts `forkmaster ARGS` with stdin from /dev/null and both output
-    /// streams into `<dir>/<name>.log`.
-    pub fn start(dir: &TempDir, args: &[&str]) -> Master {
-        Master::start_with(dir, args, |_| {})
+    /// Watches `path` for masters started by upgrades: they are killed with
+    /// this one, and a wait does not fail while one of them lives.
+    pub fn watch_pid_file(&mut self, path: &Path) {
+        self.pid_file = Some(path.to_path_buf());
+        self.guard.watch_pid_file(path);
     }
 
-    pub fn start_with(dir: &TempDir, args: &[&str], setup: impl FnOnce(&mut Command)) -> Master {
-        Master::start_program_with(dir, Path::new(forkmaster()), args, setup)
-    }
-
-    /// Starts the master as `program ARGS` (e.g. a symlink to the binary, so
-    /// that an upgrade re-execs whatever that path names then).
-    pub fn start_program(dir: &TempDir, program: &Path, args: &[&str]) -> Master {
-        Master::start_program_with(dir, program, args, |_| {})
-    }
-
-    /// `start_program` with a last say on the command (e.g. other streams).
-    pub fn start_program_with(
-        dir: &TempDir,
-        program: &Path,
-        args: &[&str],
-        setup: impl FnOnce(&mut Command),
-    ) -> Master {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let log_path = dir.join(&format!("master-{n}.log"));
-        let log = std::fs::File::create(&log_path).expect("create log");
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .env_remove("RUST_LOG");
-        setup(&mut cmd);
-        let child = cmd.spawn().expect("spawn forkmaster");
-        Master {
-            child,
-            log_path,
-            status: None,
-            pid_file: None,
-        }
+    /// The guard, to hand it more processes that die with this master.
+    pub fn guard(&mut self) -> &mut Guard {
+        &mut self.guard
     }
 
     pub fn pid(&self) -> i32 {
@@ -147,30 +132,91 @@ impl Master {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Waits until the log holds `needle` at least `count` times.
-    pub fn wait_log_count(&mut self, needle: &str, count: usize, timeout: Duration) -> String {
-        let what = format!("{count} x {needle:?} in the master log");
-        let result = self.try_wait_for(timeout, |m| {
-            let log = m.log();
-            (log.matches(needle).count() >= count).then_some(log)
-        });
-        result.unwrap_or_else(|| panic!("timed out waiting for {what}; log:\n{}", self.log()))
+    /// The last lines of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+    /// How the master exited, without reaping it; `None` while it runs.
+    pub fn exited(&self) -> Option<String> {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        if let Some(status) = self.status {
+            return Some(status.to_string());
+        }
+        if is_running(self.pid()) {
+            return None;
+        }
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(nix::unistd::Pid::from_raw(self.pid())), flags) {
+            Ok(WaitStatus::Exited(_, code)) => Some(format!("exit status: {code}")),
+            Ok(WaitStatus::Signaled(_, signal, _)) => Some(format!("killed by {signal}")),
+            Ok(WaitStatus::StillAlive) => None,
+            Ok(other) => Some(format!("{other:?}")),
+            // Already reaped (by `child.try_wait` in the test).
+            Err(_) => Some("exited, already reaped".to_string()),
+        }
+    }
+
+    /// `Some(how)` once the master has exited and no master its pid file
+    /// names (a later generation) lives on.
+    fn dead(&self) -> Option<String> {
+        let how = self.exited()?;
+        let others: Vec<i32> = self
+            .guard
+            .pid_file_masters()
+            .into_iter()
+            .filter(|p| *p != self.pid())
+            .collect();
+        others.is_empty().then_some(how)
+    }
+
+    /// Panics with how the master exited and the tail of its log.
+    #[track_caller]
+    fn panic_dead(&self, how: &str, what: &str) -> ! {
+        panic!(
+            "master {} exited ({how}) while waiting for {what}; last lines of its log:\n{}",
+            self.pid(),
+            self.log_tail()
+        );
+    }
+
+    /// Waits until the log holds `needle` at least `count` times.
+    pub fn wait_log_count(&self, needle: &str, count: usize, timeout: Duration) -> String {
+        let what = format!("{count} x {needle:?} in the master log");
+        self.wait_for(&what, timeout, |m| {
+            let log = m.log();
+            (log.matches(needle).count() >= count).then_some(log)
+        })
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
         self.wait_log_count(needle, 1, timeout)
     }
 
     /// Waits until every configured worker is ready (the `all-ready` line).
-    pub fn wait_ready(&mut self) -> String {
+    pub fn wait_ready(&self) -> String {
         self.wait_log("event=all-ready", secs(20))
     }
 
-    /// Polls `check` until `Some`; `None` if the deadline passes or the
-    /// master exits first (then the caller's panic shows the log).
+    /// Polls `check` until `Some`; `None` if the deadline passes. If the
+    /// master exits first, `check` gets one last look (the log is complete
+    /// now) and then the wait panics with the exit status and the log.
+    #[track_caller]
     pub fn try_wait_for<T>(
-        &mut self,
+        &self,
         timeout: Duration,
+        check: impl FnMut(&Master) -> Option<T>,
+    ) -> Option<T> {
+        self.poll(timeout, "a condition", check)
+    }
+
+    #[track_caller]
+    fn poll<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
         mut check: impl FnMut(&Master) -> Option<T>,
     ) -> Option<T> {
         let deadline = Instant::now() + timeout;
@@ -178,11 +224,35 @@ impl Master {
             if let Some(value) = check(self) {
                 return Some(value);
             }
+            if let Some(how) = self.dead() {
+                if let Some(value) = check(self) {
+                    return Some(value);
+                }
+                self.panic_dead(&how, what);
+            }
             if Instant::now() > deadline {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Polls `check` until `Some`; panics naming `what` with the log tail at
+    /// the deadline, or at once if the master exits first (see
+    /// `try_wait_for`).
+    #[track_caller]
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl FnMut(&Master) -> Option<T>,
+    ) -> T {
+        self.poll(timeout, what, check).unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last lines of the log:\n{}",
+                self.log_tail()
+            )
+        })
     }
 
     /// Waits for the master to exit; panics with its log if it does not.
@@ -214,29 +284,38 @@ impl Master {
 
 impl Drop for Master {
     fn drop(&mut self) {
-        // Later generations (USR2) are not our children: find them by pid file.
-        if let Some(path) = &self.pid_file {
-            let oldbin = PathBuf::from(format!("{}.oldbin", path.display()));
-            for file in [path, &oldbin] {
-                let Some(pid) = read_pid(file) else { continue };
-                if pid == self.pid() || !is_running(pid) {
-                    continue;
-                }
-                let doomed = descendants_of(pid);
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                for p in doomed {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
-                }
-            }
-        }
+        // The guard watches this master too (see `spawn_master`), so it is
+        // killed with its descendants; reaping it is ours.
+        self.guard.kill_all();
         if self.status.is_none() {
-            let doomed = descendants_of(self.pid());
             let _ = self.child.kill();
-            for pid in doomed {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-            }
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Spawns `cmd` as a guarded master: stdin from /dev/null, both output
+/// streams into `<dir>/master-<n>.log`, no `RUST_LOG`; `setup` has the last
+/// say (`Fixture::start` is the way in).
+pub fn spawn_master(dir: &TempDir, mut cmd: Command, setup: impl FnOnce(&mut Command)) -> Master {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let log_path = dir.join(&format!("master-{n}.log"));
+    let log = std::fs::File::create(&log_path).expect("create log");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .env_remove("RUST_LOG");
+    setup(&mut cmd);
+    let child = cmd.spawn().expect("spawn forkmaster");
+    let mut guard = Guard::new();
+    guard.watch_pid(child.id() as i32);
+    Master {
+        child,
+        log_path,
+        status: None,
+        pid_file: None,
+        guard,
     }
 }
 
@@ -442,27 +521,6 @@ pub fn client(args: &[&str], timeout: Duration) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Starts any command that becomes forkmaster (e.g. `/bin/sh -c '... exec
-/// forkmaster ...'`, which keeps the shell's pid), guarded like `start`:
-/// stdin from /dev/null, both output streams into `<dir>/spawned-<n>.log`.
-pub fn spawn_master(dir: &TempDir, mut cmd: Command) -> Master {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let log_path = dir.join(&format!("spawned-{n}.log"));
-    let log = std::fs::File::create(&log_path).expect("create log");
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup log"))
-        .stderr(log)
-        .env_remove("RUST_LOG");
-    let child = cmd.spawn().expect("spawn forkmaster");
-    Master {
-        child,
-        log_path,
-        status: None,
-        pid_file: None,
-    }
 }
 
 /// Runs any command to completion with its output captured, killing it and
@@ -716,10 +774,14 @@ impl App {
 
     /// Starts the master as `program -c CONFIG` and waits until all ready.
     pub fn start_program(&self, program: &Path) -> Master {
-        let mut master = Master::start_program(&self.dir, program, &["-c", self.cfg()]);
-        master.pid_file = Some(self.pid_file.clone());
+        let master = self.fixture().program(program).start();
         master.wait_ready();
         master
+    }
+
+    /// `forkmaster -c CONFIG`, its pid file watched; not started.
+    pub fn fixture(&self) -> Fixture<'_> {
+        Fixture::config(&self.dir, &self.config).watch_pid_file(&self.pid_file)
     }
 
     pub fn cfg(&self) -> &str {
@@ -740,7 +802,7 @@ impl App {
     }
 
     pub fn oldbin(&self) -> PathBuf {
-        PathBuf::from(format!("{}.oldbin", self.pid_file.display()))
+        oldbin_of(&self.pid_file)
     }
 
     /// `forkmaster status -p PIDFILE --json`, parsed; `None` unless it
@@ -817,7 +879,7 @@ pub fn event_pid(event: &HashMap<String, String>) -> i32 {
 
 /// Waits until the master has exactly `n` live children; returns their pids.
 pub fn wait_children(master: &Master, n: usize) -> Vec<i32> {
-    wait_for(&format!("{n} workers"), secs(20), || {
+    master.wait_for(&format!("{n} workers"), secs(20), |master| {
         let children = master.children();
         (children.len() == n).then_some(children)
     })
@@ -825,8 +887,8 @@ pub fn wait_children(master: &Master, n: usize) -> Vec<i32> {
 
 /// Panics with the log if the master has exited.
 pub fn assert_master_running(master: &mut Master) {
-    if let Some(status) = master.child.try_wait().expect("try_wait") {
-        panic!("master exited ({status}); log:\n{}", master.log());
+    if let Some(how) = master.exited() {
+        panic!("master exited ({how}); log:\n{}", master.log());
     }
 }
 
@@ -972,6 +1034,11 @@ pub fn set_soft_limit(pid: i32, resource: nix::sys::resource::Resource, value: u
     if let Err(e) = result {
         panic!("prlimit({pid}, {resource:?}, {value}): {e}");
     }
+}
+
+/// Whether the tests run as root (some need to, some must drop it first).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// Sends `signal` to `pid`; panics naming both if it cannot.

@@ -175,30 +175,14 @@ fn notifies_ready_reloading_mainpid_and_stopping_in_order() {
     let pid = pid_file.to_str().unwrap();
     let sock = dir.join("app.sock");
     let listen = dir.unix("app.sock");
-    let mut master = Master::start_with(
-        &dir,
-        &[
-            "--ready",
-            "notify",
-            "-w",
-            "2",
-            "-p",
-            pid,
-            "-l",
-            &listen,
-            // The worker held below must not be killed before we let it go.
-            "--graceful-timeout",
-            "300s",
-            "--",
-            demo(),
-        ],
-        |cmd| {
-            cmd.env("NOTIFY_SOCKET", &systemd.path)
-                .env_remove("WATCHDOG_USEC")
-                .env_remove("WATCHDOG_PID");
-        },
-    );
-    master.pid_file = Some(pid_file.clone());
+    let mut master = Fixture::new(&dir)
+        .workers(2)
+        .pid_file(&pid_file)
+        .listen(&listen)
+        // The worker held below must not be killed before we let it go.
+        .args(&["--graceful-timeout", "300s"])
+        .setup(notify_to(&systemd))
+        .start();
     let first = master.pid();
 
     assert_eq!(systemd.next("READY at start"), ready_note(first, 1));
@@ -220,7 +204,7 @@ fn notifies_ready_reloading_mainpid_and_stopping_in_order() {
     // of it even while stopping, until we hang up.
     // (A replaced worker may still accept a connection before its stop
     // signal lands: retry until a generation 2 worker answers.)
-    let mut held = wait_for("a generation 2 worker to answer", secs(20), || {
+    let mut held = master.wait_for("a generation 2 worker to answer", secs(20), |_| {
         let mut stream = UnixStream::connect(&sock).expect("connect");
         stream.set_read_timeout(Some(secs(10))).unwrap();
         stream
@@ -309,12 +293,10 @@ fn a_failed_upgrade_or_reload_reports_ready_again() {
         std::fs::write(&config, text).unwrap();
     };
     write_config(demo());
-    let mut master = Master::start_with(&dir, &["-c", config.to_str().unwrap()], |cmd| {
-        cmd.env("NOTIFY_SOCKET", &systemd.path)
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID");
-    });
-    master.pid_file = Some(pid_file.clone());
+    let mut master = Fixture::config(&dir, &config)
+        .setup(notify_to(&systemd))
+        .start();
+    master.watch_pid_file(&pid_file);
     let old = master.pid();
     assert_eq!(systemd.next("READY at start"), ready_note(old, 1));
 
@@ -375,6 +357,15 @@ fn a_failed_upgrade_or_reload_reports_ready_again() {
 /// Starts a one-worker master notifying `systemd`, with `WATCHDOG_USEC=200000`
 /// and `WATCHDOG_PID` as given (`$$`: the master's own pid, set by the shell
 /// that execs it; `None`: unset).
+/// What systemd gives a `Type=notify` service without a watchdog.
+fn notify_to(systemd: &Supervisor) -> impl FnOnce(&mut Command) + '_ {
+    |cmd| {
+        cmd.env("NOTIFY_SOCKET", &systemd.path)
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
+    }
+}
+
 fn start_watched(
     dir: &TempDir,
     systemd: &Supervisor,
@@ -387,21 +378,19 @@ fn start_watched(
         Some("$$") => r#"WATCHDOG_PID=$$; export WATCHDOG_PID; exec "$0" "$@""#,
         _ => r#"exec "$0" "$@""#,
     };
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(script)
-        .arg(forkmaster())
-        .args(["--ready", "notify", "-p", pid_file.to_str().unwrap()])
-        .args(["-l", &listen, "--", demo()])
-        .env("NOTIFY_SOCKET", &systemd.path)
-        .env("WATCHDOG_USEC", "200000")
-        .env_remove("WATCHDOG_PID");
-    if let Some(pid) = watchdog_pid.filter(|p| *p != "$$") {
-        cmd.env("WATCHDOG_PID", pid);
-    }
-    let mut master = spawn_master(dir, cmd);
-    master.pid_file = Some(pid_file);
-    master
+    Fixture::new(dir)
+        .pid_file(&pid_file)
+        .listen(listen)
+        .through_shell(script)
+        .setup(|cmd| {
+            cmd.env("NOTIFY_SOCKET", &systemd.path)
+                .env("WATCHDOG_USEC", "200000")
+                .env_remove("WATCHDOG_PID");
+            if let Some(pid) = watchdog_pid.filter(|p| *p != "$$") {
+                cmd.env("WATCHDOG_PID", pid);
+            }
+        })
+        .start()
 }
 
 fn count_pings(systemd: &Supervisor, from: i32, seen: &mut usize) -> usize {
@@ -422,14 +411,14 @@ fn watchdog_pings_go_out_only_when_meant_for_the_master() {
     let other = Supervisor::bind(&dir, "other.sock");
     let a = start_watched(&dir, &unset, "unset", None);
     let b = start_watched(&dir, &own, "own", Some("$$"));
-    let mut c = start_watched(&dir, &other, "other", Some("1"));
+    let c = start_watched(&dir, &other, "other", Some("1"));
 
     for (master, systemd, what) in [(&a, &unset, "unset"), (&b, &own, "own pid")] {
         let mut seen = 0;
-        wait_for(
+        master.wait_for(
             &format!("3 WATCHDOG=1 with WATCHDOG_PID {what}"),
             secs(10),
-            || (count_pings(systemd, master.pid(), &mut seen) >= 3).then_some(()),
+            |_| (count_pings(systemd, master.pid(), &mut seen) >= 3).then_some(()),
         );
     }
 
@@ -439,7 +428,7 @@ fn watchdog_pings_go_out_only_when_meant_for_the_master() {
     let pid_file = dir.join("other.pid");
     let pid_file = pid_file.to_str().unwrap();
     c.wait_log("event=all-ready", secs(20));
-    wait_for("the master to be up for 1s", secs(20), || {
+    c.wait_for("the master to be up for 1s", secs(20), |_| {
         let (code, json, _) = client(&["status", "-p", pid_file, "--json"], secs(10));
         let json: serde_json::Value = serde_json::from_str(&json).ok()?;
         (code == 0 && json["uptime_secs"].as_f64()? >= 1.0).then_some(())
@@ -467,18 +456,18 @@ fn workers_never_see_the_supervisors_notify_socket() {
     let dir = TempDir::new();
     let systemd = Supervisor::bind(&dir, "notify.sock");
     let start = |name: &str, ready: &str| {
-        Master::start_with(
-            &dir,
-            &["-l", &dir.unix(name), "--ready", ready, "--", demo()],
-            |cmd| {
+        Fixture::new(&dir)
+            .unix(name)
+            .ready(ready)
+            .setup(|cmd| {
                 cmd.env("NOTIFY_SOCKET", &systemd.path)
                     .env("WATCHDOG_USEC", "600000000")
                     .env_remove("WATCHDOG_PID");
-            },
-        )
+            })
+            .start()
     };
-    let mut delay = start("delay.sock", "delay:100ms");
-    let mut notify = start("notify-app.sock", "notify");
+    let delay = start("delay.sock", "delay:100ms");
+    let notify = start("notify-app.sock", "notify");
     delay.wait_ready();
     notify.wait_ready();
 
@@ -508,50 +497,50 @@ fn workers_never_see_the_supervisors_notify_socket() {
 /// `LISTEN_FDS=1`, and `LISTEN_PID` the master's own pid (`None`: set by a
 /// shell that then execs forkmaster, keeping its pid) or the one given.
 fn start_activated(
-    dir: &TempDir,
+    fixture: Fixture,
     listener: &UnixListener,
     listen_pid: Option<&str>,
     fdnames: Option<&str>,
-    args: &[&str],
 ) -> Master {
     let script = match listen_pid {
         None => r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#,
         Some(_) => r#"exec "$0" "$@""#,
     };
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(script)
-        .arg(forkmaster())
-        .args(args)
-        .env("LISTEN_FDS", "1")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .env_remove("NOTIFY_SOCKET");
-    if let Some(pid) = listen_pid {
-        cmd.env("LISTEN_PID", pid);
-    }
-    if let Some(names) = fdnames {
-        cmd.env("LISTEN_FDNAMES", names);
-    }
     let fd = listener.as_raw_fd();
-    // SAFETY: between fork and exec the closure only calls fcntl(2) and
-    // dup2(2), which are async-signal-safe, and allocates nothing; `fd` stays
-    // open in the parent (we borrow `listener`) until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself would keep close-on-exec set.
-            let rc = if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, 3)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
+    let (listen_pid, fdnames) = (listen_pid.map(str::to_string), fdnames.map(str::to_string));
+    fixture
+        .through_shell(script)
+        .setup(move |cmd| {
+            cmd.env("LISTEN_FDS", "1")
+                .env_remove("LISTEN_PID")
+                .env_remove("LISTEN_FDNAMES")
+                .env_remove("NOTIFY_SOCKET");
+            if let Some(pid) = listen_pid {
+                cmd.env("LISTEN_PID", pid);
             }
-            Ok(())
-        });
-    }
-    spawn_master(dir, cmd)
+            if let Some(names) = fdnames {
+                cmd.env("LISTEN_FDNAMES", names);
+            }
+            // SAFETY: between fork and exec the closure only calls fcntl(2)
+            // and dup2(2), which are async-signal-safe, and allocates
+            // nothing; `fd` stays open in the parent (we borrow `listener`)
+            // until spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // dup2 onto itself would keep close-on-exec set.
+                    let rc = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, 3)
+                    };
+                    if rc < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+        .start()
 }
 
 fn assert_is_socket(path: &Path) {
@@ -571,14 +560,8 @@ fn serves_on_an_activated_socket_without_listen_and_leaves_it_on_stop() {
     let listener = UnixListener::bind(&path).expect("bind");
     let pid_file = dir.join("app.pid");
     let pid = pid_file.to_str().unwrap();
-    let mut master = start_activated(
-        &dir,
-        &listener,
-        None,
-        None,
-        &["-w", "2", "--ready", "notify", "-p", pid, "--", demo()],
-    );
-    master.pid_file = Some(pid_file.clone());
+    let fixture = Fixture::new(&dir).workers(2).pid_file(&pid_file);
+    let mut master = start_activated(fixture, &listener, None, None);
     let log = master.wait_ready();
     let line = format!(
         "event=listen addr=unix:{} fd=3 name=unknown how=activated",
@@ -613,14 +596,8 @@ fn adopts_an_activated_socket_by_name() {
     let pid_file = dir.join("app.pid");
     let pid = pid_file.to_str().unwrap();
     let named = format!("web=unix:{}", other.display());
-    let mut master = start_activated(
-        &dir,
-        &listener,
-        None,
-        Some("web"),
-        &["-l", &named, "--ready", "notify", "-p", pid, "--", demo()],
-    );
-    master.pid_file = Some(pid_file.clone());
+    let fixture = Fixture::new(&dir).pid_file(&pid_file).listen(&named);
+    let mut master = start_activated(fixture, &listener, None, Some("web"));
     let log = master.wait_ready();
     let line = format!(
         "event=listen addr=unix:{} fd=3 name=web how=activated",
@@ -651,7 +628,8 @@ fn ignores_activation_meant_for_another_pid() {
     let listener = UnixListener::bind(&path).expect("bind");
 
     // Nothing else to listen on: the usual error, exit 1.
-    let mut master = start_activated(&dir, &listener, Some("1"), None, &["--", demo()]);
+    let fixture = Fixture::new(&dir).no_ready();
+    let mut master = start_activated(fixture, &listener, Some("1"), None);
     let status = master.wait_exit(secs(30));
     let log = master.log();
     assert_eq!(status.code(), Some(1), "{log}");
@@ -663,12 +641,11 @@ fn ignores_activation_meant_for_another_pid() {
     // process is not adopted.
     let own = dir.join("own.sock");
     let listen = format!("unix:{}", own.display());
-    let mut master = start_activated(
-        &dir,
+    let master = start_activated(
+        Fixture::new(&dir).listen(&listen),
         &listener,
         Some("1"),
         None,
-        &["-l", &listen, "--ready", "notify", "--", demo()],
     );
     let log = master.wait_ready();
     assert!(
@@ -677,7 +654,7 @@ fn ignores_activation_meant_for_another_pid() {
         )),
         "{log}"
     );
-    assert!(!log.contains("how=activated"), "{log}");
+    assert_not_logged(&log, "how=activated");
     let env = env_lines(&Target::unix(&own));
     assert!(env.contains(&"LISTEN_FDS=1".to_string()), "{env:?}");
 }
@@ -691,14 +668,8 @@ fn an_upgrade_keeps_an_activated_socket_adopted_by_name() {
     let pid_file = dir.join("app.pid");
     let pid = pid_file.to_str().unwrap();
     let named = format!("web=unix:{}", other.display());
-    let mut master = start_activated(
-        &dir,
-        &listener,
-        None,
-        Some("web"),
-        &["-l", &named, "--ready", "notify", "-p", pid, "--", demo()],
-    );
-    master.pid_file = Some(pid_file.clone());
+    let fixture = Fixture::new(&dir).pid_file(&pid_file).listen(&named);
+    let mut master = start_activated(fixture, &listener, None, Some("web"));
     master.wait_ready();
 
     let (code, out, err) = client(&["upgrade", "-p", pid, "--wait"], secs(120));
@@ -710,7 +681,7 @@ fn an_upgrade_keeps_an_activated_socket_adopted_by_name() {
         "the new master bound {} instead of keeping the activated socket; log:\n{log}",
         other.display()
     );
-    assert!(!log.contains("event=listen-closed"), "{log}");
+    assert_no_event(&log, "listen-closed");
     let target = Target::unix(&path);
     let served = wait_serving(&target);
     assert_eq!(served["generation"], "2");
@@ -725,14 +696,8 @@ fn an_upgrade_keeps_the_names_of_activated_sockets() {
     let listener = UnixListener::bind(&path).expect("bind");
     let pid_file = dir.join("app.pid");
     let pid = pid_file.to_str().unwrap();
-    let mut master = start_activated(
-        &dir,
-        &listener,
-        None,
-        Some("web"),
-        &["--ready", "notify", "-p", pid, "--", demo()],
-    );
-    master.pid_file = Some(pid_file.clone());
+    let fixture = Fixture::new(&dir).pid_file(&pid_file);
+    let mut master = start_activated(fixture, &listener, None, Some("web"));
     master.wait_ready();
     let target = Target::unix(&path);
     let env = env_lines(&target);
@@ -760,14 +725,8 @@ fn an_activated_socket_matched_by_address_survives_an_upgrade_and_stop() {
     let pid_file = dir.join("app.pid");
     let pid = pid_file.to_str().unwrap();
     let listen = format!("unix:{}", path.display());
-    let mut master = start_activated(
-        &dir,
-        &listener,
-        None,
-        None,
-        &["-l", &listen, "--ready", "notify", "-p", pid, "--", demo()],
-    );
-    master.pid_file = Some(pid_file.clone());
+    let fixture = Fixture::new(&dir).pid_file(&pid_file).listen(&listen);
+    let mut master = start_activated(fixture, &listener, None, None);
     let log = master.wait_ready();
     assert!(
         log.contains(&format!(
@@ -801,30 +760,13 @@ fn a_rollback_hands_the_service_back_to_the_old_master() {
     let dir = TempDir::new();
     let systemd = Supervisor::bind(&dir, "notify.sock");
     let pid_file = dir.join("app.pid");
-    let pid = pid_file.to_str().unwrap();
-    let mut master = Master::start_with(
-        &dir,
-        &[
-            "--retire",
-            "manual",
-            "--ready",
-            "notify",
-            "-w",
-            "2",
-            "-p",
-            pid,
-            "-l",
-            &dir.unix("app.sock"),
-            "--",
-            demo(),
-        ],
-        |cmd| {
-            cmd.env("NOTIFY_SOCKET", &systemd.path)
-                .env_remove("WATCHDOG_USEC")
-                .env_remove("WATCHDOG_PID");
-        },
-    );
-    master.pid_file = Some(pid_file.clone());
+    let master = Fixture::new(&dir)
+        .args(&["--retire", "manual"])
+        .workers(2)
+        .pid_file(&pid_file)
+        .unix("app.sock")
+        .setup(notify_to(&systemd))
+        .start();
     let old = master.pid();
     assert_eq!(systemd.next("READY at start"), ready_note(old, 1));
 

@@ -4,8 +4,6 @@
 //! Tests marked `#[ignore = "bug: ..."]` show where forkmaster falls short.
 
 use crate::support::*;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
@@ -123,10 +121,10 @@ fn assert_old_master_restored(app: &App, master: &mut Master, workers: usize) ->
         .collect();
     pids.sort_unstable();
     // No new master lingers: the workers are all the old master has.
-    wait_for(
+    master.wait_for(
         "the old master's children to be its workers",
         secs(20),
-        || (master.children() == pids).then_some(()),
+        |_| (master.children() == pids).then_some(()),
     );
     status
 }
@@ -191,10 +189,13 @@ fn an_exec_failure_is_named_even_if_the_new_master_is_reaped_in_the_same_pass() 
     // exec failures, and the first warning comes after it.
     let app = App::new(1, "log_level: warn\n");
     let link = forkmaster_link(&app);
-    let mut master = Master::start_program_with(&app.dir, &link, &["-c", app.cfg()], |cmd| {
-        cmd.stderr(Stdio::piped());
-    });
-    master.pid_file = Some(app.pid_file.clone());
+    let mut master = app
+        .fixture()
+        .program(&link)
+        .setup(|cmd| {
+            cmd.stderr(Stdio::piped());
+        })
+        .start();
     let stderr = master.child.stderr.take().expect("stderr pipe");
     app.wait_status("the worker to be ready", secs(20), |s| s["ready"] == 1);
     std::fs::remove_file(&link).unwrap();
@@ -222,7 +223,7 @@ fn an_exec_failure_is_named_even_if_the_new_master_is_reaped_in_the_same_pass() 
     master.signal(Signal::SIGCONT);
     let old = master.pid();
     wait_for("the new master to exit", secs(20), || {
-        zombie_children(old).first().copied()
+        zombie_children_of(old).first().copied()
     });
     let log = Arc::new(Mutex::new(String::new()));
     let sink = log.clone();
@@ -251,17 +252,6 @@ fn an_exec_failure_is_named_even_if_the_new_master_is_reaped_in_the_same_pass() 
 }
 
 /// Children of `pid` that exited and wait to be reaped.
-fn zombie_children(pid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| matches!(proc_stat(*p), Some(('Z', ppid, _)) if ppid == pid))
-        .collect()
-}
-
 #[test]
 fn an_invalid_config_stops_the_new_master_at_boot() {
     let app = App::new(2, "");
@@ -526,13 +516,13 @@ fn gradual_retirement_retires_one_old_worker_per_ready_new_worker() {
     // What a busy machine does now and then, made certain: the new master
     // reads five READY=1 in one pass (it was not scheduled while they came)
     // and the old master does not run until that pass is over.
-    signal_pid(new, Signal::SIGSTOP);
+    send_signal(new, Signal::SIGSTOP);
     pin_to_one_cpu(new, false);
     pin_to_one_cpu(old, true);
     let ready = master.try_wait_for(secs(20), |m| {
         (m.log().matches("token=new notified=true").count() == 5).then_some(())
     });
-    signal_pid(new, Signal::SIGCONT);
+    send_signal(new, Signal::SIGCONT);
     assert!(ready.is_some(), "new workers not ready:\n{}", master.log());
     let log = master.wait_log(&format!("forkmaster[{old}] event=rollback"), secs(30));
     assert_eq!(
@@ -554,15 +544,11 @@ fn gradual_retirement_retires_one_old_worker_per_ready_new_worker() {
 fn begin_upgrade(app: &App, master: &mut Master) -> i32 {
     let old = master.pid();
     master.signal(Signal::SIGUSR2);
-    let new = wait_for("the pid file to name a new master", secs(20), || {
+    let new = master.wait_for("the pid file to name a new master", secs(20), |_| {
         read_pid(&app.pid_file).filter(|pid| *pid != old)
     });
     assert_eq!(read_pid(&app.oldbin()), Some(old));
     new
-}
-
-fn signal_pid(pid: i32, signal: Signal) {
-    kill(Pid::from_raw(pid), signal).expect("signal");
 }
 
 /// The master of the pid file: its status once all its workers are ready.
@@ -611,8 +597,8 @@ fn the_old_master_takes_over_again_when_the_new_one_is_killed() {
     let load = Load::start(&app.target, 2);
     load.wait_answers(5);
     let new = begin_upgrade(&app, &mut master);
-    signal_pid(new, Signal::SIGKILL);
-    wait_for("the pid file to name the old master", secs(20), || {
+    send_signal(new, Signal::SIGKILL);
+    master.wait_for("the pid file to name the old master", secs(20), |_| {
         (read_pid(&app.pid_file) == Some(old)).then_some(())
     });
     let status = assert_old_master_restored(&app, &mut master, 2);
@@ -672,7 +658,7 @@ fn a_second_usr2_during_an_upgrade_is_refused() {
 #[test]
 fn usr2_to_the_new_master_is_refused_while_the_old_one_runs() {
     let app = App::new(2, "retire: manual\n");
-    let mut master = app.start();
+    let master = app.start();
     let old = master.pid();
     master.signal(Signal::SIGUSR2);
     master.wait_log("retire=manual action=", secs(30));
@@ -688,7 +674,7 @@ fn usr2_to_the_new_master_is_refused_while_the_old_one_runs() {
         "{err}"
     );
     // ...and the new master refuses a USR2 sent by hand.
-    signal_pid(new, Signal::SIGUSR2);
+    send_signal(new, Signal::SIGUSR2);
     master.wait_log(
         &format!(
             "forkmaster[{new}] event=upgrade-refused reason=\"the old master pid={old} is still running: retire it first\""

@@ -1,23 +1,7 @@
 //! USR2 upgrades and HUP rolling restarts under load: not one failed request.
 
 use crate::support::*;
-use std::path::Path;
 use std::sync::atomic::Ordering;
-
-fn zombies_of(pid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| matches!(proc_stat(*p), Some(('Z', ppid, _)) if ppid == pid))
-        .collect()
-}
-
-fn assert_gone(path: &Path) {
-    assert!(!path.exists(), "{} should not exist", path.display());
-}
 
 #[test]
 fn five_upgrades_and_five_reloads_under_load_fail_no_request() {
@@ -43,7 +27,7 @@ fn five_upgrades_and_five_reloads_under_load_fail_no_request() {
         assert!(out.contains("2 workers ready in"), "{out}");
         // The old master is gone: every answer comes from the new generation.
         assert_eq!(app.token_served(), token);
-        assert_gone(&app.oldbin());
+        assert_no_file(&app.oldbin());
         if i == 1 {
             assert!(master.wait_exit(secs(10)).success());
             fds_before = fd_count(app.master_pid());
@@ -70,16 +54,16 @@ fn five_upgrades_and_five_reloads_under_load_fail_no_request() {
     assert!(ok > 100, "only {ok} requests answered");
     let current = app.master_pid();
     assert!(
-        zombies_of(current).is_empty(),
+        zombie_children_of(current).is_empty(),
         "zombies: {:?}",
-        zombies_of(current)
+        zombie_children_of(current)
     );
     assert_eq!(
         fd_count(current),
         fds_before,
         "the master's fd count changed"
     );
-    assert_gone(&app.oldbin());
+    assert_no_file(&app.oldbin());
     eprintln!("{ok} requests answered, none failed");
 }
 
@@ -101,7 +85,7 @@ fn retire_all_waits_for_every_new_worker_then_quits_the_old_master() {
         "{log}"
     );
     // With `all`, the old master keeps every worker until the QUIT.
-    assert!(!log.contains("reason=retire"), "{log}");
+    assert_not_logged(&log, "reason=retire");
     assert_eq!(app.token_served(), "new");
     let status = client(&["status", "-c", app.cfg(), "--json"], secs(10));
     assert_eq!(status.0, 0);
@@ -134,7 +118,7 @@ fn retire_gradual_tells_the_old_master_each_new_ready_count() {
 #[test]
 fn manual_retire_leaves_the_old_master_and_hup_rolls_back() {
     let app = App::new(2, "retire: manual\n");
-    let mut master = app.start();
+    let master = app.start();
     let old = master.pid();
     app.set_token("new");
     master.signal(Signal::SIGUSR2);
@@ -148,7 +132,7 @@ fn manual_retire_leaves_the_old_master_and_hup_rolls_back() {
         &format!("INFO forkmaster[{old}] event=scale signal=WINCH workers=0"),
         secs(10),
     );
-    wait_for("the old workers to be gone", secs(20), || {
+    master.wait_for("the old workers to be gone", secs(20), |_| {
         master.children().iter().all(|p| *p == new).then_some(())
     });
     assert_eq!(app.token_served(), "new");
@@ -158,16 +142,16 @@ fn manual_retire_leaves_the_old_master_and_hup_rolls_back() {
         &format!("INFO forkmaster[{old}] event=restore-workers"),
         secs(10),
     );
-    wait_for("the old master to have 2 workers again", secs(20), || {
+    master.wait_for("the old master to have 2 workers again", secs(20), |_| {
         (master.children().iter().filter(|p| **p != new).count() == 2).then_some(())
     });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(new), Signal::SIGQUIT).unwrap();
-    wait_for(
+    master.wait_for(
         "the pid file to name the old master again",
         secs(20),
-        || (read_pid(&app.pid_file) == Some(old)).then_some(()),
+        |_| (read_pid(&app.pid_file) == Some(old)).then_some(()),
     );
-    assert_gone(&app.oldbin());
+    assert_no_file(&app.oldbin());
     // The restored workers read the token file anew; their generation tells them apart.
     wait_for("only the old generation to answer", secs(20), || {
         (0..5)
