@@ -452,10 +452,11 @@ fn a_master_out_of_fds_keeps_its_workers_says_why_a_worker_cannot_start_and_reco
     // A new worker cannot even be set up: the child, a copy of the master,
     // has no fd to spare either. Logged, and retried with backoff.
     send_signal(pid, Signal::SIGTTIN);
-    let log = master.wait_log("worker=2 child setup: Too many open files pid=", secs(10));
-    assert!(
-        log.contains("event=exit status=127 reason=\"child setup: Too many open files\""),
-        "{log}"
+    master.wait_log("worker=2 child setup: Too many open files pid=", secs(10));
+    // The child's exit is reaped in the same pass or the next one.
+    master.wait_log(
+        "event=exit status=127 reason=\"child setup: Too many open files\"",
+        secs(10),
     );
     // The workers serve on; the master still takes signals and datagrams.
     let answer = wait_serving(&app.target);
