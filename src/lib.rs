@@ -11,8 +11,6 @@ pub mod control;
 pub mod daemon;
 pub mod duration;
 pub mod error;
-#[cfg(test)]
-mod fuzz;
 pub mod handoff;
 pub mod launch;
 pub mod listen;

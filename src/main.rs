@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let config = match config::load(&cli.options, &cli.command) {
         Ok(config) => config,
         Err(why) => {
-            let e = Error::Config(why);
+            let e = Error::Config(why.to_string());
             report_to_old_master(&e);
             return fail(&e);
         }

@@ -1,0 +1,337 @@
+//! Text into a `Layer`: the YAML file and the flags, each value validated
+//! and each error naming its key. Pure: it reads the file and nothing else;
+//! users, groups and listen host names stay as written for `resolve`.
+
+use super::settings::{FileKeys, Layer};
+use super::{ConfigError, ReadyMode, Retire, MAX_WORKERS};
+use crate::duration::parse_duration;
+use crate::listen::{parse_mode, parse_target, write_listen, Target, WrittenListen};
+use nix::sys::signal::Signal;
+use serde_yaml_ng::Value;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Where a value was written, so that a later lookup names it as a parse
+/// error would have.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    #[default]
+    File,
+    Flag,
+}
+
+/// A value still to be looked up, with where it was written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+/// Reads and parses a config file; errors name the file.
+pub fn read_file(path: &Path) -> Result<Layer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_file(&text).map_err(|message| ConfigError::File {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses config file text into a layer; errors start with the key or line.
+pub fn parse_file(text: &str) -> Result<Layer, String> {
+    let keys: FileKeys = if text.trim().is_empty() {
+        FileKeys::default()
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| yaml_reason(&e))?
+    };
+    Layer::from_file(keys)
+}
+
+// Adapters from each source's raw form to a value parser, named in the table.
+
+/// A flag of text, parsed by `parse` when given.
+pub fn text<T>(
+    parse: fn(&str) -> Result<T, String>,
+) -> impl Fn(&Option<String>) -> Result<Option<T>, String> {
+    move |flag| flag.as_deref().map(parse).transpose()
+}
+
+/// A YAML string, parsed by `parse`.
+pub fn string<T>(parse: fn(&str) -> Result<T, String>) -> impl Fn(String) -> Result<T, String> {
+    move |text| parse(&text)
+}
+
+/// A YAML scalar of any type (`8080`, `true`, `x`), parsed as text.
+pub fn scalar<T>(parse: fn(&str) -> Result<T, String>) -> impl Fn(Value) -> Result<T, String> {
+    move |value| parse(&scalar_text(&value))
+}
+
+/// A value taken as serde read it.
+pub fn ok<T>(value: T) -> Result<T, String> {
+    Ok(value)
+}
+
+/// A path flag, taken as given.
+pub fn given(flag: &Option<PathBuf>) -> Result<Option<PathBuf>, String> {
+    Ok(flag.clone())
+}
+
+/// A switch: said when on, not said when off (so the file can say it).
+pub fn switch(flag: &bool) -> Result<Option<bool>, String> {
+    Ok(flag.then_some(true))
+}
+
+/// A user or group name from the flag, looked up by `resolve`.
+pub fn name(source: Source) -> impl Fn(&Option<String>) -> Result<Option<Sourced<String>>, String> {
+    move |flag| Ok(flag.clone().map(|value| Sourced { value, source }))
+}
+
+/// A user or group name from the file, looked up by `resolve`.
+pub fn name_in_file(text: &str) -> Result<Sourced<String>, String> {
+    Ok(Sourced {
+        value: text.to_string(),
+        source: Source::File,
+    })
+}
+
+/// Later layers replace a setting, except maps, which merge key by key.
+pub fn merge_maps(
+    over: Option<BTreeMap<String, String>>,
+    base: Option<BTreeMap<String, String>>,
+) -> Option<BTreeMap<String, String>> {
+    match (over, base) {
+        (Some(over), Some(mut base)) => {
+            base.extend(over);
+            Some(base)
+        }
+        (over, base) => over.or(base),
+    }
+}
+
+pub fn listen_flags(flags: &[String]) -> Result<Option<Sourced<Vec<WrittenListen>>>, String> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    let value = flags
+        .iter()
+        .map(|text| write_listen(text))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Sourced {
+        value,
+        source: Source::Flag,
+    }))
+}
+
+pub fn listen_entries(entries: Vec<Value>) -> Result<Sourced<Vec<WrittenListen>>, String> {
+    let value = entries.iter().map(listen_entry).collect::<Result<_, _>>()?;
+    Ok(Sourced {
+        value,
+        source: Source::File,
+    })
+}
+
+pub fn env_flags(pairs: &[String]) -> Result<Option<BTreeMap<String, String>>, String> {
+    let mut env = BTreeMap::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: expected KEY=VALUE"))?;
+        validate_env_key(key)?;
+        env.insert(key.to_string(), value.to_string());
+    }
+    Ok((!env.is_empty()).then_some(env))
+}
+
+pub fn env_map(map: BTreeMap<String, Value>) -> Result<BTreeMap<String, String>, String> {
+    map.into_iter()
+        .map(|(key, value)| validate_env_key(&key).map(|()| (key, scalar_text(&value))))
+        .collect()
+}
+
+pub fn command(words: Vec<String>) -> Result<Vec<OsString>, String> {
+    Ok(words.into_iter().map(OsString::from).collect())
+}
+
+pub fn umask(value: Value) -> Result<u32, String> {
+    if matches!(value, Value::Number(_)) {
+        return Err("write it quoted, e.g. umask: '0027' (an unquoted number is ambiguous)".into());
+    }
+    parse_mode(&scalar_text(&value))
+}
+
+pub fn workers(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: not a whole number"))?;
+    if n > MAX_WORKERS {
+        return Err(format!("{text:?}: more than {MAX_WORKERS}"));
+    }
+    Ok(n)
+}
+
+pub fn max_surge(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?}: expected a whole number from 1 to {MAX_WORKERS}"
+        )),
+    }
+}
+
+pub fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+/// `notify` or `delay:DURATION`.
+pub fn ready(text: &str) -> Result<ReadyMode, String> {
+    if text == "notify" {
+        return Ok(ReadyMode::Notify);
+    }
+    match text.strip_prefix("delay:") {
+        Some(d) => parse_duration(d).map(ReadyMode::Delay),
+        None => Err(format!(
+            "{text:?}: expected `notify` or `delay:DURATION` (e.g. delay:1s)"
+        )),
+    }
+}
+
+/// A watchdog timeout; `off` or `0` turns it off.
+pub fn timeout(text: &str) -> Result<Option<Duration>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    parse_duration(text).map(|d| (!d.is_zero()).then_some(d))
+}
+
+/// `TERM`, `SIGTERM` or a number.
+pub fn signal(text: &str) -> Result<Signal, String> {
+    let bad = || format!("{text:?}: not a signal (e.g. TERM, QUIT, INT, USR1)");
+    if let Ok(n) = text.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    let signal = Signal::from_str(&name).map_err(|_| bad())?;
+    if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+        return Err(format!(
+            "{text:?}: cannot be caught, so it cannot stop gracefully"
+        ));
+    }
+    Ok(signal)
+}
+
+/// `gradual`, `all` or `manual`.
+pub fn retire(text: &str) -> Result<Retire, String> {
+    match text {
+        "gradual" => Ok(Retire::Gradual),
+        "all" => Ok(Retire::All),
+        "manual" => Ok(Retire::Manual),
+        _ => Err(format!("{text:?}: expected gradual, all or manual")),
+    }
+}
+
+pub fn log_level(level: &str) -> Result<String, String> {
+    match level {
+        "off" | "error" | "warn" | "info" | "debug" | "trace" => Ok(level.to_string()),
+        _ => Err(format!(
+            "{level:?}: expected off, error, warn, info, debug or trace"
+        )),
+    }
+}
+
+fn validate_env_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.contains('=') || key.contains('\0') {
+        Err(format!("{key:?}: not a variable name"))
+    } else if crate::protocol::is_worker_var(std::ffi::OsStr::new(key)) {
+        Err(format!("{key:?}: set by forkmaster itself for each worker"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A YAML scalar as text (`8080`, `true`, `x`), for keys that take either.
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => String::new(),
+        // A list or map where a scalar belongs: shown on one line.
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
+/// One `listen:` entry: a string or port, or a map with `address`, `name`,
+/// `backlog` and (for Unix sockets) `mode`.
+fn listen_entry(value: &Value) -> Result<WrittenListen, String> {
+    let map = match value {
+        Value::Mapping(map) => map,
+        Value::String(_) | Value::Number(_) => return write_listen(&scalar_text(value)),
+        _ => return Err("expected an address or a map with `address`".into()),
+    };
+    let mut spec = write_listen("0")?;
+    let mut address = None;
+    for (key, value) in map {
+        let key = scalar_text(key);
+        let text = scalar_text(value);
+        match key.as_str() {
+            "address" => {
+                address = Some(parse_target(&text).map_err(|w| format!("{text:?}: {w}"))?);
+                spec.text = text;
+            }
+            "name" => spec.name = write_listen(&format!("{text}=0"))?.name,
+            "backlog" => {
+                spec.backlog = text
+                    .parse()
+                    .ok()
+                    .filter(|b| (1..=65535).contains(b))
+                    .ok_or_else(|| format!("backlog {text:?}: expected 1 to 65535"))?;
+            }
+            "mode" if matches!(value, Value::Number(_)) => {
+                return Err(format!(
+                    "mode {text}: write it quoted, e.g. mode: '0660' (an unquoted number \
+                     is read as decimal or 0o-octal, which is easy to get wrong)"
+                ))
+            }
+            "mode" => spec.mode = Some(parse_mode(&text)?),
+            other => {
+                return Err(format!(
+                    "unknown key {other:?} (expected address, name, backlog, mode)"
+                ))
+            }
+        }
+    }
+    spec.target = address.ok_or("a map entry needs `address`")?;
+    let unix = matches!(
+        spec.target,
+        Target::Address(crate::listen::Address::Unix(_))
+    );
+    if spec.mode.is_some() && !unix {
+        return Err(format!(
+            "{}: `mode` applies to unix sockets only",
+            spec.target
+        ));
+    }
+    Ok(spec)
+}
+
+fn yaml_reason(e: &serde_yaml_ng::Error) -> String {
+    // Keys quoted in the message may hold newlines: keep it to one line.
+    let text = e.to_string().replace('\n', "\\n");
+    // The parser appends " at line L column C"; put the place first.
+    match (e.location(), text.find(" at line ")) {
+        (Some(loc), Some(at)) => format!("line {}: {}", loc.line(), &text[..at]),
+        (Some(loc), None) => format!("line {}: {text}", loc.line()),
+        _ => text,
+    }
+}
