@@ -281,3 +281,71 @@ mod tests {
         assert!(parse_mode("77777").is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+
+    /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2000)
+    }
+
+    /// Host names resolve to a fixed address: no DNS in tests.
+    fn no_dns(_host: &str, port: u16) -> Result<SocketAddr, String> {
+        Ok(SocketAddr::from(([10, 0, 0, 1], port)))
+    }
+
+    /// Valid listeners with a stretch cut out and random text put in, or
+    /// random text alone.
+    fn listeners() -> impl Strategy<Value = String> {
+        const SAMPLES: &[&str] = &[
+            "8080",
+            "127.0.0.1:80",
+            "[::1]:9000",
+            "unix:/tmp/a.sock",
+            "web=127.0.0.1:8080",
+            "admin=unix:/run/x.sock",
+            "host.example:443",
+            "[fe80::1%eth0]:80",
+        ];
+        let piece = "[0-9.:\\[\\]abcdefx/unix=_@ ;%\n-]{0,6}";
+        prop_oneof![
+            (select(SAMPLES), any::<Index>(), any::<Index>(), piece).prop_map(
+                |(sample, a, b, piece)| {
+                    let (a, b) = (a.index(sample.len() + 1), b.index(sample.len() + 1));
+                    format!("{}{piece}{}", &sample[..a.min(b)], &sample[a.max(b)..])
+                }
+            ),
+            "[0-9.:\\[\\]abcdefx/unix=_@ ;%\n-]{0,64}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn never_panics_and_names_the_value_on_one_line(text in listeners()) {
+            // Parsed without lookups, then resolved, as the master does.
+            if let Err(err) = write_listen(&text).and_then(|w| w.resolve(no_dns)) {
+                prop_assert!(!err.contains('\n'), "multi-line error for {text:?}: {err:?}");
+                prop_assert!(err.contains(&format!("{text:?}")), "{text:?}: {err}");
+            }
+        }
+
+        #[test]
+        fn a_failed_lookup_names_the_value(text in listeners()) {
+            let failing: Resolve = |host, _| Err(format!("cannot resolve host {host:?}"));
+            if let Err(err) = parse_listen_with(&text, failing) {
+                prop_assert!(!err.contains('\n'), "multi-line error for {text:?}: {err:?}");
+                prop_assert!(err.contains(&format!("{text:?}")), "{text:?}: {err}");
+            }
+        }
+    }
+}

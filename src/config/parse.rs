@@ -335,3 +335,147 @@ fn yaml_reason(e: &serde_yaml_ng::Error) -> String {
         _ => text,
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::config::resolve::{self, Lookups};
+    use crate::config::{Account, Group, MasterFlags};
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+
+    /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2000)
+    }
+
+    /// Name services without I/O: hosts resolve to one address, names with
+    /// an `x` do not exist.
+    const FAKE: Lookups = Lookups {
+        host: |_, port| Ok(std::net::SocketAddr::from(([10, 0, 0, 1], port))),
+        user: |name| match name.contains('x') {
+            true => Err(format!("{name:?}: no such user")),
+            false => Ok(Account {
+                name: name.to_string(),
+                uid: 1000,
+                gid: 1000,
+                home: PathBuf::from("/"),
+                groups: vec![1000],
+            }),
+        },
+        group: |name| match name.contains('x') {
+            true => Err(format!("{name:?}: no such group")),
+            false => Ok(Group {
+                name: name.to_string(),
+                gid: 1000,
+            }),
+        },
+    };
+
+    /// An error a person reads: one line, something said.
+    fn explains(input: &str, err: &str) -> Result<(), TestCaseError> {
+        prop_assert!(!err.trim().is_empty(), "empty error for {input:?}");
+        prop_assert!(
+            !err.contains('\n'),
+            "multi-line error for {input:?}: {err:?}"
+        );
+        Ok(())
+    }
+
+    /// Valid files with a stretch cut out and random text put in, or
+    /// random text alone.
+    fn files() -> impl Strategy<Value = String> {
+        const SAMPLES: &[&str] = &[
+            "listen: [8080, 'web=127.0.0.1:9000']\nworkers: 4\nready: notify\ncommand: [app]\n",
+            "listen:\n  - {address: 'unix:/tmp/x.sock', name: api, backlog: 64, mode: '0660'}\n",
+            "env: {A: 1, B: x}\nready_timeout: 30s\ntimeout: 10s\nstop_signal: QUIT\n",
+            "graceful_timeout: 1m\nretire: manual\nmax_surge: 2\numask: '0027'\nlog_level: debug\n",
+            "pid: /tmp/x.pid\nworking_directory: /srv\nstdout_path: /tmp/o\ndaemonize: true\n",
+            "user: app\ngroup: 0\nlisten: [host.example:80]\ncommand: [app]\nready: notify\n",
+        ];
+        let piece = "[a-z_: \\[\\]{}',\"\n0-9./=#&*!|>-]{0,8}";
+        prop_oneof![
+            3 => (select(SAMPLES), any::<Index>(), any::<Index>(), piece).prop_map(
+                |(sample, a, b, piece)| {
+                    let (a, b) = (a.index(sample.len() + 1), b.index(sample.len() + 1));
+                    format!("{}{piece}{}", &sample[..a.min(b)], &sample[a.max(b)..])
+                }
+            ),
+            1 => "[a-z_: \\[\\]{}',\"\n0-9./=#&*!|>-]{0,64}",
+            1 => any::<String>(),
+        ]
+    }
+
+    /// Flag values: near-valid text for each kind, or anything.
+    fn flag_value() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(prop_oneof![
+            "[0-9]{0,6}[mshx.]{0,2}",
+            "(notify|delay:|off|TERM|SIGKILL|gradual|manual|debug|0027|root|x)[a-z0-9:=]{0,3}",
+            "[a-zA-Z0-9_=.:/\\[\\] -]{0,12}",
+            any::<String>(),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn files_never_panic_and_explain_on_one_line(text in files()) {
+            match parse_file(&text) {
+                // Whatever parses, resolves or is refused with a reason.
+                Ok(layer) => {
+                    let config = layer.resolve(None, &FAKE);
+                    if let Err(err) = config.and_then(|c| resolve::check_whole(&c)) {
+                        explains(&text, &err.to_string())?;
+                    }
+                }
+                Err(err) => explains(&text, &err)?,
+            }
+        }
+
+        #[test]
+        fn flags_never_panic_and_explain_on_one_line(
+            values in prop::collection::vec(flag_value(), 14),
+            lists in prop::collection::vec(prop::collection::vec(".{0,24}", 0..3), 2),
+        ) {
+            let v = |i: usize| values[i].clone();
+            let flags = MasterFlags {
+                listen: lists[0].clone(),
+                env: lists[1].clone(),
+                workers: v(0),
+                ready: v(1),
+                ready_timeout: v(2),
+                timeout: v(3),
+                stop_signal: v(4),
+                graceful_timeout: v(5),
+                log_level: v(6),
+                retire: v(7),
+                max_surge: v(8),
+                user: v(9),
+                group: v(10),
+                umask: v(11),
+                pid: v(12).map(PathBuf::from),
+                working_directory: v(13).map(PathBuf::from),
+                ..MasterFlags::default()
+            };
+            let input = format!("{flags:?}");
+            match Layer::from_flags(&flags) {
+                Ok(mut layer) => {
+                    layer.command = Some(vec!["app".into()]);
+                    let config = layer.resolve(None, &FAKE);
+                    if let Err(err) = config.and_then(|c| resolve::check_whole(&c)) {
+                        explains(&input, &err.to_string())?;
+                    }
+                }
+                Err(err) => {
+                    let err = err.to_string();
+                    explains(&input, &err)?;
+                    prop_assert!(err.starts_with("--"), "{err}");
+                }
+            }
+        }
+    }
+}
