@@ -1,17 +1,13 @@
 //! The master's configuration: a YAML file (`-c FILE`) overlaid by flags.
 //!
-//! Every setting is written once, in the table of `settings`, from which
-//! the flags, the file keys, the merge and the defaults are made. Loading
-//! runs in two steps:
-//! - `parse`: the file and the flags into `Layer`s of validated values,
-//!   pure (it reads the file, nothing else), each error naming its origin
-//!   (`config app.yml: ready_timeout: ...` or `--ready-timeout ...`). The
-//!   flag layer is laid over the file layer.
-//! - `resolve`: defaults filled in, users, groups and listen host names
-//!   looked up, and the whole checked, into the `Config` the master runs.
-//!
-//! Clients that only need the pid file (`pid_file_of`) stop after parsing,
-//! so they work while DNS is down or the workers' user does not exist.
+//! Each setting is written once, in the table in `settings`. Loading takes
+//! two steps: `parse` turns the file and the flags into `Layer`s of valid
+//! values, touching nothing but the file, each error naming its origin
+//! (`config app.yml: ready_timeout: ...` or `--ready-timeout ...`); then
+//! `resolve` lays the flags over the file, fills defaults, looks users,
+//! groups and listen hosts up, and checks the whole. A client that needs
+//! only `pid:` (`pid_file_of`) stops after parsing: it works while DNS is
+//! down or the workers' user does not exist.
 
 mod describe;
 mod parse;
@@ -19,10 +15,12 @@ mod resolve;
 mod settings;
 
 pub use describe::shell_words;
+pub use parse::signal as parse_signal;
 pub use parse::{parse_file, read_file, ready as parse_ready, retire as parse_retire};
-pub use parse::{signal as parse_signal, Source, Sourced};
 pub use resolve::{lookup_group, lookup_user};
 pub use settings::{Config, Layer, MasterFlags};
+
+use parse::Source;
 
 use crate::duration::Human;
 use std::ffi::OsString;
@@ -94,9 +92,19 @@ pub enum ConfigError {
 impl ConfigError {
     /// An error in the flag of the setting `key`.
     fn flag(key: &str, message: String) -> ConfigError {
-        ConfigError::Flag {
-            flag: format!("--{}", key.replace('_', "-")),
-            message,
+        let flag = format!("--{}", key.replace('_', "-"));
+        ConfigError::Flag { flag, message }
+    }
+
+    /// An error in the setting `key`, named as written: flag or file key.
+    fn at(source: Source, key: &str, file: Option<&Path>, why: String) -> ConfigError {
+        match (source, file) {
+            (Source::Flag, _) => ConfigError::flag(key, why),
+            (Source::File, Some(path)) => ConfigError::File {
+                path: path.to_path_buf(),
+                message: format!("{key}: {why}"),
+            },
+            (Source::File, None) => ConfigError::Invalid(format!("{key}: {why}")),
         }
     }
 }
@@ -104,12 +112,10 @@ impl ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::Read { path, source } => write!(
-                f,
-                "config {}: {}",
-                path.display(),
-                crate::error::io_reason(source)
-            ),
+            ConfigError::Read { path, source } => {
+                let why = crate::error::io_reason(source);
+                write!(f, "config {}: {why}", path.display())
+            }
             ConfigError::File { path, message } => {
                 write!(f, "config {}: {message}", path.display())
             }
@@ -152,7 +158,7 @@ fn load_with(
     };
     let mut over = Layer::from_flags(flags)?;
     over.command = (!command.is_empty()).then(|| command.to_vec());
-    let config = over.over(file).resolve(flags.config.clone(), lookups)?;
+    let config = Layer::resolve(over, file, flags.config.clone(), lookups)?;
     resolve::check_whole(&config)?;
     Ok(config)
 }
@@ -205,7 +211,7 @@ mod tests {
 
     /// The resolve step with the system's lookups, as the master runs it.
     fn resolved(layer: Layer) -> Result<Config, String> {
-        let config = layer.resolve(None, &resolve::SYSTEM)?;
+        let config = Layer::resolve(Layer::default(), layer, None, &resolve::SYSTEM)?;
         resolve::check_whole(&config)?;
         Ok(config)
     }
@@ -273,7 +279,7 @@ mod tests {
         let mut f = flags();
         f.workers = Some("2".into());
         f.env = vec!["B=flag".into()];
-        let c = resolved(flag_layer(&f).unwrap().over(file)).unwrap();
+        let c = Layer::resolve(flag_layer(&f).unwrap(), file, None, &resolve::SYSTEM).unwrap();
         assert_eq!(c.workers, 2);
         assert_eq!(c.env["A"], "file");
         assert_eq!(c.env["B"], "flag");

@@ -10,25 +10,19 @@ use nix::sys::signal::Signal;
 use serde_yaml_ng::Value;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Where a value was written, so that a later lookup names it as a parse
-/// error would have.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Where a value was written, for an error found after the merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
-    #[default]
     File,
     Flag,
 }
 
-/// A value still to be looked up, with where it was written.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sourced<T> {
-    pub value: T,
-    pub source: Source,
-}
+/// A parser of one value; its error says why, for the caller to prefix.
+pub type Parse<T> = fn(&str) -> Result<T, String>;
 
 /// Reads and parses a config file; errors name the file.
 pub fn read_file(path: &Path) -> Result<Layer, ConfigError> {
@@ -55,19 +49,17 @@ pub fn parse_file(text: &str) -> Result<Layer, String> {
 // Adapters from each source's raw form to a value parser, named in the table.
 
 /// A flag of text, parsed by `parse` when given.
-pub fn text<T>(
-    parse: fn(&str) -> Result<T, String>,
-) -> impl Fn(&Option<String>) -> Result<Option<T>, String> {
+pub fn text<T>(parse: Parse<T>) -> impl Fn(&Option<String>) -> Result<Option<T>, String> {
     move |flag| flag.as_deref().map(parse).transpose()
 }
 
 /// A YAML string, parsed by `parse`.
-pub fn string<T>(parse: fn(&str) -> Result<T, String>) -> impl Fn(String) -> Result<T, String> {
+pub fn string<T>(parse: Parse<T>) -> impl Fn(String) -> Result<T, String> {
     move |text| parse(&text)
 }
 
 /// A YAML scalar of any type (`8080`, `true`, `x`), parsed as text.
-pub fn scalar<T>(parse: fn(&str) -> Result<T, String>) -> impl Fn(Value) -> Result<T, String> {
+pub fn scalar<T>(parse: Parse<T>) -> impl Fn(Value) -> Result<T, String> {
     move |value| parse(&scalar_text(&value))
 }
 
@@ -76,8 +68,8 @@ pub fn ok<T>(value: T) -> Result<T, String> {
     Ok(value)
 }
 
-/// A path flag, taken as given.
-pub fn given(flag: &Option<PathBuf>) -> Result<Option<PathBuf>, String> {
+/// A flag taken as clap read it.
+pub fn cloned<T: Clone>(flag: &Option<T>) -> Result<Option<T>, String> {
     Ok(flag.clone())
 }
 
@@ -86,17 +78,9 @@ pub fn switch(flag: &bool) -> Result<Option<bool>, String> {
     Ok(flag.then_some(true))
 }
 
-/// A user or group name from the flag, looked up by `resolve`.
-pub fn name(source: Source) -> impl Fn(&Option<String>) -> Result<Option<Sourced<String>>, String> {
-    move |flag| Ok(flag.clone().map(|value| Sourced { value, source }))
-}
-
-/// A user or group name from the file, looked up by `resolve`.
-pub fn name_in_file(text: &str) -> Result<Sourced<String>, String> {
-    Ok(Sourced {
-        value: text.to_string(),
-        source: Source::File,
-    })
+/// A user or group, by name or id: looked up by `resolve`, not here.
+pub fn name(text: &str) -> Result<String, String> {
+    Ok(text.to_string())
 }
 
 /// Later layers replace a setting, except maps, which merge key by key.
@@ -113,26 +97,13 @@ pub fn merge_maps(
     }
 }
 
-pub fn listen_flags(flags: &[String]) -> Result<Option<Sourced<Vec<WrittenListen>>>, String> {
-    if flags.is_empty() {
-        return Ok(None);
-    }
-    let value = flags
-        .iter()
-        .map(|text| write_listen(text))
-        .collect::<Result<_, _>>()?;
-    Ok(Some(Sourced {
-        value,
-        source: Source::Flag,
-    }))
+pub fn listen_flags(flags: &[String]) -> Result<Option<Vec<WrittenListen>>, String> {
+    let specs: Result<Vec<_>, _> = flags.iter().map(|t| write_listen(t)).collect();
+    Ok((!flags.is_empty()).then_some(specs?))
 }
 
-pub fn listen_entries(entries: Vec<Value>) -> Result<Sourced<Vec<WrittenListen>>, String> {
-    let value = entries.iter().map(listen_entry).collect::<Result<_, _>>()?;
-    Ok(Sourced {
-        value,
-        source: Source::File,
-    })
+pub fn listen_entries(entries: Vec<Value>) -> Result<Vec<WrittenListen>, String> {
+    entries.iter().map(listen_entry).collect()
 }
 
 pub fn env_flags(pairs: &[String]) -> Result<Option<BTreeMap<String, String>>, String> {
@@ -182,10 +153,6 @@ pub fn max_surge(text: &str) -> Result<usize, String> {
             "{text:?}: expected a whole number from 1 to {MAX_WORKERS}"
         )),
     }
-}
-
-pub fn duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
 }
 
 /// `notify` or `delay:DURATION`.
@@ -343,6 +310,7 @@ mod proptests {
     use crate::config::{Account, Group, MasterFlags};
     use proptest::prelude::*;
     use proptest::sample::{select, Index};
+    use std::path::PathBuf;
 
     /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
     fn cases() -> u32 {
@@ -427,7 +395,7 @@ mod proptests {
             match parse_file(&text) {
                 // Whatever parses, resolves or is refused with a reason.
                 Ok(layer) => {
-                    let config = layer.resolve(None, &FAKE);
+                    let config = Layer::resolve(Layer::default(), layer, None, &FAKE);
                     if let Err(err) = config.and_then(|c| resolve::check_whole(&c)) {
                         explains(&text, &err.to_string())?;
                     }
@@ -465,7 +433,7 @@ mod proptests {
             match Layer::from_flags(&flags) {
                 Ok(mut layer) => {
                     layer.command = Some(vec!["app".into()]);
-                    let config = layer.resolve(None, &FAKE);
+                    let config = Layer::resolve(layer, Layer::default(), None, &FAKE);
                     if let Err(err) = config.and_then(|c| resolve::check_whole(&c)) {
                         explains(&input, &err.to_string())?;
                     }

@@ -3,10 +3,8 @@
 //! (getaddrinfo), and the checks only the whole configuration can make.
 //! Only the master needs this; a client reading `pid:` stops at `parse`.
 
-use super::parse::{Source, Sourced};
 use super::{Account, Config, ConfigError, Group, ReadyMode};
 use crate::listen::{resolve_host, ListenSpec, Resolve, WrittenListen};
-use std::path::Path;
 
 /// The name services the resolve step asks; tests pass ones without I/O.
 pub struct Lookups {
@@ -22,52 +20,24 @@ pub const SYSTEM: Lookups = Lookups {
     group: lookup_group,
 };
 
-/// Where a setting is being resolved, to name it in an error.
-pub struct Site<'a> {
-    pub key: &'static str,
-    pub config_path: Option<&'a Path>,
-    pub lookups: &'a Lookups,
-}
-
-impl Site<'_> {
-    /// An error naming the flag or the file key the value came from.
-    fn error(&self, source: Source, why: String) -> ConfigError {
-        match (source, self.config_path) {
-            (Source::Flag, _) => ConfigError::flag(self.key, why),
-            (Source::File, Some(path)) => ConfigError::File {
-                path: path.to_path_buf(),
-                message: format!("{}: {why}", self.key),
-            },
-            (Source::File, None) => ConfigError::Invalid(format!("{}: {why}", self.key)),
-        }
-    }
-}
-
 /// A setting that needs no lookup.
-pub fn keep<T>(value: T, _: &Site) -> Result<T, ConfigError> {
+pub fn keep<T>(value: T, _: &Lookups) -> Result<T, String> {
     Ok(value)
 }
 
-pub fn listeners(
-    written: Sourced<Vec<WrittenListen>>,
-    site: &Site,
-) -> Result<Vec<ListenSpec>, ConfigError> {
-    written
-        .value
+pub fn listeners(specs: Vec<WrittenListen>, lookups: &Lookups) -> Result<Vec<ListenSpec>, String> {
+    specs
         .into_iter()
-        .map(|entry| entry.resolve(site.lookups.host))
-        .collect::<Result<_, _>>()
-        .map_err(|why| site.error(written.source, why))
+        .map(|spec| spec.resolve(lookups.host))
+        .collect()
 }
 
-pub fn user(name: Option<Sourced<String>>, site: &Site) -> Result<Option<Account>, ConfigError> {
-    name.map(|n| (site.lookups.user)(&n.value).map_err(|why| site.error(n.source, why)))
-        .transpose()
+pub fn user(name: Option<String>, lookups: &Lookups) -> Result<Option<Account>, String> {
+    name.map(|name| (lookups.user)(&name)).transpose()
 }
 
-pub fn group(name: Option<Sourced<String>>, site: &Site) -> Result<Option<Group>, ConfigError> {
-    name.map(|n| (site.lookups.group)(&n.value).map_err(|why| site.error(n.source, why)))
-        .transpose()
+pub fn group(name: Option<String>, lookups: &Lookups) -> Result<Option<Group>, String> {
+    name.map(|name| (lookups.group)(&name)).transpose()
 }
 
 /// A user by name or uid, with its primary group and supplementary groups.
