@@ -389,8 +389,10 @@ mod tests {
     fn a_client_finds_the_pid_file_without_any_lookup() {
         let path = config_file("client", UNRESOLVABLE);
         assert_eq!(pid_file_of(&path).unwrap(), Some(PathBuf::from("/x.pid")));
+        std::fs::remove_file(&path).unwrap();
         let path = config_file("client-bad", "workers: many\n");
         let err = pid_file_of(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
         assert_eq!(
             err,
             format!(
@@ -441,5 +443,6 @@ mod tests {
             err.starts_with("--listen \"web=no-such-host.invalid:80\": cannot resolve"),
             "{err}"
         );
+        std::fs::remove_file(&path).unwrap();
     }
 }
