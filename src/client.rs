@@ -79,8 +79,8 @@ fn pid_file(locate: &Locate) -> Step<PathBuf> {
             "which master? give -p PIDFILE or -c CONFIG".into(),
         ));
     };
-    let layer = config::read_file(config_path).map_err(Outcome::Usage)?;
-    layer.pid.ok_or_else(|| {
+    let pid = config::pid_file_of(config_path).map_err(|e| Outcome::Usage(e.to_string()))?;
+    pid.ok_or_else(|| {
         Outcome::Usage(format!(
             "config {}: no `pid:` key, so the master cannot be found",
             config_path.display()

@@ -2,6 +2,7 @@
 //! which address, file or flag, and why. Printed once, on one line, as
 //! `forkmaster: <error>`.
 
+use crate::config::ConfigError;
 use crate::listen::Address;
 use nix::errno::Errno;
 use std::fmt;
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub enum Error {
     /// Bad flags or config file; the text names the origin and value.
-    Config(String),
+    Config(ConfigError),
     Bind {
         addr: Address,
         source: Errno,
@@ -51,7 +52,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(text) => write!(f, "{text}"),
+            Error::Config(e) => write!(f, "{e}"),
             Error::Bind { addr, source } => write!(f, "listen {addr}: {}", errno_reason(*source)),
             Error::UnixSocketInUse { path } => write!(
                 f,
@@ -86,6 +87,7 @@ impl std::error::Error for Error {
         match self {
             Error::Bind { source, .. } | Error::Sys { source, .. } => Some(source),
             Error::PidFile { source, .. } | Error::LogFile { source, .. } => Some(source),
+            Error::Config(e) => Some(e),
             _ => None,
         }
     }

@@ -15,8 +15,6 @@ pub mod daemon;
 pub mod duration;
 pub mod error;
 pub mod files;
-#[cfg(test)]
-mod fuzz;
 pub mod handoff;
 pub mod ipc;
 pub mod launch;

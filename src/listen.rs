@@ -1,7 +1,8 @@
 //! Listen addresses as the user writes them: `PORT`, `HOST:PORT`, `[IPV6]:PORT`,
 //! `unix:/path/to.sock`, each optionally prefixed `NAME=`.
 //!
-//! Parsing is pure; binding lives in `sockets`.
+//! Parsing is pure: a host name is kept as written (`Target::Host`) until
+//! `WrittenListen::resolve` looks it up. Binding lives in `sockets`.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -38,6 +39,51 @@ impl ListenSpec {
 /// Looks a host name up: DNS and /etc/hosts, through getaddrinfo.
 pub type Resolve = fn(&str, u16) -> Result<SocketAddr, String>;
 
+/// A listener as written, any host name in it not looked up yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenListen {
+    pub target: Target,
+    pub name: Option<String>,
+    pub backlog: u32,
+    pub mode: Option<u32>,
+    /// The text the address came from, quoted in a failed lookup's message.
+    pub text: String,
+}
+
+/// An address as written: complete, or a host name still to look up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Address(Address),
+    Host { host: String, port: u16 },
+}
+
+impl WrittenListen {
+    /// Looks the host name up, if any; fails naming the text as written.
+    pub fn resolve(self, resolve: Resolve) -> Result<ListenSpec, String> {
+        let address = match self.target {
+            Target::Address(address) => address,
+            Target::Host { host, port } => {
+                Address::Tcp(resolve(&host, port).map_err(|why| format!("{:?}: {why}", self.text))?)
+            }
+        };
+        Ok(ListenSpec {
+            address,
+            name: self.name,
+            backlog: self.backlog,
+            mode: self.mode,
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Address(address) => write!(f, "{address}"),
+            Target::Host { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 /// Parses one `--listen` value. Fails with a message naming the value.
 pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
     parse_listen_with(text, resolve_host)
@@ -46,6 +92,11 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
 /// `parse_listen` with host names looked up by `resolve` (tests and fuzzing
 /// pass one that does no I/O).
 pub fn parse_listen_with(text: &str, resolve: Resolve) -> Result<ListenSpec, String> {
+    write_listen(text)?.resolve(resolve)
+}
+
+/// Parses one `--listen` value without looking any host name up.
+pub fn write_listen(text: &str) -> Result<WrittenListen, String> {
     let (name, rest) = match text.split_once('=') {
         Some((name, rest)) => {
             validate_name(name).map_err(|why| format!("{text:?}: {why}"))?;
@@ -53,12 +104,13 @@ pub fn parse_listen_with(text: &str, resolve: Resolve) -> Result<ListenSpec, Str
         }
         None => (None, text),
     };
-    let address = parse_address_with(rest, resolve).map_err(|why| format!("{text:?}: {why}"))?;
-    Ok(ListenSpec {
-        address,
+    let target = parse_target(rest).map_err(|why| format!("{text:?}: {why}"))?;
+    Ok(WrittenListen {
+        target,
         name,
         backlog: DEFAULT_BACKLOG,
         mode: None,
+        text: text.to_string(),
     })
 }
 
@@ -68,6 +120,14 @@ pub fn parse_address(text: &str) -> Result<Address, String> {
 }
 
 pub fn parse_address_with(text: &str, resolve: Resolve) -> Result<Address, String> {
+    match parse_target(text)? {
+        Target::Address(address) => Ok(address),
+        Target::Host { host, port } => resolve(&host, port).map(Address::Tcp),
+    }
+}
+
+/// Parses the address part alone, leaving a host name to look up later.
+pub fn parse_target(text: &str) -> Result<Target, String> {
     if let Some(path) = text.strip_prefix("unix:") {
         if path.is_empty() {
             return Err("empty unix socket path".into());
@@ -80,17 +140,20 @@ pub fn parse_address_with(text: &str, resolve: Resolve) -> Result<Address, Strin
         if path.len() > 107 {
             return Err("unix socket path longer than 107 bytes".into());
         }
-        return Ok(Address::Unix(PathBuf::from(path)));
+        return Ok(Target::Address(Address::Unix(PathBuf::from(path))));
     }
     if text.is_empty() {
         return Err("empty address".into());
     }
     if text.bytes().all(|b| b.is_ascii_digit()) {
         let port = parse_port(text)?;
-        return Ok(Address::Tcp(SocketAddr::from(([0, 0, 0, 0], port))));
+        return Ok(Target::Address(Address::Tcp(SocketAddr::from((
+            [0, 0, 0, 0],
+            port,
+        )))));
     }
     if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(Address::Tcp(addr));
+        return Ok(Target::Address(Address::Tcp(addr)));
     }
     let (host, port) = text
         .rsplit_once(':')
@@ -99,7 +162,10 @@ pub fn parse_address_with(text: &str, resolve: Resolve) -> Result<Address, Strin
         return Err("expected PORT, HOST:PORT, [IPV6]:PORT or unix:PATH".into());
     }
     let port = parse_port(port)?;
-    resolve(host, port).map(Address::Tcp)
+    Ok(Target::Host {
+        host: host.to_string(),
+        port,
+    })
 }
 
 pub fn resolve_host(host: &str, port: u16) -> Result<SocketAddr, String> {
@@ -213,5 +279,73 @@ mod tests {
         assert_eq!(parse_mode("600"), Ok(0o600));
         assert!(parse_mode("999").is_err());
         assert!(parse_mode("77777").is_err());
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+
+    /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2000)
+    }
+
+    /// Host names resolve to a fixed address: no DNS in tests.
+    fn no_dns(_host: &str, port: u16) -> Result<SocketAddr, String> {
+        Ok(SocketAddr::from(([10, 0, 0, 1], port)))
+    }
+
+    /// Valid listeners with a stretch cut out and random text put in, or
+    /// random text alone.
+    fn listeners() -> impl Strategy<Value = String> {
+        const SAMPLES: &[&str] = &[
+            "8080",
+            "127.0.0.1:80",
+            "[::1]:9000",
+            "unix:/tmp/a.sock",
+            "web=127.0.0.1:8080",
+            "admin=unix:/run/x.sock",
+            "host.example:443",
+            "[fe80::1%eth0]:80",
+        ];
+        let piece = "[0-9.:\\[\\]abcdefx/unix=_@ ;%\n-]{0,6}";
+        prop_oneof![
+            (select(SAMPLES), any::<Index>(), any::<Index>(), piece).prop_map(
+                |(sample, a, b, piece)| {
+                    let (a, b) = (a.index(sample.len() + 1), b.index(sample.len() + 1));
+                    format!("{}{piece}{}", &sample[..a.min(b)], &sample[a.max(b)..])
+                }
+            ),
+            "[0-9.:\\[\\]abcdefx/unix=_@ ;%\n-]{0,64}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn never_panics_and_names_the_value_on_one_line(text in listeners()) {
+            // Parsed without lookups, then resolved, as the master does.
+            if let Err(err) = write_listen(&text).and_then(|w| w.resolve(no_dns)) {
+                prop_assert!(!err.contains('\n'), "multi-line error for {text:?}: {err:?}");
+                prop_assert!(err.contains(&format!("{text:?}")), "{text:?}: {err}");
+            }
+        }
+
+        #[test]
+        fn a_failed_lookup_names_the_value(text in listeners()) {
+            let failing: Resolve = |host, _| Err(format!("cannot resolve host {host:?}"));
+            if let Err(err) = parse_listen_with(&text, failing) {
+                prop_assert!(!err.contains('\n'), "multi-line error for {text:?}: {err:?}");
+                prop_assert!(err.contains(&format!("{text:?}")), "{text:?}: {err}");
+            }
+        }
     }
 }

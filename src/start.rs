@@ -7,7 +7,7 @@
 //! the old master why, for `forkmaster upgrade --wait`.
 
 use crate::cli::MasterFlags;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigError};
 use crate::error::{Error, Result};
 use crate::handoff::{self, Inherited};
 use crate::ipc::control::{self, QueryError};
@@ -61,7 +61,9 @@ fn check(config: &Config) -> Result<()> {
         std::process::id() as i32,
     );
     if config.listeners.is_empty() && activated.is_empty() {
-        return Err(Error::Config(config::NO_LISTENER.into()));
+        return Err(Error::Config(ConfigError::Invalid(
+            config::NO_LISTENER.into(),
+        )));
     }
     let mut out = std::io::stdout().lock();
     // A reader that went away (`| head`) is no failure of the config.
@@ -107,7 +109,9 @@ fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<
 fn adopt_all(inherited: &mut Inherited) -> Result<Vec<Listener>> {
     let adopted = inherited.take_all();
     if adopted.is_empty() {
-        return Err(Error::Config(config::NO_LISTENER.into()));
+        return Err(Error::Config(ConfigError::Invalid(
+            config::NO_LISTENER.into(),
+        )));
     }
     for (i, listener) in adopted.iter().enumerate() {
         log::info!(
@@ -179,16 +183,16 @@ fn check_may_switch_user(config: &Config) -> Result<()> {
     }
     let egid = nix::unistd::getegid().as_raw();
     if let Some(user) = config.user.as_ref().filter(|u| u.uid != euid) {
-        return Err(Error::Config(format!(
+        return Err(Error::Config(ConfigError::Invalid(format!(
             "user {}: switching workers to another user needs root (running as uid {euid})",
             user.name
-        )));
+        ))));
     }
     if let Some(group) = config.group.as_ref().filter(|g| g.gid != egid) {
-        return Err(Error::Config(format!(
+        return Err(Error::Config(ConfigError::Invalid(format!(
             "group {}: switching workers to another group needs root (running as uid {euid})",
             group.name
-        )));
+        ))));
     }
     Ok(())
 }

@@ -160,3 +160,52 @@ mod tests {
         assert!(socket.receive().is_none());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+
+    /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2000)
+    }
+
+    /// Valid datagrams with a stretch cut out and random bytes put in, or
+    /// random bytes alone, not only valid UTF-8.
+    fn datagrams() -> impl Strategy<Value = Vec<u8>> {
+        const SAMPLES: &[&str] = &[
+            "READY=1\nSTATUS=serving\n",
+            "WATCHDOG=1",
+            "STOPPING=1\nFORKMASTER_RETIRE=3\n",
+            "FORKMASTER_UPGRADE_FAILED=worker=0 exec ./app: No such file\n",
+        ];
+        let piece = prop::collection::vec(
+            prop_oneof![select(&b"READYWTCHOGS=01\n\0\xff_"[..]), any::<u8>()],
+            0..6,
+        );
+        prop_oneof![
+            (select(SAMPLES), any::<Index>(), any::<Index>(), piece).prop_map(
+                |(sample, a, b, piece)| {
+                    let sample = sample.as_bytes();
+                    let (a, b) = (a.index(sample.len() + 1), b.index(sample.len() + 1));
+                    [&sample[..a.min(b)], &piece[..], &sample[a.max(b)..]].concat()
+                }
+            ),
+            prop::collection::vec(any::<u8>(), 0..256),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn parse_message_never_panics(bytes in datagrams()) {
+            let _ = parse_message(&bytes);
+        }
+    }
+}

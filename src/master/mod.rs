@@ -16,7 +16,7 @@ mod reload;
 mod upgrade;
 mod workers;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::error::{errno_reason, Error, Result};
 use crate::ipc::control::ControlSocket;
 use crate::ipc::notify::NotifySocket;
@@ -175,7 +175,7 @@ impl Master {
             &notify.env_value,
             generation,
         )
-        .map_err(Error::Config)?;
+        .map_err(|e| Error::Config(ConfigError::Invalid(e)))?;
         template.set_stdio(logs.worker_stdio());
         let pool = Pool::new(config.workers, Instant::now());
         let role = predecessor.map_or(UpgradeRole::None, UpgradeRole::new_master_of);

@@ -1,0 +1,218 @@
+//! The table of settings. Each is written here once; the flags
+//! (`MasterFlags`, doc comments as help), the file keys, the `Layer` of
+//! parsed values, the merge (flags over file), the defaults, the resolved
+//! `Config` and the `--check` lines are all made from it. A row reads:
+//!
+//! ```text
+//! key: Parsed [= default] => config_field: Type [=> resolve]
+//!     [flag FlagType = parse,] yaml YamlType = parse, [merge fn,] show |value| lines;
+//! ```
+
+use super::parse::{self as p, Source};
+use super::resolve::{self as r, Lookups};
+use super::{describe, shell_words, Account, ConfigError, Group, ReadyMode, Retire};
+use crate::duration::{parse_duration, Human};
+use crate::listen::{parse_mode, ListenSpec, WrittenListen};
+use clap::Args;
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+macro_rules! settings {
+    ($(
+        $(#[$flag_attr:meta])*
+        $key:ident: $parsed:ty $(= $default:expr)? => $field:ident: $config_ty:ty $(=> $resolve:expr)?,
+            $(flag $flag_ty:ty = $from_flag:expr,)? yaml $yaml_ty:ty = $from_yaml:expr,
+            $(merge $merge:expr,)? show |$v:ident| $show:expr;
+    )*) => {
+        /// The master's flags; each but `--config` and `--check` is also a key
+        /// of the config file. Values stay text here: `config` parses them with
+        /// the file's rules, naming the flag in any error.
+        #[derive(Args, Clone, Debug, Default)]
+        pub struct MasterFlags {
+            /// YAML config file; its keys are the long flag names with underscores. Flags override it.
+            #[arg(short = 'c', long, value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $($(#[$flag_attr])* $(pub $key: $flag_ty,)?)*
+            /// Load and validate the configuration, print what would run, and exit 0 or 1.
+            #[arg(short = 't', long)]
+            pub check: bool,
+        }
+
+        /// The file as written: serde's own type errors where it checks the
+        /// type, loose values where our parser explains better.
+        #[derive(Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct FileKeys { $($key: Option<$yaml_ty>,)* }
+
+        /// One source of settings, parsed, not resolved; `None`: not said here.
+        #[derive(Clone, Debug, Default, PartialEq)]
+        pub struct Layer { $(pub $key: Option<$parsed>,)* }
+
+        /// Everything the master needs, with defaults filled in and names
+        /// looked up.
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct Config {
+            pub config_path: Option<PathBuf>,
+            $(pub $field: $config_ty,)*
+        }
+
+        impl Layer {
+            /// Parses the keys of a file; errors start with the key.
+            pub(super) fn from_file(keys: FileKeys) -> Result<Layer, String> {
+                let key = |key: &'static str| move |why| format!("{key}: {why}");
+                Ok(Layer { $($key: keys.$key.map($from_yaml).transpose().map_err(key(stringify!($key)))?,)* })
+            }
+
+            /// Parses the flags; errors start with the flag.
+            pub(super) fn from_flags(flags: &MasterFlags) -> Result<Layer, ConfigError> {
+                let mut layer = Layer::default();
+                $($(
+                    layer.$key = ($from_flag)(&flags.$key)
+                        .map_err(|why| ConfigError::flag(stringify!($key), why))?;
+                )?)*
+                Ok(layer)
+            }
+
+            /// Lays `over` (the flags) on `base` (the file), fills defaults and
+            /// looks names up; a failed lookup names the flag or file key.
+            pub(super) fn resolve(
+                over: Layer, base: Layer, path: Option<PathBuf>, lookups: &Lookups,
+            ) -> Result<Config, ConfigError> {
+                Ok(Config {
+                    $($field: {
+                        let source = if over.$key.is_some() { Source::Flag } else { Source::File };
+                        let value = settings!(@merge $($merge)?)(over.$key, base.$key);
+                        settings!(@resolve $($resolve)?)(settings!(@default value $(, $default)?), lookups)
+                            .map_err(|why| ConfigError::at(source, stringify!($key), path.as_deref(), why))?
+                    },)*
+                    config_path: path,
+                })
+            }
+        }
+
+        impl Config {
+            /// What `--check` prints: the configuration as it would run, a
+            /// `key: value` line per setting in table order.
+            pub fn describe(&self) -> String {
+                let mut out = String::new();
+                if let Some(path) = &self.config_path {
+                    let _ = writeln!(out, "config: {}", path.display());
+                }
+                $({
+                    let $v = &self.$field;
+                    for value in IntoIterator::into_iter($show) {
+                        let _ = writeln!(out, "{}: {value}", stringify!($key));
+                    }
+                })*
+                out
+            }
+        }
+    };
+    (@merge) => { Option::or };
+    (@merge $merge:expr) => { $merge };
+    (@default $value:expr) => { $value };
+    (@default $value:expr, $default:expr) => { $value.unwrap_or_else(|| $default) };
+    (@resolve) => { r::keep };
+    (@resolve $resolve:expr) => { $resolve };
+}
+
+settings! {
+    /// Listener, repeatable, in fd order: PORT, HOST:PORT, [IPV6]:PORT or unix:PATH,
+    /// optionally prefixed NAME= (the name goes into LISTEN_FDNAMES).
+    #[arg(short = 'l', long, value_name = "ADDR")]
+    listen: Vec<WrittenListen> = Vec::new() => listeners: Vec<ListenSpec> => r::listeners,
+        flag Vec<String> = p::listen_flags, yaml Vec<Value> = p::listen_entries, show |v| describe::listeners(v);
+    /// Number of workers [default: 1].
+    #[arg(short = 'w', long, value_name = "N")]
+    workers: usize = 1 => workers: usize,
+        flag Option<String> = p::text(p::workers), yaml Value = p::scalar(p::workers), show |v| Some(v);
+    command: Vec<OsString> = Vec::new() => command: Vec<OsString>,
+        yaml Vec<String> = p::command, show |v| Some(shell_words(v));
+    /// Pid file, written atomically once the listeners are bound.
+    #[arg(short = 'p', long, value_name = "FILE")]
+    pid: PathBuf => pid_file: Option<PathBuf>,
+        flag Option<PathBuf> = p::cloned, yaml PathBuf = p::ok, show |v| v.as_ref().map(|p| p.display());
+    /// Directory each worker changes into at every spawn (a deploy symlink is followed anew).
+    #[arg(long, value_name = "DIR")]
+    working_directory: PathBuf => working_directory: Option<PathBuf>,
+        flag Option<PathBuf> = p::cloned, yaml PathBuf = p::ok, show |v| v.as_ref().map(|p| p.display());
+    /// Extra environment for the workers, repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    env: BTreeMap<String, String> = BTreeMap::new() => env: BTreeMap<String, String>,
+        flag Vec<String> = p::env_flags, yaml BTreeMap<String, Value> = p::env_map, merge p::merge_maps,
+        show |v| v.iter().map(|(key, value)| format!("{key}={value}"));
+    /// Readiness: `notify` (worker sends READY=1 to NOTIFY_SOCKET) or `delay:DURATION`
+    /// [default: delay:1s].
+    #[arg(long, value_name = "MODE")]
+    ready: ReadyMode = ReadyMode::Delay(Duration::from_secs(1)) => ready: ReadyMode,
+        flag Option<String> = p::text(p::ready), yaml String = p::string(p::ready), show |v| Some(v);
+    /// A worker not ready within this is killed and counts as a boot failure [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    ready_timeout: Duration = Duration::from_secs(60) => ready_timeout: Duration,
+        flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
+        show |v| Some(Human(*v));
+    /// Watchdog (needs --ready notify): a worker must send WATCHDOG=1 within this or is
+    /// killed and replaced [default: off].
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<Duration> = None => timeout: Option<Duration>,
+        flag Option<String> = p::text(p::timeout), yaml String = p::string(p::timeout),
+        show |v| Some(v.map_or("off".into(), |d| Human(d).to_string()));
+    /// Signal a worker gets for a graceful stop [default: TERM].
+    #[arg(long, value_name = "SIG")]
+    stop_signal: Signal = Signal::SIGTERM => stop_signal: Signal,
+        flag Option<String> = p::text(p::signal), yaml Value = p::scalar(p::signal), show |v| Some(v.as_str());
+    /// How long a graceful stop may take before SIGKILL [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    graceful_timeout: Duration = Duration::from_secs(30) => graceful_timeout: Duration,
+        flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
+        show |v| Some(Human(*v));
+    /// error, warn, info, debug or trace [default: RUST_LOG, else info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: String => log_level: Option<String>,
+        // Not shown by --check: the log itself tells its level.
+        flag Option<String> = p::text(p::log_level), yaml String = p::string(p::log_level), show |_v| None::<&str>;
+    /// How a new master retires the old one after USR2: gradual, all or manual
+    /// [default: gradual].
+    #[arg(long, value_name = "MODE")]
+    retire: Retire = Retire::Gradual => retire: Retire,
+        flag Option<String> = p::text(p::retire), yaml String = p::string(p::retire), show |v| Some(v);
+    /// Replacement workers booting at once during a HUP rolling restart [default: 1].
+    #[arg(long, value_name = "N")]
+    max_surge: usize = 1 => max_surge: usize,
+        flag Option<String> = p::text(p::max_surge), yaml Value = p::scalar(p::max_surge), show |v| Some(v);
+    /// Where the master's and the workers' stdout go (reopened on USR1).
+    #[arg(long, value_name = "FILE")]
+    stdout_path: PathBuf => stdout_path: Option<PathBuf>,
+        flag Option<PathBuf> = p::cloned, yaml PathBuf = p::ok, show |v| v.as_ref().map(|p| p.display());
+    /// Where the master's and the workers' stderr (and the master's log) go
+    /// (reopened on USR1).
+    #[arg(long, value_name = "FILE")]
+    stderr_path: PathBuf => stderr_path: Option<PathBuf>,
+        flag Option<PathBuf> = p::cloned, yaml PathBuf = p::ok, show |v| v.as_ref().map(|p| p.display());
+    /// Detach into the background; exit 0 once every worker is ready, 1 with
+    /// the reason if startup failed.
+    #[arg(short = 'D', long)]
+    daemonize: bool = false => daemonize: bool,
+        flag bool = p::switch, yaml bool = p::ok, show |v| v.then_some("yes");
+    /// Run workers as this user (name or uid) with its groups; the master
+    /// stays as the starting user.
+    #[arg(long, value_name = "USER")]
+    user: String => user: Option<Account> => r::user,
+        flag Option<String> = p::text(p::name), yaml Value = p::scalar(p::name),
+        show |v| v.as_ref().map(|u| format!("{} (uid {}, gid {})", u.name, u.uid, u.gid));
+    /// Run workers with this primary group (name or gid) [default: the user's].
+    #[arg(long, value_name = "GROUP")]
+    group: String => group: Option<Group> => r::group,
+        flag Option<String> = p::text(p::name), yaml Value = p::scalar(p::name),
+        show |v| v.as_ref().map(|g| format!("{} (gid {})", g.name, g.gid));
+    /// File mode creation mask for the master and workers, octal (e.g. 0027).
+    #[arg(long, value_name = "MASK")]
+    umask: u32 => umask: Option<u32>,
+        flag Option<String> = p::text(parse_mode), yaml Value = p::umask, show |v| v.map(|m| format!("{m:04o}"));
+}
