@@ -181,10 +181,6 @@ impl Inherited {
         });
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
-    }
-
     /// Hands over the socket for `spec`, if there is one: by name when both
     /// have one, else by address.
     pub fn take(&mut self, spec: &ListenSpec) -> Option<Listener> {

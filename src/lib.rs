@@ -2,7 +2,11 @@
 //!
 //! The master binds the listening sockets once and forks workers that exec
 //! the app with those sockets inherited, so connections queue in the kernel
-//! across every restart. See `master` for the event loop.
+//! across every restart. See `master` for the event loop, and
+//! docs/ARCHITECTURE.md for how the parts fit.
+//!
+//! The binary needs three entry points: `cli` (the command line), `client`
+//! (the client commands) and `start` (a master); everything else is private.
 
 // Only `sys` may hold code the compiler cannot check; each such block there
 // says why it is sound.
@@ -10,26 +14,26 @@
 
 pub mod cli;
 pub mod client;
-pub mod config;
-pub mod daemon;
-pub mod duration;
-pub mod error;
-pub mod files;
-pub mod handoff;
-pub mod ipc;
-pub mod launch;
-pub mod listen;
-pub mod logging;
-pub mod master;
-pub mod pidfile;
-pub mod plan;
-pub mod protocol;
-pub mod ratelimit;
-pub mod sockets;
-pub mod spawn;
+mod config;
+mod daemon;
+mod duration;
+mod error;
+mod files;
+mod handoff;
+mod ipc;
+mod launch;
+mod listen;
+mod logging;
+mod master;
+mod pidfile;
+mod plan;
+mod protocol;
+mod ratelimit;
+mod sockets;
+mod spawn;
 pub mod start;
-pub mod status;
+mod status;
 #[allow(unsafe_code)]
-pub mod sys;
-pub mod timers;
-pub mod worker;
+mod sys;
+mod timers;
+mod worker;

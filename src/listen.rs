@@ -85,12 +85,14 @@ impl fmt::Display for Target {
 }
 
 /// Parses one `--listen` value. Fails with a message naming the value.
+#[cfg(test)]
 pub fn parse_listen(text: &str) -> Result<ListenSpec, String> {
     parse_listen_with(text, resolve_host)
 }
 
 /// `parse_listen` with host names looked up by `resolve` (tests and fuzzing
 /// pass one that does no I/O).
+#[cfg(test)]
 pub fn parse_listen_with(text: &str, resolve: Resolve) -> Result<ListenSpec, String> {
     write_listen(text)?.resolve(resolve)
 }
@@ -115,6 +117,7 @@ pub fn write_listen(text: &str) -> Result<WrittenListen, String> {
 }
 
 /// Parses the address part alone (no `NAME=`).
+#[cfg(test)]
 pub fn parse_address(text: &str) -> Result<Address, String> {
     parse_address_with(text, resolve_host)
 }

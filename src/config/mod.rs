@@ -15,9 +15,11 @@ mod resolve;
 mod settings;
 
 pub use describe::shell_words;
-pub use parse::signal as parse_signal;
-pub use parse::{parse_file, read_file, ready as parse_ready, retire as parse_retire};
-pub use resolve::{lookup_group, lookup_user};
+pub use parse::read_file;
+#[cfg(test)]
+use parse::{parse_file, signal as parse_signal};
+#[cfg(test)]
+use resolve::{lookup_group, lookup_user};
 pub use settings::{Config, Layer, MasterFlags};
 
 use parse::Source;
