@@ -110,7 +110,9 @@ readonly POLL_S=0.05
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 readonly REPO
-readonly FM="$REPO/target/release/forkmaster"
+# FORKMASTER_BENCH_BIN: another forkmaster binary to measure (e.g. an older
+# build, for a side-by-side comparison); the demo app stays this tree's.
+readonly FM="${FORKMASTER_BENCH_BIN:-$REPO/target/release/forkmaster}"
 readonly DEMO="$REPO/target/release/forkmaster-demo"
 readonly SPAWNER="$REPO/bench/notify_spawner.py"
 readonly WRITER="$REPO/bench/log_writer.py"
