@@ -14,6 +14,7 @@ use crate::ipc::control::{self, QueryError};
 use crate::ipc::output::LogFiles;
 use crate::ipc::{notify, systemd};
 use crate::launch::Launch;
+use crate::listen::{Address, ListenSpec};
 use crate::master::Master;
 use crate::sockets::Listener;
 use crate::{daemon, logging, pidfile, protocol, sys};
@@ -21,6 +22,7 @@ use nix::sys::stat::Mode;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 
 /// Runs a master until it stops. `Err` is printed by the caller, once; the
 /// launching process of `--daemonize` and an old master waiting on this
@@ -93,7 +95,7 @@ fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<
         config.listeners = adopted.iter().map(|l| l.spec.clone()).collect();
         adopted
     } else {
-        open_listeners(&config, &mut inherited, (uid, gid))?
+        open_listeners(&config, &launch.start_dir, &mut inherited, (uid, gid))?
     };
     // Nothing the master inherited may leak into workers.
     sys::set_cloexec_from_3(&[]);
@@ -125,15 +127,25 @@ fn adopt_all(inherited: &mut Inherited) -> Result<Vec<Listener>> {
 }
 
 /// The configured listeners, in order: each taken from what was inherited
-/// (an upgrade, socket activation) or bound anew. On failure no socket
-/// file we created is left behind.
+/// (an upgrade, socket activation) or bound anew. A relative unix socket
+/// path is bound, and published to workers, relative to the start directory
+/// (`$PWD`): a new master of an upgrade starts in its old master's start
+/// directory, so the path means the same socket across upgrades. On failure
+/// no socket file we created is left behind.
 fn open_listeners(
     config: &Config,
+    start_dir: &Path,
     inherited: &mut Inherited,
     owner: (Option<u32>, Option<u32>),
 ) -> Result<Vec<Listener>> {
     let mut listeners: Vec<(Listener, &str)> = Vec::with_capacity(config.listeners.len());
+    let unlink_bound = |listeners: &[(Listener, &str)]| {
+        for (listener, _) in listeners.iter().filter(|(_, how)| *how == "bound") {
+            listener.unlink_if_ours();
+        }
+    };
     for spec in &config.listeners {
+        let spec = &absolute(spec, start_dir);
         let (listener, how) = match inherited.take(spec) {
             Some(listener) if listener.external => (listener, "activated"),
             Some(listener) => (listener, "inherited"),
@@ -143,9 +155,7 @@ fn open_listeners(
                     (listener, "bound")
                 }
                 Err(e) => {
-                    for (listener, _) in listeners.iter().filter(|(_, how)| *how == "bound") {
-                        listener.unlink_if_ours();
-                    }
+                    unlink_bound(&listeners);
                     return Err(e);
                 }
             },
@@ -162,6 +172,17 @@ fn open_listeners(
         log::info!("event=listen-closed addr={addr} reason=\"no longer configured\"");
     }
     Ok(listeners.into_iter().map(|(l, _)| l).collect())
+}
+
+/// `spec` with a relative unix socket path made absolute against `dir`.
+fn absolute(spec: &ListenSpec, dir: &Path) -> ListenSpec {
+    let mut spec = spec.clone();
+    if let Address::Unix(path) = &spec.address {
+        if path.is_relative() {
+            spec.address = Address::Unix(dir.join(path));
+        }
+    }
+    spec
 }
 
 /// The owner for files workers use (socket and log files): the worker user.

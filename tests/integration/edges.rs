@@ -1,0 +1,81 @@
+//! Inputs at the edges: a config emptied or replaced by a FIFO before a
+//! HUP, and a relative unix socket path with workers in another directory.
+
+use crate::environment::worker_env;
+use crate::support::*;
+
+/// A deploy that wrote half a file, or nothing: a HUP fails with the reason
+/// and nothing changes; the worker count is not reset to its default.
+#[test]
+fn an_empty_or_unreadable_config_at_hup_changes_nothing() {
+    let app = App::new(3, "");
+    let master = app.start();
+    let before = App::worker_pids(&app.status());
+    let pid_file = app.pid_file.to_str().unwrap();
+    for (what, write) in [
+        (
+            "empty",
+            Box::new(|p: &std::path::Path| std::fs::write(p, "").unwrap())
+                as Box<dyn Fn(&std::path::Path)>,
+        ),
+        (
+            "comments only",
+            Box::new(|p: &std::path::Path| std::fs::write(p, "# being written\n").unwrap()),
+        ),
+        (
+            "a FIFO",
+            Box::new(|p: &std::path::Path| {
+                std::fs::remove_file(p).expect("remove the config");
+                let made = std::process::Command::new("mkfifo")
+                    .arg(p)
+                    .status()
+                    .unwrap();
+                assert!(made.success());
+            }),
+        ),
+    ] {
+        write(&app.config);
+        let (code, out, err) = client(&["reload", "-p", pid_file, "--wait"], secs(30));
+        assert_eq!(code, 1, "{what}: {out}{err}");
+        assert!(
+            err.starts_with(&format!(
+                "forkmaster: reload failed: config {}: ",
+                app.config.display()
+            )),
+            "{what}: {err}"
+        );
+        let status = app.status();
+        assert_eq!(status["target"], 3, "{what}: {status}");
+        assert_eq!(App::worker_pids(&status), before, "{what}");
+        assert_eq!(status["generation"], 1, "{what}");
+    }
+    let log = master.log();
+    assert_no_event(&log, "reload-start");
+}
+
+/// A relative unix socket path is bound relative to where forkmaster starts,
+/// and workers that run elsewhere are told the absolute path.
+#[test]
+fn a_relative_unix_socket_is_published_absolute() {
+    let dir = TempDir::new();
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let start_dir = dir.path.clone();
+    let master = Fixture::new(&dir)
+        .listen("unix:app.sock")
+        .arg("--working-directory")
+        .arg(elsewhere.display().to_string())
+        .setup(move |cmd| {
+            cmd.current_dir(&start_dir).env("PWD", &start_dir);
+        })
+        .start();
+    master.wait_ready();
+    let socket = dir.join("app.sock");
+    let env = worker_env(&Target::unix(&socket));
+    assert_eq!(
+        env["SERVER_STARTER_PORT"],
+        format!("{}=3", socket.display()),
+        "{env:?}"
+    );
+    assert_eq!(env["LISTEN_FDS"], "1");
+}
