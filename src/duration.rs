@@ -93,42 +93,20 @@ mod tests {
 #[cfg(test)]
 mod proptests {
     use super::*;
+    use crate::proptests::{config, explains, mutated};
     use proptest::prelude::*;
-    use proptest::sample::{select, Index};
 
-    /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(2000)
-    }
-
-    /// Valid durations with a stretch cut out and random text put in, or
-    /// random text alone.
     fn durations() -> impl Strategy<Value = String> {
-        const SAMPLES: &[&str] = &["500ms", "30s", "2m", "1h", "1.5s", "0"];
-        let piece = "[0-9.mshx+e -]{0,4}";
-        prop_oneof![
-            (select(SAMPLES), any::<Index>(), any::<Index>(), piece).prop_map(
-                |(sample, a, b, piece)| {
-                    let (a, b) = (a.index(sample.len() + 1), b.index(sample.len() + 1));
-                    format!("{}{piece}{}", &sample[..a.min(b)], &sample[a.max(b)..])
-                }
-            ),
-            "[0-9.mshx+e -]{0,16}",
-            any::<String>(),
-        ]
+        mutated(&["500ms", "30s", "2m", "1h", "1.5s", "0"], "[0-9.mshx+e -]")
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(config())]
 
         #[test]
         fn never_panics_and_explains_on_one_line(text in durations()) {
             if let Err(err) = parse_duration(&text) {
-                prop_assert!(!err.trim().is_empty(), "empty error for {text:?}");
-                prop_assert!(!err.contains('\n'), "multi-line error for {text:?}: {err:?}");
+                explains(&text, &err)?;
             }
         }
     }

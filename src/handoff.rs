@@ -326,46 +326,25 @@ mod tests {
 #[cfg(test)]
 mod proptests {
     use super::*;
+    use crate::proptests::{config, explains, mutated};
     use proptest::prelude::*;
-    use proptest::sample::{select, Index};
 
-    /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(2000)
-    }
-
-    /// Valid handoff values with a stretch cut out and random text put in,
-    /// or random text alone.
     fn values() -> impl Strategy<Value = String> {
         const SAMPLES: &[&str] = &[
             "3=127.0.0.1:8080;s4:web=unix:/run/app.sock",
             "5=[::1]:80",
             "1234:7",
         ];
-        let piece = "[0-9=;:s\\[\\].unix/abweb]{0,6}";
-        prop_oneof![
-            (select(SAMPLES), any::<Index>(), any::<Index>(), piece).prop_map(
-                |(sample, a, b, piece)| {
-                    let (a, b) = (a.index(sample.len() + 1), b.index(sample.len() + 1));
-                    format!("{}{piece}{}", &sample[..a.min(b)], &sample[a.max(b)..])
-                }
-            ),
-            "[0-9=;:s\\[\\].unix/abweb]{0,64}",
-            any::<String>(),
-        ]
+        mutated(SAMPLES, "[0-9=;:s\\[\\].unix/abweb]")
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(config())]
 
         #[test]
         fn decoding_never_panics_and_explains_on_one_line(text in values()) {
             if let Err(err) = decode_listeners(&text) {
-                prop_assert!(!err.trim().is_empty(), "empty error for {text:?}");
-                prop_assert!(!err.contains('\n'), "multi-line error for {text:?}: {err:?}");
+                explains(&text, &err)?;
             }
             let _ = decode_predecessor(&text);
         }

@@ -27,6 +27,8 @@ mod logging;
 mod master;
 mod pidfile;
 mod plan;
+#[cfg(test)]
+mod proptests;
 mod protocol;
 mod ratelimit;
 mod sockets;

@@ -288,16 +288,8 @@ mod tests {
 #[cfg(test)]
 mod proptests {
     use super::*;
+    use crate::proptests::{config, mutated};
     use proptest::prelude::*;
-    use proptest::sample::{select, Index};
-
-    /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(2000)
-    }
 
     /// Host names resolve to a fixed address: no DNS in tests.
     fn no_dns(_host: &str, port: u16) -> Result<SocketAddr, String> {
@@ -317,21 +309,11 @@ mod proptests {
             "host.example:443",
             "[fe80::1%eth0]:80",
         ];
-        let piece = "[0-9.:\\[\\]abcdefx/unix=_@ ;%\n-]{0,6}";
-        prop_oneof![
-            (select(SAMPLES), any::<Index>(), any::<Index>(), piece).prop_map(
-                |(sample, a, b, piece)| {
-                    let (a, b) = (a.index(sample.len() + 1), b.index(sample.len() + 1));
-                    format!("{}{piece}{}", &sample[..a.min(b)], &sample[a.max(b)..])
-                }
-            ),
-            "[0-9.:\\[\\]abcdefx/unix=_@ ;%\n-]{0,64}",
-            any::<String>(),
-        ]
+        mutated(SAMPLES, "[0-9.:\\[\\]abcdefx/unix=_@ ;%\n-]")
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(config())]
 
         #[test]
         fn never_panics_and_names_the_value_on_one_line(text in listeners()) {

@@ -334,17 +334,9 @@ mod proptests {
     use super::*;
     use crate::config::resolve::{self, Lookups};
     use crate::config::{Account, Group, MasterFlags};
+    use crate::proptests::{config, explains, mutated};
     use proptest::prelude::*;
-    use proptest::sample::{select, Index};
     use std::path::PathBuf;
-
-    /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(2000)
-    }
 
     /// Name services without I/O: hosts resolve to one address, names with
     /// an `x` do not exist.
@@ -369,16 +361,6 @@ mod proptests {
         },
     };
 
-    /// An error a person reads: one line, something said.
-    fn explains(input: &str, err: &str) -> Result<(), TestCaseError> {
-        prop_assert!(!err.trim().is_empty(), "empty error for {input:?}");
-        prop_assert!(
-            !err.contains('\n'),
-            "multi-line error for {input:?}: {err:?}"
-        );
-        Ok(())
-    }
-
     /// Valid files with a stretch cut out and random text put in, or
     /// random text alone.
     fn files() -> impl Strategy<Value = String> {
@@ -390,17 +372,7 @@ mod proptests {
             "pid: /tmp/x.pid\nworking_directory: /srv\nstdout_path: /tmp/o\ndaemonize: true\n",
             "user: app\ngroup: 0\nlisten: [host.example:80]\ncommand: [app]\nready: notify\n",
         ];
-        let piece = "[a-z_: \\[\\]{}',\"\n0-9./=#&*!|>-]{0,8}";
-        prop_oneof![
-            3 => (select(SAMPLES), any::<Index>(), any::<Index>(), piece).prop_map(
-                |(sample, a, b, piece)| {
-                    let (a, b) = (a.index(sample.len() + 1), b.index(sample.len() + 1));
-                    format!("{}{piece}{}", &sample[..a.min(b)], &sample[a.max(b)..])
-                }
-            ),
-            1 => "[a-z_: \\[\\]{}',\"\n0-9./=#&*!|>-]{0,64}",
-            1 => any::<String>(),
-        ]
+        mutated(SAMPLES, "[a-z_: \\[\\]{}',\"\n0-9./=#&*!|>-]")
     }
 
     /// Flag values: near-valid text for each kind, or anything.
@@ -414,7 +386,7 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(config())]
 
         #[test]
         fn files_never_panic_and_explain_on_one_line(text in files()) {

@@ -164,16 +164,9 @@ mod tests {
 #[cfg(test)]
 mod proptests {
     use super::*;
+    use crate::proptests::config;
     use proptest::prelude::*;
     use proptest::sample::{select, Index};
-
-    /// 2000 cases a property unless `PROPTEST_CASES` says otherwise.
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(2000)
-    }
 
     /// Valid datagrams with a stretch cut out and random bytes put in, or
     /// random bytes alone, not only valid UTF-8.
@@ -201,7 +194,7 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(config())]
 
         #[test]
         fn parse_message_never_panics(bytes in datagrams()) {
