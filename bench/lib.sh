@@ -112,3 +112,22 @@ parse_wrk() {
             printf "%s|%d|%s|%s\n", requests, failed, secs, (d == "" ? "-" : d)
         }' "$1"
 }
+
+# A port below the ephemeral range, so that wrk's own client sockets cannot
+# hold it, and not listened on now.
+pick_port() {
+    local low _ port attempt hex
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+    (( low > 11000 )) || low=32768
+    for attempt in $(seq 1 100); do
+        port=$(( 10000 + (RANDOM * 32768 + RANDOM) % (low - 11000) ))
+        printf -v hex '%04X' "$port"
+        # State 0A is LISTEN, in /proc/net/tcp and tcp6 alike.
+        if ! awk -v p=":$hex" '$2 ~ p "$" && $4 == "0A" { found = 1 } END { exit !found }' \
+            /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free port found (attempt $attempt)"
+}

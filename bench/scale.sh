@@ -577,24 +577,6 @@ APP_PIDFILE="$TMP/load.pid"
 APP_PORT=""
 APP_LOG=""
 
-# A port below the ephemeral range (wrk's own sockets cannot hold it), not
-# listened on now.
-pick_port() {
-    local low _ port attempt hex
-    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
-    (( low > 11000 )) || low=32768
-    for attempt in $(seq 1 100); do
-        port=$(( 10000 + (RANDOM * 32768 + RANDOM) % (low - 11000) ))
-        printf -v hex '%04X' "$port"
-        if ! awk -v p=":$hex" '$2 ~ p "$" && $4 == "0A" { found = 1 } END { exit !found }' \
-            /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port found (attempt $attempt)"
-}
-
 app_ready() {
     local out
     out=$("$FM" status -p "$APP_PIDFILE" 2>/dev/null) || return 1
