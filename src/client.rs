@@ -11,7 +11,7 @@
 //! | 4    | timed out; the message says what state things are in      |
 
 use crate::cli::{ClientCommand, Locate, StatusArgs, StopArgs, WaitArgs};
-use crate::config;
+use crate::config::{self, Retire};
 use crate::duration::parse_duration;
 use crate::ipc::control::{self, QueryError};
 use crate::pidfile::{is_alive, read_pid};
@@ -205,6 +205,12 @@ fn upgrade(args: &WaitArgs) -> Step<Outcome> {
         return Ok(Outcome::Done(format!("sent USR2 to pid {old}")));
     }
     let mut state = String::from("no change seen");
+    if before.retire == Some(Retire::Manual) {
+        // Say it before the wait: the old master will not go away.
+        eprintln!(
+            "forkmaster: retire: manual: waiting for the new master to have all its workers ready; pid {old} will be left running"
+        );
+    }
     let result = watch(timeout, |elapsed| {
         let old_alive = is_alive(old);
         let old_status = old_alive.then(|| control::query(old).ok()).flatten();
@@ -226,17 +232,32 @@ fn upgrade(args: &WaitArgs) -> Step<Outcome> {
         let new = read_pid(&path).ok().flatten().filter(|p| *p != old);
         match new.and_then(|p| control::query(p).ok().map(|s| (p, s))) {
             Some((new, s)) => {
+                // With `retire: manual` the old master stays: the upgrade is
+                // done once the new master says so, with every worker ready.
+                let manual = s.retire == Some(Retire::Manual);
                 state = format!(
                     "new master pid {new} has {}/{} workers ready; old master pid {old} {}",
                     s.ready,
                     s.target,
-                    if old_alive { "still runs" } else { "is gone" }
+                    match (old_alive, manual) {
+                        (false, _) => "is gone",
+                        (true, false) => "still runs",
+                        (true, true) => "will be left running (retire: manual)",
+                    }
                 );
-                if s.phase == Phase::Running && s.ready == s.target && !old_alive {
+                let serving = s.phase == Phase::Running && s.ready == s.target;
+                if serving && !old_alive {
                     return Some(Ok(format!(
                         "upgraded: pid {old} -> {new}, {} workers ready in {:.2}s",
                         s.ready,
                         elapsed.as_secs_f64()
+                    )));
+                }
+                let done = s.upgrade.state == OperationState::Done && s.old_master == Some(old);
+                if serving && manual && done {
+                    return Some(Ok(format!(
+                        "new master pid {new} serves with {} workers ready; old master pid {old} left running (retire: manual): send it QUIT",
+                        s.ready
                     )));
                 }
             }

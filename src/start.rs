@@ -22,6 +22,7 @@ use nix::sys::stat::Mode;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Runs a master until it stops. `Err` is printed by the caller, once; the
@@ -67,9 +68,58 @@ fn check(config: &Config) -> Result<()> {
             config::NO_LISTENER.into(),
         )));
     }
+    check_paths(config).map_err(|e| Error::Config(ConfigError::Invalid(e)))?;
     let mut out = std::io::stdout().lock();
     // A reader that went away (`| head`) is no failure of the config.
     let _ = writeln!(out, "{}configuration ok", config.describe());
+    Ok(())
+}
+
+/// What `--check` can see of a worker's start without starting one: the
+/// working directory is a directory, and the program exists and may be
+/// executed, found as a worker finds it (a bare name on the workers' `PATH`,
+/// a relative path from the working directory). As the master's user: a
+/// `user:` switch may still be refused at spawn.
+fn check_paths(config: &Config) -> std::result::Result<(), String> {
+    let reason = |e: &std::io::Error| crate::error::io_reason(e);
+    let cwd = match &config.working_directory {
+        Some(dir) => {
+            let meta = std::fs::metadata(dir)
+                .map_err(|e| format!("working_directory: {}: {}", dir.display(), reason(&e)))?;
+            if !meta.is_dir() {
+                return Err(format!(
+                    "working_directory: {}: not a directory",
+                    dir.display()
+                ));
+            }
+            dir.clone()
+        }
+        None => std::env::current_dir().unwrap_or_default(),
+    };
+    let program = &config.command[0];
+    let path_var = match config.env.get("PATH") {
+        Some(path) => Some(OsString::from(path)),
+        None => std::env::var_os("PATH"),
+    };
+    let found = crate::spawn::resolve_program(program, path_var.as_deref());
+    if !found.as_os_str().as_bytes().contains(&b'/') {
+        return Err(format!(
+            "command: {}: not found on PATH ({})",
+            found.display(),
+            path_var
+                .as_deref()
+                .map_or("unset".into(), |p| p.to_string_lossy())
+        ));
+    }
+    let path = cwd.join(&found);
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| format!("command: {}: {}", path.display(), reason(&e)))?;
+    if !meta.is_file() {
+        return Err(format!("command: {}: not a regular file", path.display()));
+    }
+    if nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK).is_err() {
+        return Err(format!("command: {}: not executable", path.display()));
+    }
     Ok(())
 }
 

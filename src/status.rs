@@ -1,15 +1,25 @@
 //! The master's state as `forkmaster status` shows it, and as the client
 //! commands read it to know how an upgrade or reload ended. Serialised as
 //! JSON on the control socket (see `control`).
+//!
+//! Fields added since the first release are `#[serde(default)]`: a client
+//! may ask a master of the previous release (the old side of an upgrade).
 
+use crate::config::Retire;
 use serde::{Deserialize, Serialize};
 
-/// Whether the master serves or is stopping.
+/// What the master is doing: the single truth clients compare against.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
+    /// Serving, nothing in progress.
     #[default]
     Running,
+    /// A HUP rolling restart (or its rollback) is replacing workers.
+    Reloading,
+    /// A USR2 upgrade: the old master while its new one runs, the new
+    /// master until all its workers are ready.
+    Upgrading,
     Stopping,
 }
 
@@ -23,6 +33,20 @@ pub enum OperationState {
     InProgress,
     Done,
     Failed,
+}
+
+/// A slot's state: it holds a worker, waits out its respawn backoff, or
+/// waits to be filled.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotState {
+    /// A worker serves it or boots in it (see `workers` for its state).
+    #[default]
+    Occupied,
+    /// Its last worker died; it is filled again after `retry_in_secs`.
+    Backoff,
+    /// No worker, to be filled on the next pass (or being emptied).
+    Empty,
 }
 
 /// A worker's state, as shown.
@@ -39,6 +63,8 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Running => "running",
+            Phase::Reloading => "reloading",
+            Phase::Upgrading => "upgrading",
             Phase::Stopping => "stopping",
         }
     }
@@ -51,6 +77,16 @@ impl OperationState {
             OperationState::InProgress => "in-progress",
             OperationState::Done => "done",
             OperationState::Failed => "failed",
+        }
+    }
+}
+
+impl SlotState {
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotState::Occupied => "occupied",
+            SlotState::Backoff => "backoff",
+            SlotState::Empty => "empty",
         }
     }
 }
@@ -81,7 +117,44 @@ pub struct Status {
     pub old_master: Option<i32>,
     pub upgrade: Operation,
     pub reload: Operation,
+    /// How the old master is retired after an upgrade this master made.
+    #[serde(default)]
+    pub retire: Option<Retire>,
+    /// The rolling restart in progress, while `phase` is `reloading`.
+    #[serde(default)]
+    pub rollout: Option<RolloutStatus>,
     pub workers: Vec<WorkerStatus>,
+    /// Every slot below the target (and any still being emptied), with or
+    /// without a worker, and its history.
+    #[serde(default)]
+    pub slots: Vec<SlotStatus>,
+}
+
+/// How far a rolling restart has come.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RolloutStatus {
+    /// Slots done (replaced, or emptied meanwhile) out of `total`.
+    pub replaced: usize,
+    pub total: usize,
+    /// Going back to the previous configuration after a failed reload.
+    pub rollback: bool,
+}
+
+/// A worker position and its history, which outlives its workers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SlotStatus {
+    pub slot: usize,
+    pub state: SlotState,
+    /// The worker serving it, if any.
+    pub pid: Option<i32>,
+    /// Deaths of this slot's workers not asked for by the master, over the
+    /// master's life: not reset when a new worker (respawn, reload) takes
+    /// the slot.
+    pub restarts: u32,
+    /// How the last of them ended.
+    pub last_exit: Option<String>,
+    /// While backing off: seconds until the slot is filled again.
+    pub retry_in_secs: Option<f64>,
 }
 
 /// Progress of the USR2 upgrades or HUP reloads this master has run.
@@ -104,13 +177,15 @@ pub struct WorkerStatus {
     pub state: WorkerPhase,
     pub generation: u32,
     pub uptime_secs: f64,
-    /// Deaths of this slot's workers not asked for by the master.
+    /// Its slot's history (as in `slots`), not this worker's own: a
+    /// brand-new worker in a slot whose previous worker crashed shows 1.
     pub restarts: u32,
     pub last_exit: Option<String>,
 }
 
 impl Status {
-    /// A table for people, in the spirit of passenger-status.
+    /// A table for people, in the spirit of passenger-status: one row per
+    /// worker, and one per slot that has none (backing off, or empty).
     pub fn render(&self) -> String {
         let mut out = format!(
             "master: pid={} generation={} uptime={} phase={} workers={}/{} ready\n",
@@ -122,33 +197,74 @@ impl Status {
             self.target
         );
         if let Some(old) = self.old_master {
-            out.push_str(&format!("old master: pid={old} (still running)\n"));
+            out.push_str(&format!("old master: pid={old} (still running)"));
+            if self.retire == Some(Retire::Manual) {
+                out.push_str(" retire=manual: send it QUIT");
+            }
+            out.push('\n');
         }
         for (name, op) in [("upgrade", &self.upgrade), ("reload", &self.reload)] {
-            if op.attempts == 0 {
+            if op.state == OperationState::None {
                 continue;
             }
             out.push_str(&format!("{name}: {}", op.state.name()));
             if let Some(pid) = op.new_master {
                 out.push_str(&format!(" new_master={pid}"));
             }
+            if let Some(took) = op.secs {
+                out.push_str(&format!(" took={}", secs(took)));
+            }
             if let Some(reason) = &op.reason {
                 out.push_str(&format!(" reason=\"{reason}\""));
             }
             out.push('\n');
         }
-        out.push_str("SLOT  PID      STATE     GEN  UPTIME    RESTARTS  LAST EXIT\n");
-        for w in &self.workers {
-            out.push_str(&format!(
-                "{:<5} {:<8} {:<9} {:<4} {:<9} {:<9} {}\n",
-                w.slot,
-                w.pid,
-                w.state.name(),
-                w.generation,
-                secs(w.uptime_secs),
-                w.restarts,
-                w.last_exit.as_deref().unwrap_or("-")
-            ));
+        if let Some(r) = &self.rollout {
+            let what = if r.rollback {
+                "rolling back"
+            } else {
+                "reloading"
+            };
+            out.push_str(&format!("{what}: {}/{} replaced\n", r.replaced, r.total));
+        }
+        // The history columns are the slot's: a new worker inherits them.
+        out.push_str("SLOT  PID      STATE     GEN  UPTIME    SLOT-RESTARTS  SLOT-LAST-EXIT\n");
+        let mut rows: Vec<(usize, i32, String)> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let row = format!(
+                    "{:<5} {:<8} {:<9} {:<4} {:<9} {:<14} {}\n",
+                    w.slot,
+                    w.pid,
+                    w.state.name(),
+                    w.generation,
+                    secs(w.uptime_secs),
+                    w.restarts,
+                    w.last_exit.as_deref().unwrap_or("-")
+                );
+                (w.slot, w.pid, row)
+            })
+            .collect();
+        for s in self.slots.iter().filter(|s| s.state != SlotState::Occupied) {
+            let mut last = s.last_exit.clone().unwrap_or_else(|| "-".into());
+            if let Some(retry) = s.retry_in_secs {
+                last.push_str(&format!(" (retry in {})", secs(retry)));
+            }
+            let row = format!(
+                "{:<5} {:<8} {:<9} {:<4} {:<9} {:<14} {last}\n",
+                s.slot,
+                "-",
+                s.state.name(),
+                "-",
+                "-",
+                s.restarts
+            );
+            rows.push((s.slot, 0, row));
+        }
+        rows.sort_by_key(|(slot, pid, _)| (*slot, *pid));
+        for (_, _, row) in rows {
+            out.push_str(&row);
         }
         out
     }
@@ -161,5 +277,103 @@ fn secs(s: f64) -> String {
         format!("{:.1}m", s / 60.0)
     } else {
         format!("{s:.1}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_kebab_case_json() {
+        for phase in [
+            Phase::Running,
+            Phase::Reloading,
+            Phase::Upgrading,
+            Phase::Stopping,
+        ] {
+            let json = serde_json::to_string(&phase).unwrap();
+            assert_eq!(json, format!("\"{}\"", phase.name()));
+            assert_eq!(serde_json::from_str::<Phase>(&json).unwrap(), phase);
+        }
+    }
+
+    #[test]
+    fn a_status_of_the_previous_release_still_reads() {
+        let mut old = serde_json::to_value(Status::default()).unwrap();
+        for key in ["retire", "rollout", "slots"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        let status: Status = serde_json::from_value(old).unwrap();
+        assert_eq!(status, Status::default());
+    }
+
+    #[test]
+    fn render_shows_slots_without_workers_and_the_rollout() {
+        let status = Status {
+            phase: Phase::Reloading,
+            target: 2,
+            ready: 1,
+            rollout: Some(RolloutStatus {
+                replaced: 1,
+                total: 2,
+                rollback: false,
+            }),
+            reload: Operation {
+                attempts: 1,
+                state: OperationState::InProgress,
+                ..Operation::default()
+            },
+            upgrade: Operation {
+                state: OperationState::Done,
+                secs: Some(1.5),
+                ..Operation::default()
+            },
+            workers: vec![WorkerStatus {
+                slot: 0,
+                pid: 42,
+                state: WorkerPhase::Ready,
+                generation: 2,
+                ..WorkerStatus::default()
+            }],
+            slots: vec![
+                SlotStatus {
+                    slot: 0,
+                    pid: Some(42),
+                    ..SlotStatus::default()
+                },
+                SlotStatus {
+                    slot: 1,
+                    state: SlotState::Backoff,
+                    restarts: 3,
+                    last_exit: Some("exited with status 1".into()),
+                    retry_in_secs: Some(1.6),
+                    ..SlotStatus::default()
+                },
+            ],
+            ..Status::default()
+        };
+        let text = status.render();
+        assert!(
+            text.contains(" phase=reloading workers=1/2 ready\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nupgrade: done took=1.5s\n"), "{text}");
+        assert!(text.contains("\nreload: in-progress\n"), "{text}");
+        assert!(text.contains("\nreloading: 1/2 replaced\n"), "{text}");
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("SLOT"))
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert_eq!(rows[0][..3], ["0", "42", "ready"], "{text}");
+        assert_eq!(rows[1][..3], ["1", "-", "backoff"], "{text}");
+        assert_eq!(rows[1][5], "3", "{text}");
+        assert!(
+            text.ends_with("exited with status 1 (retry in 1.6s)\n"),
+            "{text}"
+        );
     }
 }

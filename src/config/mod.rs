@@ -10,6 +10,7 @@
 //! down or the workers' user does not exist.
 
 mod describe;
+mod keys;
 mod parse;
 mod resolve;
 mod settings;
@@ -38,8 +39,10 @@ pub const MAX_WORKERS: usize = 16_384;
 pub const NO_LISTENER: &str =
     "no listener: give --listen ADDR or `listen:` in the config file, or start with systemd socket activation";
 
-/// How a new master retires the old one during an upgrade (USR2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a new master retires the old one during an upgrade (USR2). In
+/// `status` as `gradual`, `all` or `manual`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Retire {
     /// The old master retires one worker per new worker ready (told by a
     /// count on its notify socket, as a TTOU would), QUIT when all are ready.
@@ -306,6 +309,31 @@ mod tests {
         assert!(err.contains("unix sockets only"), "{err}");
         let err = parse_file("ready: [a]\n").err().unwrap();
         assert!(err.starts_with("line 1: ready: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_reported_at_its_own_line() {
+        let err = parse_file("workers: 2\nlisten: [80]\nworkers: 3\n")
+            .err()
+            .unwrap();
+        assert!(err.starts_with("line 3: "), "{err}");
+        assert!(err.contains("workers"), "{err}");
+        let err = parse_file("listen: [80]\nenv:\n  A: x\n  B: y\n  A: z\nworkers: 1\n")
+            .err()
+            .unwrap();
+        assert_eq!(err, "line 5: duplicate key `A`");
+        // The same key in two different maps is no duplicate.
+        parse_file("env:\n  A: x\nlisten:\n  - {address: 80, name: A}\n").unwrap();
+    }
+
+    #[test]
+    fn zero_workers_is_refused_where_it_was_written() {
+        let err = parse_file("workers: 0\n").err().unwrap();
+        assert!(err.starts_with("workers: \"0\": at least 1"), "{err}");
+        let mut f = flags();
+        f.workers = Some("0".into());
+        let err = flag_layer(&f).err().unwrap();
+        assert!(err.starts_with("--workers \"0\": at least 1"), "{err}");
     }
 
     #[test]

@@ -68,8 +68,19 @@ pub fn parse_file(text: &str) -> Result<Layer, String> {
     ) {
         return Err("no settings: the file is empty".into());
     }
-    let keys: FileKeys = serde_yaml_ng::from_str(text).map_err(|e| yaml_reason(&e))?;
-    Layer::from_file(keys)
+    let keys: Result<FileKeys, _> = serde_yaml_ng::from_str(text);
+    // A key given twice is an error even where the parser would keep the
+    // last value (maps such as `env:`), and it is told at its own line.
+    let scan = match &keys {
+        Ok(_) => true,
+        Err(e) => e.to_string().starts_with("duplicate "),
+    };
+    if scan {
+        if let Some((line, key)) = super::keys::find_duplicate(text) {
+            return Err(format!("line {line}: duplicate key `{key}`"));
+        }
+    }
+    Layer::from_file(keys.map_err(|e| yaml_reason(&e))?)
 }
 
 // Adapters from each source's raw form to a value parser, named in the table.
@@ -161,11 +172,18 @@ pub fn umask(value: Value) -> Result<u32, String> {
     parse_mode(&scalar_text(&value))
 }
 
+/// At least 1: a master started with none would accept connections that
+/// nobody serves. (WINCH and TTOU may still take a running master to 0.)
 pub fn workers(text: &str) -> Result<usize, String> {
     let n: usize = text
         .trim()
         .parse()
         .map_err(|_| format!("{text:?}: not a whole number"))?;
+    if n == 0 {
+        return Err(format!(
+            "{text:?}: at least 1 (with none, connections would queue unserved; WINCH stops a running master's workers)"
+        ));
+    }
     if n > MAX_WORKERS {
         return Err(format!("{text:?}: more than {MAX_WORKERS}"));
     }

@@ -27,7 +27,7 @@ use crate::launch::Launch;
 use crate::pidfile;
 use crate::sockets::Listener;
 use crate::spawn::WorkerTemplate;
-use crate::status::{self, Operation, OperationState, Status, WorkerStatus};
+use crate::status::{self, Operation, OperationState, SlotState, SlotStatus, Status, WorkerStatus};
 use crate::sys;
 use crate::timers::{Timer, Timers};
 use nix::errno::Errno;
@@ -63,6 +63,17 @@ struct Record {
 }
 
 impl Record {
+    /// A new master's record of the upgrade that started it: in progress
+    /// until its workers are all ready. Not an attempt of its own (a client
+    /// counts attempts to see that its USR2 was taken).
+    fn started_by_upgrade(now: Instant) -> Record {
+        Record {
+            state: OperationState::InProgress,
+            started: Some(now),
+            ..Record::default()
+        }
+    }
+
     fn begin(&mut self, now: Instant) {
         self.attempts += 1;
         self.state = OperationState::InProgress;
@@ -179,6 +190,11 @@ impl Master {
         template.set_stdio(logs.worker_stdio());
         let pool = Pool::new(config.workers, Instant::now());
         let role = predecessor.map_or(UpgradeRole::None, UpgradeRole::new_master_of);
+        let now = Instant::now();
+        let upgrades = match predecessor {
+            Some(_) => Record::started_by_upgrade(now),
+            None => Record::default(),
+        };
         Ok(Master {
             launch,
             config,
@@ -201,9 +217,9 @@ impl Master {
             startup_failures: 0,
             failure: None,
             pid,
-            started: Instant::now(),
+            started: now,
             role,
-            upgrades: Record::default(),
+            upgrades,
             rollout: None,
             reloads: Record::default(),
             systemd,
@@ -460,10 +476,7 @@ impl Master {
                 .map(|p| p.display().to_string()),
             generation: self.generation,
             uptime_secs: now.duration_since(self.started).as_secs_f64(),
-            phase: match self.phase {
-                Phase::Running => status::Phase::Running,
-                Phase::Stopping { .. } => status::Phase::Stopping,
-            },
+            phase: self.shown_phase(),
             target: self.pool.target(),
             ready: self.pool.ready(),
             old_master: self
@@ -473,8 +486,50 @@ impl Master {
                 .filter(|_| self.role.old_master_runs()),
             upgrade: self.upgrades.operation(self.role.new_master()),
             reload: self.reloads.operation(None),
+            retire: Some(self.config.retire),
+            rollout: self.rollout_status(),
             workers,
+            slots: self.slot_statuses(now),
         }
+    }
+
+    /// The phase as `status` shows it: what is in progress, if anything.
+    fn shown_phase(&self) -> status::Phase {
+        match self.phase {
+            Phase::Stopping { .. } => status::Phase::Stopping,
+            Phase::Running if self.upgrade_in_progress() => status::Phase::Upgrading,
+            Phase::Running if self.rollout.is_some() => status::Phase::Reloading,
+            Phase::Running => status::Phase::Running,
+        }
+    }
+
+    /// Every slot below the target or still in the pool, with or without a
+    /// worker: a slot backing off shows when it is filled again.
+    fn slot_statuses(&self, now: Instant) -> Vec<SlotStatus> {
+        let count = self.pool.slots().len().max(self.pool.target());
+        (0..count)
+            .map(|i| {
+                let empty = pool::Slot::default();
+                let s = self.pool.slot(i).unwrap_or(&empty);
+                let pid = s.active.or(s.incoming);
+                let state = match (pid, s.retry_at) {
+                    (Some(_), _) => SlotState::Occupied,
+                    (None, Some(_)) => SlotState::Backoff,
+                    (None, None) => SlotState::Empty,
+                };
+                SlotStatus {
+                    slot: i,
+                    state,
+                    pid,
+                    restarts: s.restarts,
+                    last_exit: s.last_exit.clone(),
+                    retry_in_secs: s
+                        .retry_at
+                        .filter(|_| pid.is_none())
+                        .map(|at| at.saturating_duration_since(now).as_secs_f64()),
+                }
+            })
+            .collect()
     }
 
     /// Leaves: pid file and socket files removed if still ours.

@@ -9,12 +9,15 @@
 use super::{Master, Phase, UpgradeRole};
 use crate::config::{self, Config};
 use crate::spawn::WorkerTemplate;
+use crate::status::RolloutStatus;
 use std::collections::VecDeque;
 use std::time::Instant;
 
 pub struct Rollout {
     /// Slots still to replace, in order.
     queue: VecDeque<usize>,
+    /// How many slots it set out to replace, for `status`.
+    total: usize,
     /// What to go back to if a replacement fails; `None` while rolling
     /// back (a failure then just stops).
     previous: Option<(Config, WorkerTemplate, u32)>,
@@ -92,6 +95,14 @@ impl Master {
     }
 
     fn start_rollout(&mut self, config: Config, template: WorkerTemplate, now: Instant) {
+        // As Unicorn's HUP: the file's worker count wins over TTIN/TTOU/WINCH.
+        let running = self.pool.target();
+        if running != self.config.workers && running != config.workers {
+            log::info!(
+                "event=reload workers={} previous={running} reason=\"config sets the worker count; TTIN/TTOU changes are not kept\"",
+                config.workers
+            );
+        }
         let old_config = std::mem::replace(&mut self.config, config);
         let old_template = std::mem::replace(&mut self.template, template);
         let previous = (old_config, old_template, self.generation);
@@ -99,7 +110,7 @@ impl Master {
         self.generation = self.generations_issued;
         self.change_target(self.config.workers);
         let target = self.pool.target();
-        let queue = self.pool.slots()[..self.pool.slots().len().min(target)]
+        let queue: VecDeque<usize> = self.pool.slots()[..self.pool.slots().len().min(target)]
             .iter()
             .enumerate()
             .filter(|(_, s)| s.active.is_some())
@@ -111,10 +122,23 @@ impl Master {
             self.config.max_surge
         );
         self.rollout = Some(Rollout {
+            total: queue.len(),
             queue,
             previous: Some(previous),
         });
         self.advance_rollout(now);
+    }
+
+    /// How far the rollout in progress has come, for `status`: slots done
+    /// are those neither queued nor booting a replacement.
+    pub(super) fn rollout_status(&self) -> Option<RolloutStatus> {
+        let rollout = self.rollout.as_ref()?;
+        let pending = rollout.queue.len() + self.pool.booting_replacements();
+        Some(RolloutStatus {
+            replaced: rollout.total.saturating_sub(pending),
+            total: rollout.total,
+            rollback: rollout.previous.is_none(),
+        })
     }
 
     /// Boots replacements up to `max_surge`; ends the rollout when all are in.
@@ -193,6 +217,7 @@ impl Master {
         if !queue.is_empty() {
             log::info!("event=rollback-start slots={}", queue.len());
             self.rollout = Some(Rollout {
+                total: queue.len(),
                 queue,
                 previous: None,
             });

@@ -16,6 +16,7 @@ use crate::config::Retire;
 use crate::error::errno_reason;
 use crate::handoff::{self, Predecessor};
 use crate::pidfile;
+use crate::status::OperationState;
 use crate::sys::{self, ExecPlan};
 use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::unistd::Pid;
@@ -80,6 +81,16 @@ impl UpgradeRole {
 }
 
 impl Master {
+    /// An upgrade is under way: we started a new master that runs, or we
+    /// are the new master and not all our workers are ready yet.
+    pub(super) fn upgrade_in_progress(&self) -> bool {
+        match self.role {
+            UpgradeRole::None => false,
+            UpgradeRole::Old(_) => true,
+            UpgradeRole::New { .. } => self.upgrades.state == OperationState::InProgress,
+        }
+    }
+
     pub(super) fn on_usr2(&mut self, now: Instant) {
         if let Some(why) = self.upgrade_refusal() {
             log::warn!("event=upgrade-refused reason=\"{why}\"");
@@ -343,6 +354,8 @@ impl Master {
         };
         *quit_sent = true;
         let old = *old;
+        // The upgrade that made us is done: we serve with every worker.
+        self.upgrades.end(None);
         // Before the old master exits, or systemd would stop the service.
         self.notify_systemd(&format!(
             "MAINPID={}\nREADY=1\n{}",
@@ -361,8 +374,9 @@ impl Master {
         }
         match self.config.retire {
             Retire::Manual => log::info!(
-                "event=upgrade-ready old_master={} retire=manual action=\"send it WINCH then QUIT\"",
-                old.pid
+                "event=upgrade-ready old_master={} retire=manual action=\"send it WINCH then QUIT\" workers={}",
+                old.pid,
+                self.pool.ready()
             ),
             Retire::Gradual | Retire::All => {
                 let _ = kill(Pid::from_raw(old.pid), NixSignal::SIGQUIT);

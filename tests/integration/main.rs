@@ -16,6 +16,7 @@ mod faults;
 mod init_script;
 mod listeners;
 mod log_files;
+mod operators;
 mod pidfile;
 mod privileges;
 mod reloads;
