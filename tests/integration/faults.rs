@@ -810,7 +810,10 @@ fn reopen_logs_during_a_reload_does_not_kill_the_booting_replacement() {
     configure(
         &app,
         2,
-        &format!("command: ['/bin/sh', '-c', '{script}', '{}']\n", demo()),
+        &format!(
+            "reopen_signal: USR1\ncommand: ['/bin/sh', '-c', '{script}', '{}']\n",
+            demo()
+        ),
     );
     let mut master = start(&app, |_| {});
     assert_settled(&app, &master, 2);

@@ -15,6 +15,7 @@ mod faults;
 mod init_script;
 mod listeners;
 mod log_files;
+mod output;
 mod pidfile;
 mod privileges;
 mod reloads;
