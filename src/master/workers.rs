@@ -368,6 +368,8 @@ impl Master {
             self.log_if_all_ready();
             return;
         }
+        let exited_before_ready =
+            worker.killed.is_none() && exec_failure.is_none() && worker.was_ready.is_none();
         let why = match (worker.killed, exec_failure) {
             (_, Some(exec)) => exec,
             (Some(KillReason::ReadyTimeout), _) => {
@@ -378,7 +380,7 @@ impl Master {
             (None, None) => status.to_string(),
         };
         let why = match stderr {
-            Some(lines) if worker.was_ready.is_none() => format!("{why}; last stderr: \"{lines}\""),
+            Some(lines) if exited_before_ready => format!("{why}; last stderr: \"{lines}\""),
             _ => why,
         };
         log::warn!(
