@@ -228,5 +228,26 @@ fn reopen_signal(text: &str) -> Result<Option<Signal>, String> {
     if text == "off" {
         return Ok(None);
     }
-    p::signal(text).map(Some)
+    match p::signal(text) {
+        // `signal` speaks of stops; KILL and STOP fail here for another reason.
+        Err(why) if why.contains("cannot be caught") => Err(format!(
+            "{text:?}: cannot be caught, so no app can act on it"
+        )),
+        parsed => parsed.map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_signal_is_off_or_a_signal_an_app_can_catch() {
+        assert_eq!(reopen_signal("off"), Ok(None));
+        assert_eq!(reopen_signal("USR1"), Ok(Some(Signal::SIGUSR1)));
+        assert_eq!(reopen_signal("sighup"), Ok(Some(Signal::SIGHUP)));
+        let kill = reopen_signal("KILL").unwrap_err();
+        assert!(kill.contains("no app can act on it"), "{kill}");
+        assert!(reopen_signal("NOPE").is_err());
+    }
 }

@@ -435,14 +435,20 @@ impl LogFiles {
 mod tests {
     use super::*;
 
-    /// Feeds `chunks` through `take_lines` into a file and returns the file.
+    /// Feeds `chunks` through `take_lines` into a file and returns what the
+    /// file got, the held partial line and the tail.
     fn lines_of(chunks: &[&[u8]]) -> (Vec<u8>, Vec<u8>, Tail) {
-        let dir = std::env::temp_dir().join(format!("fm-output-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:p}", chunks));
+        let path = std::env::temp_dir().join(format!(
+            "forkmaster-output-test-{}-{:p}",
+            std::process::id(),
+            chunks
+        ));
         let file = open_append(&path).unwrap();
+        // Unlinked at once: nothing is left behind; read back through the fd.
+        std::fs::remove_file(&path).unwrap();
+        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
         let mut sink = Some(Sink {
-            path: path.clone(),
+            path,
             file,
             own_fd: -1,
         });
@@ -451,9 +457,7 @@ mod tests {
         for chunk in chunks {
             take_lines(&mut partial, chunk, &mut sink, STDERR, Some(&mut tail));
         }
-        let written = std::fs::read(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
-        (written, partial, tail)
+        (std::fs::read(fd_path).unwrap(), partial, tail)
     }
 
     #[test]

@@ -255,7 +255,8 @@ impl Master {
     }
 
     /// Blocks in poll(2) until a signal, a datagram, an exec error, a status
-    /// request, or the next deadline.
+    /// request, a worker's output, or the next deadline; then notes which
+    /// workers' pipes have something to copy.
     fn sleep(&mut self) {
         self.settle_timers();
         let timeout = match self.timers.next_deadline() {
