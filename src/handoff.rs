@@ -125,7 +125,10 @@ impl Inherited {
         let entries = match value.map(decode_listeners).transpose() {
             Ok(entries) => entries.unwrap_or_default(),
             Err(why) => {
-                log::warn!("event=inherit-ignored reason=\"{why}\"");
+                log::warn!(
+                    "event=inherit-ignored reason=\"{why}\"",
+                    why = crate::logging::esc(&why)
+                );
                 Vec::new()
             }
         };
@@ -142,7 +145,11 @@ impl Inherited {
                     "event=inherit-ignored fd={fd} addr={claimed} reason=\"bound to {bound}\""
                 ),
                 Err(why) => {
-                    log::warn!("event=inherit-ignored fd={fd} addr={claimed} reason=\"{why}\"")
+                    log::warn!(
+                        "event=inherit-ignored fd={fd} addr={claimed} reason=\"{why}\"",
+                        claimed = crate::logging::esc(&claimed),
+                        why = crate::logging::esc(&why)
+                    )
                 }
             }
         }
@@ -154,7 +161,10 @@ impl Inherited {
         for (fd, name) in fds {
             match verify(*fd) {
                 Ok(bound) => self.adopt(*fd, bound, name.clone(), true),
-                Err(why) => log::warn!("event=activation-ignored fd={fd} reason=\"{why}\""),
+                Err(why) => log::warn!(
+                    "event=activation-ignored fd={fd} reason=\"{why}\"",
+                    why = crate::logging::esc(&why)
+                ),
             }
         }
     }
@@ -169,7 +179,11 @@ impl Inherited {
         let fd = match adopt_inherited(fd) {
             Ok(fd) => fd,
             Err(why) => {
-                log::warn!("event=inherit-ignored fd={fd} addr={bound} reason=\"{why}\"");
+                log::warn!(
+                    "event=inherit-ignored fd={fd} addr={bound} reason=\"{why}\"",
+                    bound = crate::logging::esc(&bound),
+                    why = crate::logging::esc(&why)
+                );
                 return;
             }
         };

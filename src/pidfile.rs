@@ -80,8 +80,9 @@ pub fn ensure_not_running(path: &Path, is_master_of_this_file: impl Fn(i32) -> b
         Ok(None) => return Ok(()),
         Err(Error::PidFile { source, .. }) if source.kind() == ErrorKind::InvalidData => {
             log::warn!(
-                "event=stale-pid-file path={} reason=\"{source}\" action=take-over",
-                path.display()
+                "event=stale-pid-file path={} reason=\"{}\" action=take-over",
+                crate::logging::esc(path.display()),
+                crate::logging::esc(&source)
             );
             return Ok(());
         }
@@ -90,7 +91,7 @@ pub fn ensure_not_running(path: &Path, is_master_of_this_file: impl Fn(i32) -> b
     if pid == std::process::id() as i32 || !is_alive(pid) {
         log::info!(
             "event=stale-pid-file path={} pid={pid} action=take-over",
-            path.display()
+            crate::logging::esc(path.display())
         );
         return Ok(());
     }
@@ -102,7 +103,7 @@ pub fn ensure_not_running(path: &Path, is_master_of_this_file: impl Fn(i32) -> b
     }
     log::warn!(
         "event=stale-pid-file path={} pid={pid} reason=\"a live process that is not the master of this pid file\" action=take-over",
-        path.display()
+        crate::logging::esc(path.display())
     );
     Ok(())
 }
@@ -130,8 +131,8 @@ pub fn remove_if_ours(path: &Path, pid: i32) -> bool {
             Err(e) => {
                 log::error!(
                     "event=pid-file-not-removed path={} error=\"{}\"",
-                    path.display(),
-                    crate::error::io_reason(&e)
+                    crate::logging::esc(path.display()),
+                    crate::logging::esc(crate::error::io_reason(&e))
                 );
                 false
             }

@@ -60,7 +60,11 @@ impl Listener {
     pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) {
         if let (Address::Unix(path), false) = (&self.bound, uid.is_none() && gid.is_none()) {
             if let Err(e) = std::os::unix::fs::chown(path, uid, gid) {
-                log::warn!("event=chown-failed path={} error=\"{e}\"", path.display());
+                log::warn!(
+                    "event=chown-failed path={} error=\"{}\"",
+                    crate::logging::esc(path.display()),
+                    crate::logging::esc(&e)
+                );
             }
         }
     }
@@ -184,7 +188,10 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
             path: path.to_path_buf(),
         }),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-            log::info!("event=stale-socket path={} action=replace", path.display());
+            log::info!(
+                "event=stale-socket path={} action=replace",
+                crate::logging::esc(path.display())
+            );
             let _ = std::fs::remove_file(path);
             Ok(())
         }

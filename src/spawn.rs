@@ -41,7 +41,6 @@ pub struct WorkerTemplate {
     chdir: Option<CString>,
     listener_fds: Vec<RawFd>,
     credentials: Option<Credentials>,
-    stdio: (Option<RawFd>, Option<RawFd>),
 }
 
 impl WorkerTemplate {
@@ -126,13 +125,7 @@ impl WorkerTemplate {
             chdir,
             listener_fds: listeners.iter().map(|l| l.fd.as_raw_fd()).collect(),
             credentials: credentials(config),
-            stdio: (None, None),
         })
-    }
-
-    /// Workers' stdout and stderr go to these descriptors (the log pipes).
-    pub fn set_stdio(&mut self, stdio: (Option<RawFd>, Option<RawFd>)) {
-        self.stdio = stdio;
     }
 
     /// The program as the user wrote it, for messages.
@@ -140,8 +133,15 @@ impl WorkerTemplate {
         &self.command[0]
     }
 
-    /// Prepares the exec of slot `slot` out of `workers`.
-    pub fn plan(&self, slot: usize, workers: usize, error_fd: RawFd) -> ExecPlan {
+    /// Prepares the exec of slot `slot` out of `workers`, its stdout and
+    /// stderr going to `stdio` (`None`: the master's own).
+    pub fn plan(
+        &self,
+        slot: usize,
+        workers: usize,
+        error_fd: RawFd,
+        stdio: (Option<RawFd>, Option<RawFd>),
+    ) -> ExecPlan {
         let mut env = self.env.clone();
         for (key, value) in [(protocol::WORKER, slot), (protocol::WORKERS, workers)] {
             // Digits and ASCII names hold no NUL.
@@ -161,7 +161,7 @@ impl WorkerTemplate {
             self.listener_fds.clone(),
             error_fd,
         )
-        .with_stdio(self.stdio.0, self.stdio.1)
+        .with_stdio(stdio.0, stdio.1)
         .with_credentials(self.credentials.clone())
     }
 }

@@ -168,9 +168,9 @@ fn adopt_all(inherited: &mut Inherited) -> Result<Vec<Listener>> {
     for (i, listener) in adopted.iter().enumerate() {
         log::info!(
             "event=listen addr={} fd={} name={} how=activated",
-            listener.bound,
+            crate::logging::esc(&listener.bound),
             3 + i,
-            listener.spec.fd_name()
+            crate::logging::esc(listener.spec.fd_name())
         );
     }
     Ok(adopted)
@@ -212,14 +212,17 @@ fn open_listeners(
         };
         log::info!(
             "event=listen addr={} fd={} name={} how={how}",
-            listener.bound,
+            crate::logging::esc(&listener.bound),
             3 + listeners.len(),
-            spec.fd_name()
+            crate::logging::esc(spec.fd_name())
         );
         listeners.push((listener, how));
     }
     for addr in std::mem::take(inherited).leftovers() {
-        log::info!("event=listen-closed addr={addr} reason=\"no longer configured\"");
+        log::info!(
+            "event=listen-closed addr={addr} reason=\"no longer configured\"",
+            addr = crate::logging::esc(&addr)
+        );
     }
     Ok(listeners.into_iter().map(|(l, _)| l).collect())
 }

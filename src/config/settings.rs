@@ -167,6 +167,12 @@ settings! {
     #[arg(long, value_name = "SIG")]
     stop_signal: Signal = Signal::SIGTERM => stop_signal: Signal,
         flag Option<String> = p::text(p::signal), yaml Value = p::scalar(p::signal), show |v| Some(v.as_str());
+    /// Signal each ready worker gets on reopen-logs (USR1), for apps that write
+    /// their own log files (e.g. USR1); off: none [default: off].
+    #[arg(long, value_name = "SIG")]
+    reopen_signal: Option<Signal> = None => reopen_signal: Option<Signal>,
+        flag Option<String> = p::text(reopen_signal), yaml Value = p::scalar(reopen_signal),
+        show |v| Some(v.map_or("off", |s| s.as_str()));
     /// How long a graceful stop may take before SIGKILL [default: 30s].
     #[arg(long, value_name = "DURATION")]
     graceful_timeout: Duration = Duration::from_secs(30) => graceful_timeout: Duration,
@@ -215,4 +221,33 @@ settings! {
     #[arg(long, value_name = "MASK")]
     umask: u32 => umask: Option<u32>,
         flag Option<String> = p::text(parse_mode), yaml Value = p::umask, show |v| v.map(|m| format!("{m:04o}"));
+}
+
+/// `reopen_signal`: a signal, as `stop_signal` takes it, or `off`.
+fn reopen_signal(text: &str) -> Result<Option<Signal>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    match p::signal(text) {
+        // `signal` speaks of stops; KILL and STOP fail here for another reason.
+        Err(why) if why.contains("cannot be caught") => Err(format!(
+            "{text:?}: cannot be caught, so no app can act on it"
+        )),
+        parsed => parsed.map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_signal_is_off_or_a_signal_an_app_can_catch() {
+        assert_eq!(reopen_signal("off"), Ok(None));
+        assert_eq!(reopen_signal("USR1"), Ok(Some(Signal::SIGUSR1)));
+        assert_eq!(reopen_signal("sighup"), Ok(Some(Signal::SIGHUP)));
+        let kill = reopen_signal("KILL").unwrap_err();
+        assert!(kill.contains("no app can act on it"), "{kill}");
+        assert!(reopen_signal("NOPE").is_err());
+    }
 }

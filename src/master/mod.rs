@@ -33,7 +33,7 @@ use crate::timers::{Timer, Timers};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::sys::signal::kill;
 use nix::unistd::{pipe2, Pid};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -179,7 +179,7 @@ impl Master {
         let pid = std::process::id() as i32;
         let systemd = Notifier::from_env(&launch.env, &[pid, predecessor.map_or(pid, |p| p.pid)]);
         let generation = predecessor.map_or(1, |p| p.generation + 1);
-        let mut template = WorkerTemplate::new(
+        let template = WorkerTemplate::new(
             &config,
             &listeners,
             &launch.env,
@@ -187,7 +187,6 @@ impl Master {
             generation,
         )
         .map_err(|e| Error::Config(ConfigError::Invalid(e)))?;
-        template.set_stdio(logs.worker_stdio());
         let pool = Pool::new(config.workers, Instant::now());
         let role = predecessor.map_or(UpgradeRole::None, UpgradeRole::new_master_of);
         let now = Instant::now();
@@ -235,7 +234,7 @@ impl Master {
             "event=start workers={} generation={} command=\"{}\"",
             self.pool.target(),
             self.generation,
-            crate::config::shell_words(&self.config.command)
+            crate::logging::esc(crate::config::shell_words(&self.config.command))
         );
         if let Some(old) = self.role.old_master() {
             log::info!(
@@ -272,7 +271,8 @@ impl Master {
     }
 
     /// Blocks in poll(2) until a signal, a datagram, an exec error, a status
-    /// request, or the next deadline.
+    /// request, a worker's output, or the next deadline; then notes which
+    /// workers' pipes have something to copy.
     fn sleep(&mut self) {
         self.settle_timers();
         let timeout = match self.timers.next_deadline() {
@@ -290,6 +290,7 @@ impl Master {
             PollFd::new(self.exec_errors.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
         ];
+        let own = fds.len();
         fds.extend(
             self.logs
                 .poll_fds()
@@ -299,6 +300,13 @@ impl Master {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => log::error!("event=poll-failed error=\"{}\"", errno_reason(e)),
         }
+        let pending = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+        let readable: Vec<bool> = fds[own..]
+            .iter()
+            .map(|fd| fd.revents().is_some_and(|r| r.intersects(pending)))
+            .collect();
+        drop(fds);
+        self.logs.note_readable(readable);
     }
 
     fn on_signal(&mut self, signal: Signal, now: Instant) {
@@ -352,14 +360,19 @@ impl Master {
         self.stop_all_workers(true, now);
     }
 
-    /// USR1: reopen our log files and pass the signal on to every worker.
+    /// USR1: reopen our log files; workers get `reopen_signal` only if
+    /// they asked for it (most servers die of USR1 or restart on it, and
+    /// their output already follows the files through the master).
     fn on_usr1(&mut self) {
         log::info!("event=reopen-logs workers={}", self.pool.len());
         self.logs.reopen();
+        let Some(signal) = self.config.reopen_signal else {
+            return;
+        };
         // Not to booting workers: an app that has not yet installed its
-        // handler would die of USR1's default action.
+        // handler would die of the signal's default action.
         for worker in self.pool.workers().filter(|w| w.is_ready()) {
-            let _ = kill(Pid::from_raw(worker.pid), NixSignal::SIGUSR1);
+            let _ = kill(Pid::from_raw(worker.pid), signal);
         }
     }
 
@@ -534,7 +547,7 @@ impl Master {
 
     /// Leaves: pid file and socket files removed if still ours.
     fn finish(mut self) -> Result<()> {
-        self.logs.drain();
+        self.logs.drain_all();
         if let Some(path) = &self.config.pid_file {
             pidfile::remove_if_ours(path, self.pid);
             pidfile::remove_if_ours(&pidfile::oldbin_path(path), self.pid);

@@ -47,7 +47,10 @@ impl Master {
         match reloaded {
             Ok((config, template)) => self.start_rollout(config, template, now),
             Err(why) => {
-                log::error!("event=reload-failed reason=\"{why}\" action=\"nothing changed\"");
+                log::error!(
+                    "event=reload-failed reason=\"{why}\" action=\"nothing changed\"",
+                    why = crate::logging::esc(&why)
+                );
                 self.reloads.end(Some(why));
                 if self.rollout.is_none() {
                     self.notify_ready();
@@ -74,14 +77,13 @@ impl Master {
             log::warn!("event=reload pid=unchanged reason=\"a new pid file needs USR2 (upgrade)\"");
             config.pid_file = self.config.pid_file.clone();
         }
-        let mut template = WorkerTemplate::new(
+        let template = WorkerTemplate::new(
             &config,
             &self.listeners,
             &self.launch.env,
             &self.notify.env_value,
             self.generations_issued + 1,
         )?;
-        template.set_stdio(self.logs.worker_stdio());
         if (&config.stdout_path, &config.stderr_path)
             != (&self.config.stdout_path, &self.config.stderr_path)
         {
@@ -194,11 +196,15 @@ impl Master {
         };
         self.stop_incoming(now);
         let Some((config, template, generation)) = rollout.previous else {
-            log::error!("event=rollback-failed reason=\"{reason}\" action=\"stopped\"");
+            log::error!(
+                "event=rollback-failed reason=\"{reason}\" action=\"stopped\"",
+                reason = crate::logging::esc(&reason)
+            );
             return;
         };
         log::error!(
-            "event=reload-failed reason=\"{reason}\" action=\"back to generation {generation}\""
+            "event=reload-failed reason=\"{reason}\" action=\"back to generation {generation}\"",
+            reason = crate::logging::esc(&reason)
         );
         let abandoned = self.generation;
         self.config = config;
@@ -230,7 +236,10 @@ impl Master {
         let Some(rollout) = self.rollout.take() else {
             return;
         };
-        log::info!("event=reload-abandoned reason=\"{why}\"");
+        log::info!(
+            "event=reload-abandoned reason=\"{why}\"",
+            why = crate::logging::esc(&why)
+        );
         self.stop_incoming(now);
         if rollout.previous.is_some() {
             self.reloads.end(Some(format!("abandoned: {why}")));

@@ -93,7 +93,10 @@ impl Master {
 
     pub(super) fn on_usr2(&mut self, now: Instant) {
         if let Some(why) = self.upgrade_refusal() {
-            log::warn!("event=upgrade-refused reason=\"{why}\"");
+            log::warn!(
+                "event=upgrade-refused reason=\"{why}\"",
+                why = crate::logging::esc(&why)
+            );
             return;
         }
         self.upgrades.begin(now);
@@ -106,7 +109,7 @@ impl Master {
             Ok(pid) => {
                 log::info!(
                     "event=upgrade-start role=old new_master={pid} program={}",
-                    self.launch.program().display()
+                    crate::logging::esc(self.launch.program().display())
                 );
                 self.role = UpgradeRole::Old(NewMaster {
                     pid,
@@ -182,7 +185,7 @@ impl Master {
             Ok(Some(pid)) if pid != self.pid && pidfile::is_alive(pid) => {
                 log::warn!(
                     "event=pid-file-kept path={} pid={pid} reason=\"a live process holds it\"",
-                    path.display()
+                    crate::logging::esc(path.display())
                 );
                 return;
             }
@@ -193,7 +196,10 @@ impl Master {
             && std::fs::rename(&oldbin, path).is_ok();
         if !renamed {
             if let Err(e) = pidfile::write_pid(path, self.pid) {
-                log::error!("event=pid-file-restore-failed error=\"{e}\"");
+                log::error!(
+                    "event=pid-file-restore-failed error=\"{e}\"",
+                    e = crate::logging::esc(&e)
+                );
             }
         }
     }
@@ -248,7 +254,10 @@ impl Master {
     }
 
     fn fail_upgrade(&mut self, why: String) {
-        log::error!("upgrade failed: {why} event=upgrade-failed");
+        log::error!(
+            "upgrade failed: {why} event=upgrade-failed",
+            why = crate::logging::esc(&why)
+        );
         self.upgrades.end(Some(why));
         // The new master may have told systemd it was the main process.
         self.notify_systemd(&format!(

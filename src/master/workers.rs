@@ -90,19 +90,37 @@ impl Master {
         incoming: bool,
         now: Instant,
     ) -> Option<i32> {
-        let mut exec =
-            self.template
-                .plan(slot, self.pool.target(), self.exec_errors_write.as_raw_fd());
-        let pid = match sys::spawn(&mut exec) {
+        let spawned = self
+            .logs
+            .worker_pipes()
+            .map_err(|e| ("pipe", e))
+            .and_then(|pipes| {
+                let mut exec = self.template.plan(
+                    slot,
+                    self.pool.target(),
+                    self.exec_errors_write.as_raw_fd(),
+                    pipes.stdio(),
+                );
+                let pid = sys::spawn(&mut exec).map_err(|e| ("fork", e))?;
+                // The write ends close here: the worker holds its own copies.
+                self.logs.attach(pid, pipes);
+                Ok(pid)
+            });
+        let pid = match spawned {
             Ok(pid) => pid,
-            Err(e) => {
-                let hint = if e == Errno::EAGAIN {
-                    " (a process limit: RLIMIT_NPROC, pid_max or cgroup pids.max)"
-                } else {
-                    ""
+            Err((call, e)) => {
+                let hint = match e {
+                    Errno::EAGAIN => " (a process limit: RLIMIT_NPROC, pid_max or cgroup pids.max)",
+                    Errno::EMFILE | Errno::ENFILE => {
+                        " (each worker holds 1 or 2 of the master's fds)"
+                    }
+                    _ => "",
                 };
-                let why = format!("fork: {}{hint}", errno_reason(e));
-                log::error!("worker={slot} event=spawn-failed error=\"{why}\"");
+                let why = format!("{call}: {}{hint}", errno_reason(e));
+                log::error!(
+                    "worker={slot} event=spawn-failed error=\"{why}\"",
+                    why = crate::logging::esc(&why)
+                );
                 if incoming {
                     self.fail_rollout(format!("worker={slot} {why}"), now);
                 } else {
@@ -192,8 +210,14 @@ impl Master {
             };
             let why = format!("{what}: {}", errno.desc());
             match slot {
-                Some(slot) => log::error!("worker={slot} {why} pid={pid} event=exec-failed"),
-                None => log::error!("event=exec-failed role=new-master pid={pid} {why}"),
+                Some(slot) => log::error!(
+                    "worker={slot} {why} pid={pid} event=exec-failed",
+                    why = crate::logging::esc(&why)
+                ),
+                None => log::error!(
+                    "event=exec-failed role=new-master pid={pid} {why}",
+                    why = crate::logging::esc(&why)
+                ),
             }
             self.exec_failures.insert(pid, why);
         }
@@ -207,7 +231,8 @@ impl Master {
                 Err(why) => {
                     if let Some(suppressed) = self.notify_log_budget.take(now) {
                         log::warn!(
-                            "event=notify-ignored reason=\"{why}\" suppressed_before={suppressed}"
+                            "event=notify-ignored reason=\"{why}\" suppressed_before={suppressed}",
+                            why = crate::logging::esc(&why)
                         );
                     }
                     continue;
@@ -229,8 +254,9 @@ impl Master {
             let msg = datagram.message;
             if let Some(status) = &msg.status {
                 log::debug!(
-                    "worker={} pid={pid} event=status status=\"{status}\"",
-                    worker.slot
+                    "worker={} pid={pid} event=status status=\"{}\"",
+                    worker.slot,
+                    crate::logging::esc(status)
                 );
             }
             if msg.ready && self.config.ready == ReadyMode::Notify {
@@ -327,6 +353,9 @@ impl Master {
         exec_failure: Option<String>,
         now: Instant,
     ) {
+        // Its pipes drained to the end first: its last stderr lines explain
+        // a failed boot.
+        let stderr = self.logs.release(pid);
         let Some((worker, role)) = self.pool.remove(pid) else {
             return;
         };
@@ -339,6 +368,8 @@ impl Master {
             self.log_if_all_ready();
             return;
         }
+        let exited_before_ready =
+            worker.killed.is_none() && exec_failure.is_none() && worker.was_ready.is_none();
         let why = match (worker.killed, exec_failure) {
             (_, Some(exec)) => exec,
             (Some(KillReason::ReadyTimeout), _) => {
@@ -348,9 +379,14 @@ impl Master {
             (None, None) if worker.was_ready.is_none() => format!("{status} before ready"),
             (None, None) => status.to_string(),
         };
+        let why = match stderr {
+            Some(lines) if exited_before_ready => format!("{why}; last stderr: \"{lines}\""),
+            _ => why,
+        };
         log::warn!(
-            "worker={slot} pid={pid} event=exit {} reason=\"{why}\"",
-            status.fields()
+            "worker={slot} pid={pid} event=exit {} reason=\"{}\"",
+            status.fields(),
+            crate::logging::esc(&why)
         );
         if role == Role::Incoming {
             self.fail_rollout(format!("worker={slot} {why}"), now);
@@ -374,8 +410,9 @@ impl Master {
     /// Workers cannot boot: stop everything and exit non-zero with `reason`.
     fn give_up(&mut self, reason: String, now: Instant) {
         log::error!(
-            "event=startup-failed attempts={} reason=\"{reason}\"",
-            self.startup_failures
+            "event=startup-failed attempts={} reason=\"{}\"",
+            self.startup_failures,
+            crate::logging::esc(&reason)
         );
         self.failure = Some(match self.role.old_master() {
             Some(old) => {

@@ -333,7 +333,7 @@ fn upgrade_wait_times_out_while_the_new_workers_boot() {
 
 #[test]
 fn reopen_logs_sends_usr1_to_the_master_and_on_to_each_worker() {
-    let app = App::new(2, "");
+    let app = App::new(2, "reopen_signal: USR1\n");
     let master = app.start();
     let pid = master.pid();
     let (code, out, err) = client(&["reopen-logs", "-c", app.cfg()], secs(10));

@@ -75,6 +75,7 @@ impl<'a> Service<'a> {
              graceful_timeout: 10s\n\
              stdout_path: {out}\n\
              stderr_path: {err}\n\
+             reopen_signal: USR1\n\
              command: ['{demo}']\n",
             sock = dir.join("app.sock").display(),
             pid = pid_file.display(),

@@ -40,6 +40,7 @@ impl Logged {
             .pid_file(&self.pid_file)
             .unix("app.sock")
             .log_files(&self.out, &self.err)
+            .args(&["--reopen-signal", "USR1"])
             .command(&["/bin/sh", "-c", STDOUT_THEN_DEMO, demo()])
             .start();
         let inherited = std::mem::replace(&mut master.log_path, self.err.clone());
@@ -224,6 +225,7 @@ fn the_master_writes_the_files_and_workers_write_into_pipes() {
         assert_ne!(out, err, "stdout and stderr share a pipe");
         pipes.push((out, err));
     }
-    // One pipe per stream, shared by all workers.
-    assert_eq!(pipes[0], pipes[1]);
+    // A pipe per worker and stream: no worker's line is spliced into another's.
+    assert_ne!(pipes[0].0, pipes[1].0);
+    assert_ne!(pipes[0].1, pipes[1].1);
 }

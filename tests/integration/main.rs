@@ -17,6 +17,7 @@ mod init_script;
 mod listeners;
 mod log_files;
 mod operators;
+mod output;
 mod pidfile;
 mod privileges;
 mod reloads;

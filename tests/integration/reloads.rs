@@ -254,10 +254,14 @@ fn a_replacement_that_cannot_boot_stops_the_rollout_and_keeps_the_old_config() {
     load.wait_answers(5);
     let (code, out, err) = client(&["reload", "-c", app.cfg(), "--wait"], secs(60));
     assert_eq!(code, 1, "{out}{err}\nlog:\n{}", master.log());
-    assert_eq!(
-        err,
-        "forkmaster: reload failed: worker=0 exited with status 3 before ready; \
-         the rollout stopped and the previous configuration stays in force\n"
+    assert!(
+        err.starts_with(
+            "forkmaster: reload failed: worker=0 exited with status 3 before ready; last stderr: "
+        ) && err.ends_with(
+            "event=boot-failed status=3 error=DEMO_FAIL_BOOT\"; \
+             the rollout stopped and the previous configuration stays in force\n"
+        ),
+        "{err}"
     );
     load.wait_answers(5);
     let generations = load.finish_without_failures();

@@ -435,7 +435,7 @@ fn winch_stops_every_worker_but_keeps_the_master() {
 #[test]
 fn usr1_is_forwarded_to_every_worker() {
     let dir = TempDir::new();
-    let master = start(&dir, 2, &[]);
+    let master = start(&dir, 2, &["--reopen-signal", "USR1"]);
     master.wait_ready();
     let workers = wait_children(&master, 2);
 

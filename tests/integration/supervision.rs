@@ -229,9 +229,11 @@ fn a_worker_failing_its_boot_fails_the_startup_with_its_status() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
-    assert_eq!(
-        stderr.lines().last(),
-        Some("forkmaster: startup failed: worker=0 exited with status 3 before ready"),
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "forkmaster: startup failed: worker=0 exited with status 3 before ready; last stderr: "
+        ) && last.ends_with("event=boot-failed status=3 error=DEMO_FAIL_BOOT\""),
         "stderr:\n{stderr}"
     );
 }

@@ -434,11 +434,50 @@ impl Response {
     }
 }
 
+/// The `key=value` fields of a line. A value in quotes (`reason="a b"`,
+/// `\"` and `\\` escaped in it) is one value: `key=value` text inside it
+/// (a worker's stderr in a reason) is no field of the line.
 pub fn fields(text: &str) -> HashMap<String, String> {
-    text.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    let mut fields = HashMap::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return fields;
+        }
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or(rest.len());
+        let key = &rest[..end];
+        rest = &rest[end..];
+        let Some(after) = rest.strip_prefix('=') else {
+            continue; // a bare word
+        };
+        let value = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut consumed = quoted.len();
+            let mut chars = quoted.char_indices();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                    '"' => {
+                        consumed = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            rest = &quoted[consumed..];
+            value
+        } else {
+            let end = after.find(char::is_whitespace).unwrap_or(after.len());
+            rest = &after[end..];
+            after[..end].to_string()
+        };
+        if !key.is_empty() {
+            fields.insert(key.to_string(), value);
+        }
+    }
 }
 
 /// One `GET` on a fresh connection with `Connection: close`.

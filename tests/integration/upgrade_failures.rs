@@ -415,7 +415,8 @@ fn a_failure_after_gradual_retirement_restores_every_old_worker() {
     assert_eq!(code, 1, "{out}{err}\nlog:\n{}", master.log());
     assert!(
         err.contains("upgrade failed: new master pid=")
-            && err.contains(": worker=2 exited with status 1 before ready; pid "),
+            && err.contains(": worker=2 exited with status 1 before ready; last stderr: ")
+            && err.contains("error=DEMO_FAIL_BOOT\"; pid "),
         "{err}"
     );
     assert_old_master_restored(&app, &mut master, 3);
@@ -510,7 +511,21 @@ fn gradual_retirement_retires_one_old_worker_per_ready_new_worker() {
     let mut master = app.start();
     let old = master.pid();
     app.set_token("new");
-    last_worker_fails(&app, 6, 5, "1s");
+    // As `last_worker_fails`, with the workers' stderr straight into a
+    // file: the new master, which copies its workers' stderr, is stopped
+    // while the test reads it.
+    let lines = app.dir.join("workers.log");
+    let env = app.env_line(&[
+        ("DEMO_BOOT_DELAY", "1s"),
+        ("DEMO_FAIL_WORKER", "5"),
+        ("DEMO_FAIL_BOOT", "1"),
+    ]);
+    let command = format!(
+        "command: ['/bin/sh', '-c', 'exec \"$0\" 2>>{}', '{}']\n",
+        lines.display(),
+        demo()
+    );
+    app.write_config(6, &format!("{env}{command}"));
     let new = begin_upgrade(&app, &mut master);
     master.wait_log_count(&format!("forkmaster[{new}] worker="), 6, secs(10));
     // What a busy machine does now and then, made certain: the new master
@@ -519,8 +534,8 @@ fn gradual_retirement_retires_one_old_worker_per_ready_new_worker() {
     send_signal(new, Signal::SIGSTOP);
     pin_to_one_cpu(new, false);
     pin_to_one_cpu(old, true);
-    let ready = master.try_wait_for(secs(20), |m| {
-        (m.log().matches("token=new notified=true").count() == 5).then_some(())
+    let ready = master.try_wait_for(secs(20), |_| {
+        (file_text(&lines).matches("token=new notified=true").count() == 5).then_some(())
     });
     send_signal(new, Signal::SIGCONT);
     assert!(ready.is_some(), "new workers not ready:\n{}", master.log());
