@@ -17,6 +17,7 @@ mod listeners;
 mod log_files;
 mod pidfile;
 mod privileges;
+mod real_servers;
 mod reloads;
 mod serving;
 mod signals;
