@@ -22,7 +22,7 @@
 #
 # The command runs over SSH as the deploy user: it must be the user the
 # master runs as, or root (a master answers status requests only from its
-# own user or root; anyone else gets "not running", exit 3).
+# own user or root; anyone else is told to run as that user, exit 1).
 
 namespace :load do
   task :defaults do

@@ -2,6 +2,8 @@
 //! running gunicorn, under a bounded load through nginx across upgrades and
 //! rolling restarts, with not one failed request.
 //!
+//! Also the refusal those deploys rely on: another user's client exits 1.
+//!
 //! nginx and gunicorn are not build dependencies: when either is missing the
 //! test says so loudly and passes, unless `FORKMASTER_REQUIRE_REAL_SERVERS=1`
 //! (set by CI, which installs both) makes it fail instead.
@@ -270,4 +272,27 @@ fn nginx_in_front_of_gunicorn_loses_no_request_through_upgrades_and_reloads() {
         file_text(&error_log),
         master.log()
     );
+}
+
+/// What the deploy recipes (contrib/capistrano, contrib/ansible, the init
+/// script) rely on: a client run as a user the master does not answer is
+/// told so and exits 1, not 3 ("not running"), so a deploy does not start a
+/// second master beside the running one.
+#[test]
+fn a_client_the_master_refuses_exits_1_saying_whom_to_run_as() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED a_client_the_master_refuses_exits_1_saying_whom_to_run_as: needs root");
+        return;
+    }
+    let dir = TempDir::new();
+    let pid_file = dir.join("forkmaster.pid");
+    let master = Fixture::new(&dir).tcp().pid_file(&pid_file).start();
+    master.wait_ready();
+    let mut cmd = Command::new(forkmaster());
+    cmd.args(["status", "-p"]).arg(&pid_file).uid(65534).gid(65534);
+    let out = run_command(cmd, secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(in_source("answers only its own user")), "{err}");
 }
