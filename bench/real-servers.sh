@@ -13,6 +13,11 @@
 # and prints failed and total requests of each per server. A server that is missing is reported as
 # skipped, with what to install.
 #
+# BENCH_NGINX=once puts nginx (foreground, config in the temp dir) in front
+# of each server, the load then going through nginx; BENCH_NGINX=twice lists
+# the server twice in nginx's upstream (max_fails=0), so that
+# `proxy_next_upstream` has a next server to retry on.
+#
 # Settings: BENCH_ROUNDS (default 3), BENCH_THREADS (default 4),
 # BENCH_PAUSE (seconds of load between steps, default 1), BENCH_KEEP=1 keeps
 # the temp dir (master logs), CARGO names the cargo command for the release
@@ -28,6 +33,8 @@ readonly PAUSE=${BENCH_PAUSE:-1}
 readonly WORKERS=2
 # Bounds: no load runs longer than this, whatever happens.
 readonly LOAD_MAX_SECS=300
+readonly NGINX_MODE=${BENCH_NGINX:-}
+NGINX_PID=""
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
@@ -44,6 +51,7 @@ say() { printf '# %s\n' "$*" >&2; }
 cleanup() {
     local pidfile pid
     [[ -n $LOAD_PID ]] && kill "$LOAD_PID" 2>/dev/null || true
+    [[ -n $NGINX_PID ]] && kill "$NGINX_PID" 2>/dev/null || true
     for pidfile in "$TMP"/*/fm.pid "$TMP"/*/fm.pid.oldbin; do
         [[ -f $pidfile ]] || continue
         pid=$(tr -dc '0-9' <"$pidfile")
@@ -262,12 +270,51 @@ readonly ALL_SERVERS=(go gunicorn uvicorn puma node starman starlet python_sdnot
 
 # ---------------------------------------------------------------------------
 
+# Starts nginx in front of 127.0.0.1:$port on 127.0.0.1:$load_port; sets
+# NGINX_PID. Uses bench_server's locals.
+start_nginx() {
+    local nginx upstream="server 127.0.0.1:$port max_fails=0;"
+    nginx=$(command -v nginx || echo /usr/sbin/nginx)
+    [[ -x $nginx ]] || { say "BENCH_NGINX needs nginx (apt-get install nginx)"; exit 2; }
+    [[ $NGINX_MODE == twice ]] && upstream="$upstream $upstream"
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process off;
+pid $dir/nginx.pid;
+error_log $dir/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    upstream app { $upstream }
+    server {
+        listen 127.0.0.1:$load_port;
+        location / { proxy_pass http://app; }
+    }
+}
+EOF
+    "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log" </dev/null &
+    NGINX_PID=$!
+    local i
+    for ((i = 0; i < 100; i++)); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$load_port/" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    say "nginx does not answer on 127.0.0.1:$load_port (see $dir/nginx-error.log)"
+    exit 1
+}
+
 # Runs one server through the rounds; appends its line to RESULTS.
 bench_server() {
-    local name=$1 dir port why pidfile log stop_file upgrades reloads
+    local name=$1 dir port load_port why pidfile log stop_file upgrades reloads
     dir="$TMP/$name"
     mkdir -p "$dir"
     port=$(free_port)
+    load_port=$port
     CMD=() READY="" STOP="" VERSION=""
     if ! why=$("setup_$name"); then
         RESULTS+=("$name: skipped, missing $why")
@@ -284,11 +331,20 @@ bench_server() {
         STEP_FAILURES=$((STEP_FAILURES + 1))
         return 0
     }
+    if [[ -n $NGINX_MODE ]]; then
+        load_port=$(free_port)
+        start_nginx
+    fi
     upgrades=$(run_steps upgrade)
     reloads=$(run_steps reload)
+    if [[ -n $NGINX_PID ]]; then
+        kill "$NGINX_PID" 2>/dev/null || true
+        wait "$NGINX_PID" 2>/dev/null || true
+        NGINX_PID=""
+    fi
     "$FM" stop -p "$pidfile" --wait --timeout 60s >&2 || true
     [[ -f $dir/step-failures ]] && STEP_FAILURES=$((STEP_FAILURES + $(wc -l <"$dir/step-failures")))
-    RESULTS+=("$name ($VERSION): $ROUNDS upgrades $upgrades; $ROUNDS reloads $reloads")
+    RESULTS+=("$name ($VERSION)${NGINX_MODE:+ behind nginx ($NGINX_MODE)}: $ROUNDS upgrades $upgrades; $ROUNDS reloads $reloads")
 }
 
 # Under a fresh bounded load, ROUNDS times `forkmaster $1 --wait`; prints
@@ -296,7 +352,7 @@ bench_server() {
 run_steps() {
     local step=$1 code i
     rm -f "$stop_file"
-    python3 "$REPO/bench/real_load.py" "$port" "$stop_file" "$THREADS" "$LOAD_MAX_SECS" \
+    python3 "$REPO/bench/real_load.py" "$load_port" "$stop_file" "$THREADS" "$LOAD_MAX_SECS" \
         >"$dir/$step.out" 2>"$dir/$step.err" &
     LOAD_PID=$!
     sleep "$PAUSE"
