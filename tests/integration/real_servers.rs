@@ -290,9 +290,15 @@ fn a_client_the_master_refuses_exits_1_saying_whom_to_run_as() {
     let master = Fixture::new(&dir).tcp().pid_file(&pid_file).start();
     master.wait_ready();
     let mut cmd = Command::new(forkmaster());
-    cmd.args(["status", "-p"]).arg(&pid_file).uid(65534).gid(65534);
+    cmd.args(["status", "-p"])
+        .arg(&pid_file)
+        .uid(65534)
+        .gid(65534);
     let out = run_command(cmd, secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(in_source("answers only its own user")), "{err}");
+    assert!(
+        err.contains(in_source("answers only its own user")),
+        "{err}"
+    );
 }
