@@ -93,11 +93,17 @@ namespace :forkmaster do
         # still serves the previous release, but `current` points to the new
         # one, and any worker it starts from now on (a crash respawn, a HUP)
         # would run from there; the hosts not reached yet are the same.
-        error "forkmaster failed on #{target_host}: #{e.message}"
+        # (Logging outside `on` goes through run_locally's backend.)
+        # SSHKit wraps the failed command (whose message holds forkmaster's
+        # stderr) in an ExecuteError.
+        reason = (e.cause || e).message
+        run_locally { error "forkmaster failed on #{target_host}: #{reason}" }
         roll_back_current(hosts[index..], fetch(:forkmaster_previous, {}))
-        done = hosts[0...index].map(&:to_s)
-        error "hosts that run the new release: #{done.empty? ? 'none' : done.join(', ')}; " \
-              "fix and deploy again, or run `cap #{fetch(:stage)} deploy:rollback` to put them back too"
+        done = hosts[0...index].map(&:to_s).join(", ")
+        run_locally do
+          error "hosts that run the new release: #{done.empty? ? 'none' : done}; fix and deploy " \
+                "again, or run `cap #{fetch(:stage)} deploy:rollback` to put them back too"
+        end
         raise
       end
     end
