@@ -1,5 +1,7 @@
 //! Listen addresses as the user writes them: `PORT`, `HOST:PORT`, `[IPV6]:PORT`,
-//! `unix:/path/to.sock`, each optionally prefixed `NAME=`.
+//! `unix:/path/to.sock`, each optionally prefixed `NAME=`; a Unix socket
+//! optionally followed by `;mode=OCTAL` (`;` is the one character a socket
+//! path may not hold, so the option cannot be read as part of a path).
 //!
 //! Parsing is pure: a host name is kept as written (`Target::Host`) until
 //! `WrittenListen::resolve` looks it up. Binding lives in `sockets`.
@@ -99,21 +101,40 @@ pub fn parse_listen_with(text: &str, resolve: Resolve) -> Result<ListenSpec, Str
 
 /// Parses one `--listen` value without looking any host name up.
 pub fn write_listen(text: &str) -> Result<WrittenListen, String> {
-    let (name, rest) = match text.split_once('=') {
+    let (spec, options) = match text.split_once(';') {
+        Some((spec, options)) => (spec, Some(options)),
+        None => (text, None),
+    };
+    let (name, rest) = match spec.split_once('=') {
         Some((name, rest)) => {
             validate_name(name).map_err(|why| format!("{text:?}: {why}"))?;
             (Some(name.to_string()), rest)
         }
-        None => (None, text),
+        None => (None, spec),
     };
     let target = parse_target(rest).map_err(|why| format!("{text:?}: {why}"))?;
+    let mode = options
+        .map(|options| parse_options(&target, options))
+        .transpose()
+        .map_err(|why| format!("{text:?}: {why}"))?;
     Ok(WrittenListen {
         target,
         name,
         backlog: DEFAULT_BACKLOG,
-        mode: None,
+        mode,
         text: text.to_string(),
     })
+}
+
+/// The options after `;`: today only `mode=OCTAL`, for a Unix socket.
+fn parse_options(target: &Target, options: &str) -> Result<u32, String> {
+    let mode = options
+        .strip_prefix("mode=")
+        .ok_or("expected `;mode=OCTAL` after the address")?;
+    if !matches!(target, Target::Address(Address::Unix(_))) {
+        return Err("`;mode=` applies to unix sockets only".into());
+    }
+    parse_mode(mode)
 }
 
 /// Parses the address part alone (no `NAME=`).
@@ -274,6 +295,29 @@ mod tests {
         }
         let long = format!("unix:/{}", "x".repeat(200));
         assert!(parse_listen(&long).unwrap_err().contains("107"));
+    }
+
+    #[test]
+    fn a_unix_socket_takes_its_mode_after_a_semicolon() {
+        let spec = parse_listen("unix:/run/app.sock;mode=0660").unwrap();
+        assert_eq!(spec.address, Address::Unix("/run/app.sock".into()));
+        assert_eq!(spec.mode, Some(0o660));
+        let spec = parse_listen("web=unix:/run/a,b=c.sock;mode=600").unwrap();
+        assert_eq!(spec.name.as_deref(), Some("web"));
+        assert_eq!(spec.address, Address::Unix("/run/a,b=c.sock".into()));
+        assert_eq!(spec.mode, Some(0o600));
+        assert_eq!(parse_listen("unix:/run/app.sock").unwrap().mode, None);
+        for bad in [
+            "127.0.0.1:80;mode=0660",
+            "unix:/run/app.sock;mode=999",
+            "unix:/run/app.sock;mode=",
+            "unix:/run/app.sock;backlog=10",
+            "unix:/run/app.sock;",
+            "unix:/run/app.sock;mode=0660;mode=0600",
+        ] {
+            let err = parse_listen(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
     }
 
     #[test]

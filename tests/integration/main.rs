@@ -20,6 +20,7 @@ mod operators;
 mod output;
 mod pidfile;
 mod privileges;
+mod real_servers;
 mod reloads;
 mod serving;
 mod signals;
