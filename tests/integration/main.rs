@@ -20,6 +20,7 @@ mod privileges;
 mod reloads;
 mod serving;
 mod signals;
+mod sockets;
 mod supervision;
 mod systemd;
 mod upgrade_failures;
