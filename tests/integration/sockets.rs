@@ -493,3 +493,56 @@ fn status_by_the_oldbin_file_shows_the_old_master_during_a_manual_upgrade() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with(&format!("master: pid={new} ")), "{out}");
 }
+
+#[test]
+fn a_socket_path_too_long_for_sun_path_fails_naming_the_way_out_and_runtime_dir_is_it() {
+    let dir = TempDir::new();
+    let deep = dir.join(&"d".repeat(90));
+    std::fs::create_dir(&deep).unwrap();
+    let pid_file = deep.join("app.pid");
+    let out = Fixture::new(&dir).pid_file(&pid_file).tcp().run(secs(20));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    let private = private_dir(&deep);
+    assert!(
+        last.starts_with(&format!("forkmaster: socket {}/", private.display()))
+            && last.ends_with(
+                "longer than the 107 a socket path may have: use --runtime-dir with a shorter directory"
+            ),
+        "{stderr}"
+    );
+    assert!(!pid_file.exists());
+
+    // With --runtime-dir the master starts; a client finds it given the same.
+    let run = dir.join("run");
+    std::fs::create_dir(&run).unwrap();
+    let master = Fixture::new(&dir)
+        .pid_file(&pid_file)
+        .tcp()
+        .args(&["--runtime-dir", run.to_str().unwrap()])
+        .start();
+    master.wait_ready();
+    assert!(private_dir(&run)
+        .join(format!("{}.control", master.pid()))
+        .exists());
+    let pid_arg = pid_file.to_str().unwrap();
+    let (code, out, err) = client(
+        &[
+            "status",
+            "-p",
+            pid_arg,
+            "--runtime-dir",
+            run.to_str().unwrap(),
+        ],
+        secs(10),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with(&format!("master: pid={} ", master.pid())),
+        "{out}"
+    );
+    // Without it, the client looks beside the pid file and finds nothing.
+    let (code, out, err) = client(&["status", "-p", pid_arg], secs(10));
+    assert_eq!(code, 3, "{out}{err}");
+}
