@@ -147,7 +147,7 @@ impl RunDir {
         // Widen to 0711 only when needed; never narrow what another master
         // of ours under this base may rely on.
         let current = stat.st_mode & 0o7777;
-        if current != mode && (current | mode) != current {
+        if current | mode != current {
             fchmod(&dir, Mode::from_bits_truncate(current | mode))
                 .map_err(|e| fail(&crate::error::errno_reason(e)))?;
         }
