@@ -59,6 +59,11 @@ pub struct Locate {
     /// The master's config file (its `pid:` key names the pid file).
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// The master's --runtime-dir, if it was given one (else the config's
+    /// `runtime_dir:`, $RUNTIME_DIRECTORY and the pid file's directory are tried).
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

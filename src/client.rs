@@ -7,13 +7,15 @@
 //! | 0    | done                                                       |
 //! | 1    | failed: the upgrade or reload did not take, old one serves |
 //! | 2    | usage: bad flags, no pid file named                        |
-//! | 3    | no master running (no pid file, stale pid, not ours)       |
+//! | 3    | no master running (no pid file, stale pid, not ours), or   |
+//! |      | what answers cannot be verified to be the pid named        |
 //! | 4    | timed out; the message says what state things are in      |
 
 use crate::cli::{ClientCommand, Locate, StatusArgs, StopArgs, WaitArgs};
 use crate::config::{self, Retire};
 use crate::duration::parse_duration;
-use crate::ipc::control::{self, QueryError};
+use crate::ipc::control::{self, QueryError, Search};
+use crate::ipc::rundir;
 use crate::pidfile::{is_alive, read_pid};
 use crate::status::{OperationState, Phase, Status};
 use nix::sys::signal::{kill, Signal};
@@ -69,23 +71,59 @@ pub fn run(command: &ClientCommand) -> ExitCode {
 
 type Step<T> = Result<T, Outcome>;
 
-/// The pid file named by `-p`, or by the `pid:` key of `-c`.
+/// The pid file named by `-p`, or by the `pid:` key of `-c`. Also says
+/// where the master's control socket is looked for: the runtime directory
+/// given (`--runtime-dir`, else the config's `runtime_dir:`), else the same
+/// candidates the master chose from.
 fn pid_file(locate: &Locate) -> Step<PathBuf> {
-    if let Some(path) = &locate.pid {
-        return Ok(path.clone());
-    }
-    let Some(config_path) = &locate.config else {
-        return Err(Outcome::Usage(
-            "which master? give -p PIDFILE or -c CONFIG".into(),
-        ));
+    let usage = |e: config::ConfigError| Outcome::Usage(e.to_string());
+    let path = match (&locate.pid, &locate.config) {
+        (Some(path), _) => path.clone(),
+        (None, Some(config_path)) => config::pid_file_of(config_path)
+            .map_err(usage)?
+            .ok_or_else(|| {
+                Outcome::Usage(format!(
+                    "config {}: no `pid:` key, so the master cannot be found",
+                    config_path.display()
+                ))
+            })?,
+        (None, None) => {
+            return Err(Outcome::Usage(
+                "which master? give -p PIDFILE or -c CONFIG".into(),
+            ))
+        }
     };
-    let pid = config::pid_file_of(config_path).map_err(|e| Outcome::Usage(e.to_string()))?;
-    pid.ok_or_else(|| {
-        Outcome::Usage(format!(
-            "config {}: no `pid:` key, so the master cannot be found",
-            config_path.display()
-        ))
-    })
+    let runtime_dir = match (&locate.runtime_dir, &locate.config) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(config_path)) => config::read_file(config_path).map_err(usage)?.runtime_dir,
+        (None, None) => None,
+    };
+    control::search_in(search_for(&path, runtime_dir.as_deref()));
+    Ok(path)
+}
+
+/// Where the control sockets of the master of `pid_file` may be: under the
+/// master's candidate bases, in our own private directory first, then in
+/// the one of the pid file's owner (another user's master refuses us
+/// there, and we say so).
+fn search_for(pid_file: &Path, runtime_dir: Option<&Path>) -> Search {
+    use std::os::unix::fs::MetadataExt;
+    let bases = rundir::candidates(
+        runtime_dir,
+        std::env::var_os(crate::protocol::RUNTIME_DIRECTORY),
+        Some(pid_file),
+    );
+    let mut uids = vec![nix::unistd::geteuid().as_raw()];
+    let owner = [
+        pid_file.to_path_buf(),
+        crate::pidfile::oldbin_path(pid_file),
+    ]
+    .iter()
+    .find_map(|p| std::fs::symlink_metadata(p).ok().map(|m| m.uid()));
+    if let Some(owner) = owner.filter(|o| !uids.contains(o)) {
+        uids.push(owner);
+    }
+    Search { bases, uids }
 }
 
 /// The master a pid file names, verified to be a forkmaster master. While
@@ -125,8 +163,7 @@ fn master_in(path: &Path, pid_file: &Path) -> Step<(i32, Status)> {
     }
     match control::query(pid) {
         Ok(status) => {
-            let expected = crate::pidfile::canonical(pid_file).map(|p| p.display().to_string());
-            if status.pid_file.is_some() && status.pid_file == expected {
+            if is_master_of(&status, pid_file) {
                 Ok((pid, status))
             } else {
                 Err(Outcome::NotRunning(format!(
@@ -148,7 +185,23 @@ fn master_in(path: &Path, pid_file: &Path) -> Step<(i32, Status)> {
             "not running: pid {pid} from {} is not a forkmaster master (no answer on its control socket)",
             path.display()
         ))),
+        Err(QueryError::Unverified(why)) => Err(Outcome::NotRunning(format!(
+            "refusing pid {pid} from {}: {why}; nothing was signalled",
+            path.display()
+        ))),
     }
+}
+
+/// Whether `status` is that of the master of `pid_file`: its pid file is
+/// `pid_file`, or `pid_file` is that pid file's `.oldbin` (an old master
+/// during an upgrade, found through the name it moved its pid to).
+fn is_master_of(status: &Status, pid_file: &Path) -> bool {
+    let Some(theirs) = status.pid_file.as_deref().map(PathBuf::from) else {
+        return false;
+    };
+    let ours = crate::pidfile::canonical(pid_file);
+    ours.as_deref() == Some(theirs.as_path())
+        || ours.as_deref() == Some(crate::pidfile::oldbin_path(&theirs).as_path())
 }
 
 fn send(pid: i32, signal: Signal) -> Step<()> {

@@ -5,6 +5,7 @@
 //! |---------------------------|--------------------------------------------|
 //! | `FORKMASTER_INHERIT_FDS`  | `3=127.0.0.1:8080;4=unix:/run/app.sock`    |
 //! | `FORKMASTER_UPGRADE_FROM` | `<old master pid>:<highest generation>`    |
+//! | `FORKMASTER_UPGRADE_NOTIFY` | the old master's notify socket path      |
 //!
 //! The fd numbers come from the environment: each is checked to be a
 //! listening socket bound to the address it claims before it is adopted,
@@ -16,7 +17,9 @@ use crate::sys::fd::{adopt_inherited, inspect_inherited};
 use std::ffi::OsString;
 use std::os::fd::{OwnedFd, RawFd};
 
-pub use crate::protocol::{INHERIT_FDS as INHERIT_VAR, UPGRADE_FROM as UPGRADE_VAR};
+pub use crate::protocol::{
+    INHERIT_FDS as INHERIT_VAR, UPGRADE_FROM as UPGRADE_VAR, UPGRADE_NOTIFY as NOTIFY_VAR,
+};
 
 /// The old master, as the new one learns of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,14 +259,21 @@ pub fn upgrade_env(
     listeners: &[Handed],
     pid: i32,
     generation: u32,
+    notify: &std::path::Path,
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<_> = base
         .iter()
         // WATCHDOG_PID names the first master systemd started; after
         // MAINPID moves, the watchdog is the new master's whatever it says.
-        .filter(|(k, _)| k != INHERIT_VAR && k != UPGRADE_VAR && k != crate::protocol::WATCHDOG_PID)
+        .filter(|(k, _)| {
+            k != INHERIT_VAR
+                && k != UPGRADE_VAR
+                && k != NOTIFY_VAR
+                && k != crate::protocol::WATCHDOG_PID
+        })
         .cloned()
         .collect();
+    env.push((NOTIFY_VAR.into(), notify.as_os_str().to_os_string()));
     env.push((INHERIT_VAR.into(), encode_listeners(listeners).into()));
     env.push((
         UPGRADE_VAR.into(),

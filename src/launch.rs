@@ -4,7 +4,7 @@
 //! from before anything changed it.
 
 use crate::cli::MasterFlags;
-use crate::handoff::{self, Predecessor, INHERIT_VAR, UPGRADE_VAR};
+use crate::handoff::{self, Predecessor, INHERIT_VAR, NOTIFY_VAR, UPGRADE_VAR};
 use crate::spawn::resolve_program;
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
@@ -21,6 +21,8 @@ pub struct Launch {
     pub command: Vec<OsString>,
     /// Set when an old master started us (USR2).
     pub predecessor: Option<Predecessor>,
+    /// The old master's notify socket, where we report to it.
+    pub predecessor_notify: Option<PathBuf>,
     pub inherited_fds: Option<String>,
 }
 
@@ -34,9 +36,13 @@ impl Launch {
         };
         let predecessor = value(UPGRADE_VAR).and_then(|v| handoff::decode_predecessor(&v));
         let inherited_fds = value(INHERIT_VAR);
+        let predecessor_notify = all
+            .iter()
+            .find(|(k, _)| k == NOTIFY_VAR)
+            .map(|(_, v)| PathBuf::from(v));
         let env = all
             .iter()
-            .filter(|(k, _)| k != INHERIT_VAR && k != UPGRADE_VAR)
+            .filter(|(k, _)| k != INHERIT_VAR && k != UPGRADE_VAR && k != NOTIFY_VAR)
             .cloned()
             .collect();
         Launch {
@@ -46,6 +52,7 @@ impl Launch {
             flags: flags.clone(),
             command: command.to_vec(),
             predecessor,
+            predecessor_notify,
             inherited_fds,
         }
     }

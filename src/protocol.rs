@@ -4,11 +4,11 @@
 //! |--------------------------|---------------------------------------------------|
 //! | master -> worker (env)   | `LISTEN_*` (systemd's sd_listen_fds), `SERVER_STARTER_PORT` (Server::Starter), `EINHORN_*` (Einhorn), `FORKMASTER_*`, `NOTIFY_SOCKET`, `WATCHDOG_USEC` (systemd's sd_notify) |
 //! | worker -> master         | sd_notify datagrams: `READY=1`, `WATCHDOG=1`, `STOPPING=1`, `STATUS=` |
-//! | old master -> new master | `FORKMASTER_INHERIT_FDS`, `FORKMASTER_UPGRADE_FROM` (env) |
+//! | old master -> new master | `FORKMASTER_INHERIT_FDS`, `FORKMASTER_UPGRADE_FROM`, `FORKMASTER_UPGRADE_NOTIFY` (env) |
 //! | new master -> old master | `FORKMASTER_RETIRE=N`, `FORKMASTER_UPGRADE_FAILED=why` (datagrams) |
 //! | systemd -> master        | `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID` |
 //! | client -> master         | the control socket: one JSON `Status` per connection |
-//! | anyone -> master         | the socket names: `@forkmaster/<pid>/control`, `@forkmaster/<pid>/notify` |
+//! | master's user -> master  | the socket files `<base>/.forkmaster-<euid>/<pid>.control` and `<pid>.notify` (see `ipc::rundir`) |
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -32,7 +32,8 @@ pub const WORKERS: &str = "FORKMASTER_WORKERS";
 pub const GENERATION: &str = "FORKMASTER_GENERATION";
 /// Worker environment: the master's pid.
 pub const MASTER_PID: &str = "FORKMASTER_MASTER_PID";
-/// Where sd_notify datagrams go (systemd's convention; `@` = abstract).
+/// Where sd_notify datagrams go (systemd's convention): for our workers, the
+/// absolute path of the master's notify socket file.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// The watchdog timeout in microseconds (systemd's convention).
 pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
@@ -43,6 +44,12 @@ pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
 pub const INHERIT_FDS: &str = "FORKMASTER_INHERIT_FDS";
 /// Upgrade handoff: `<old master pid>:<highest generation>`.
 pub const UPGRADE_FROM: &str = "FORKMASTER_UPGRADE_FROM";
+/// Upgrade handoff: the path of the old master's notify socket, where the
+/// new one reports (it may live in another runtime directory than ours).
+pub const UPGRADE_NOTIFY: &str = "FORKMASTER_UPGRADE_NOTIFY";
+/// systemd's `RuntimeDirectory=` as the service gets it (`:`-separated when
+/// several): where the sockets go unless `runtime_dir` says otherwise.
+pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 
 /// sd_notify keys the master acts on (systemd's sd_notify(3)).
 pub const NOTIFY_READY: &str = "READY";
@@ -55,17 +62,27 @@ pub const NOTIFY_RETIRE: &str = "FORKMASTER_RETIRE";
 /// New master to old master: why the upgrade failed.
 pub const NOTIFY_UPGRADE_FAILED: &str = "FORKMASTER_UPGRADE_FAILED";
 
-/// The abstract-namespace name of a master's control socket, where it
-/// answers each connection with its status as one line of JSON.
-pub fn control_address(pid: i32) -> String {
-    format!("forkmaster/{pid}/control")
+/// The private directory holding the sockets of the masters of user `euid`
+/// under one base directory.
+pub fn private_dir_name(euid: u32) -> String {
+    format!(".forkmaster-{euid}")
 }
 
-/// The abstract-namespace name of a master's sd_notify socket (workers get
-/// it as `NOTIFY_SOCKET=@...`; a new master reports to its old one there).
-pub fn notify_address(pid: i32) -> String {
-    format!("forkmaster/{pid}/notify")
+/// The file name of a master's control socket in its private directory,
+/// where it answers each connection with its status as one line of JSON.
+pub fn control_file(pid: i32) -> String {
+    format!("{pid}.{CONTROL_SUFFIX}")
 }
+
+/// The file name of a master's sd_notify socket in its private directory
+/// (workers get its path as `NOTIFY_SOCKET`; a new master reports to its
+/// old one there).
+pub fn notify_file(pid: i32) -> String {
+    format!("{pid}.{NOTIFY_SUFFIX}")
+}
+
+pub const CONTROL_SUFFIX: &str = "control";
+pub const NOTIFY_SUFFIX: &str = "notify";
 
 /// `FORKMASTER_RETIRE=N\n`.
 pub fn retire_message(ready: usize) -> String {

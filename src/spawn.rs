@@ -15,7 +15,7 @@
 //! | `FORKMASTER_WORKERS`    | N                                             |
 //! | `FORKMASTER_GENERATION` | the master's generation                       |
 //! | `FORKMASTER_MASTER_PID` | the master's pid                              |
-//! | `NOTIFY_SOCKET`         | the master's notify socket (`ready: notify`)  |
+//! | `NOTIFY_SOCKET`         | the master's notify socket path (`ready: notify`) |
 //! | `WATCHDOG_USEC`         | the watchdog timeout (`timeout`)              |
 
 use crate::config::{Config, ReadyMode};

@@ -9,9 +9,10 @@
 use crate::cli::MasterFlags;
 use crate::config::{self, Config, ConfigError};
 use crate::error::{Error, Result};
-use crate::handoff::{self, Inherited};
-use crate::ipc::control::{self, QueryError};
+use crate::handoff::Inherited;
+use crate::ipc::control::{self, QueryError, Search};
 use crate::ipc::output::LogFiles;
+use crate::ipc::rundir::{self, RunDir};
 use crate::ipc::{notify, systemd};
 use crate::launch::Launch;
 use crate::listen::{Address, ListenSpec};
@@ -128,8 +129,17 @@ fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
     check_may_switch_user(&config)?;
+    let base = rundir::master_base(
+        config.runtime_dir.as_deref(),
+        &launch.env,
+        config.pid_file.as_deref(),
+    );
     if let Some(path) = &config.pid_file {
-        pidfile::ensure_not_running(path, |pid| is_master_of(pid, path))?;
+        let search = Search {
+            bases: vec![base.clone()],
+            uids: vec![nix::unistd::geteuid().as_raw()],
+        };
+        pidfile::ensure_not_running(path, |pid| is_master_of(&search, pid, path))?;
     }
     let mut logs = LogFiles::open(config.stdout_path.as_deref(), config.stderr_path.as_deref())?;
     let (uid, gid) = worker_owner(&config);
@@ -150,11 +160,29 @@ fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<
     // Nothing the master inherited may leak into workers.
     sys::set_cloexec_from_3(&[]);
     let pid_file = config.pid_file.clone();
-    let master = Master::new(launch, config, listeners, logs, report)?;
+    // Workers of another user must pass through to the notify socket.
+    let traversable = uid.is_some_and(|uid| uid != nix::unistd::geteuid().as_raw());
+    let rundir = RunDir::create(&base, traversable).map_err(|why| match &pid_file {
+        // Beside a pid file whose directory is missing: that is the news.
+        Some(path) if !pidfile_dir(path).is_dir() => Error::PidFile {
+            path: path.clone(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        },
+        _ => Error::Config(ConfigError::Invalid(why)),
+    })?;
+    let master = Master::new(launch, config, listeners, logs, report, rundir)?;
     if let Some(path) = &pid_file {
         pidfile::write_pid(path, std::process::id() as i32)?;
     }
     master.run()
+}
+
+/// The directory a pid file is in (`.` for a bare name).
+fn pidfile_dir(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    }
 }
 
 /// Every socket systemd passed, when no listener is configured.
@@ -239,7 +267,7 @@ fn absolute(spec: &ListenSpec, dir: &Path) -> ListenSpec {
 }
 
 /// The owner for files workers use (socket and log files): the worker user.
-fn worker_owner(config: &Config) -> (Option<u32>, Option<u32>) {
+pub(crate) fn worker_owner(config: &Config) -> (Option<u32>, Option<u32>) {
     let uid = config.user.as_ref().map(|u| u.uid);
     let gid = config
         .group
@@ -273,13 +301,13 @@ fn check_may_switch_user(config: &Config) -> Result<()> {
 
 /// Whether `pid` is a forkmaster master of the pid file `path` (or may be:
 /// one that does not answer us is given the benefit of the doubt).
-fn is_master_of(pid: i32, path: &std::path::Path) -> bool {
-    match control::query(pid) {
+fn is_master_of(search: &Search, pid: i32, path: &std::path::Path) -> bool {
+    match control::query_in(search, pid) {
         Ok(status) => {
             let ours = pidfile::canonical(path).map(|p| p.display().to_string());
             status.pid_file.is_some() && status.pid_file == ours
         }
-        Err(QueryError::NoMaster) => false,
+        Err(QueryError::NoMaster | QueryError::Unverified(_)) => false,
         Err(QueryError::Refused | QueryError::NoAnswer) => true,
     }
 }
@@ -287,11 +315,9 @@ fn is_master_of(pid: i32, path: &std::path::Path) -> bool {
 /// A new master that fails before its loop runs tells the old master why
 /// (a failure while running is reported by the master itself).
 fn report_to_old_master(e: &Error) {
-    let predecessor = std::env::var(protocol::UPGRADE_FROM)
-        .ok()
-        .and_then(|v| handoff::decode_predecessor(&v));
-    if let (Some(old), false) = (predecessor, matches!(e, Error::UpgradeFailed(_))) {
+    let old_notify = std::env::var_os(protocol::UPGRADE_NOTIFY).map(std::path::PathBuf::from);
+    if let (Some(old), false) = (old_notify, matches!(e, Error::UpgradeFailed(_))) {
         let message = protocol::upgrade_failed_message(&e.to_string());
-        let _ = notify::send_to_master(old.pid, &message);
+        let _ = notify::send_to_master(&old, &message);
     }
 }

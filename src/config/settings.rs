@@ -138,6 +138,12 @@ settings! {
     #[arg(short = 'p', long, value_name = "FILE")]
     pid: PathBuf => pid_file: Option<PathBuf>,
         flag Option<PathBuf> = p::cloned, yaml PathBuf = p::ok, show |v| v.as_ref().map(|p| p.display());
+    /// Base directory of the master's control and notify sockets (kept in a private
+    /// `.forkmaster-<uid>` inside) [default: $RUNTIME_DIRECTORY, else the pid file's
+    /// directory, else $XDG_RUNTIME_DIR or /tmp].
+    #[arg(long, value_name = "DIR")]
+    runtime_dir: PathBuf => runtime_dir: Option<PathBuf>,
+        flag Option<PathBuf> = p::cloned, yaml PathBuf = p::ok, show |v| v.as_ref().map(|p| p.display());
     /// Directory each worker changes into at every spawn (a deploy symlink is followed anew).
     #[arg(long, value_name = "DIR")]
     working_directory: PathBuf => working_directory: Option<PathBuf>,

@@ -7,11 +7,13 @@
 //! | `notify`  | sd_notify datagrams from workers and from a new master     |
 //! | `control` | status requests from the client commands                   |
 //! | `output`  | the workers' stdout and stderr, for `stdout_path`/`stderr_path` |
+//! | `rundir`  | not a source: the private directory the socket files live in |
 //!
 //! `systemd` goes the other way: what the master tells its own supervisor.
 
 pub mod control;
 pub mod notify;
 pub mod output;
+pub mod rundir;
 pub mod signals;
 pub mod systemd;

@@ -2,17 +2,22 @@
 //! `STATUS=...` datagrams to the address in their `NOTIFY_SOCKET`.
 //!
 //! The sender is known by the kernel-supplied credentials (`SO_PASSCRED`),
-//! never by anything the message claims. The socket lives in the abstract
-//! namespace, so nothing is left on disk if the master is killed.
+//! never by anything the message claims. The socket is a file in the
+//! master's private runtime directory (see `rundir`), so `NOTIFY_SOCKET` is a
+//! plain absolute path that every sd_notify client library can send to; the
+//! master removes it when it exits, and a later master removes it if the
+//! master was killed.
 
+use crate::ipc::rundir;
 use crate::protocol;
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
 };
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 
 /// sd_notify messages are small; anything larger is malformed.
 const MAX_DATAGRAM: usize = 4096;
@@ -60,33 +65,55 @@ pub struct Datagram {
     pub message: Message,
 }
 
-/// Sends one datagram to the notify socket of the master `pid`.
-pub fn send_to_master(pid: i32, message: &str) -> std::io::Result<()> {
-    let addr = SocketAddr::from_abstract_name(protocol::notify_address(pid).as_bytes())?;
-    UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &addr)?;
+/// Sends one datagram to the master's notify socket at `path`.
+pub fn send_to_master(path: &Path, message: &str) -> std::io::Result<()> {
+    UnixDatagram::unbound()?.send_to(message.as_bytes(), path)?;
     Ok(())
 }
 
 pub struct NotifySocket {
     socket: UnixDatagram,
-    /// The value workers get as `NOTIFY_SOCKET` (`@` marks the abstract namespace).
+    path: PathBuf,
+    /// The inode of the file bound, so that only it is removed.
+    inode: Option<u64>,
+    /// The value workers get as `NOTIFY_SOCKET`: the socket's absolute path.
     pub env_value: String,
 }
 
 impl NotifySocket {
-    /// Binds a fresh abstract socket with credentials passing on.
-    pub fn bind() -> std::io::Result<NotifySocket> {
-        let name = protocol::notify_address(std::process::id() as i32);
-        let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
-        let socket = UnixDatagram::bind_addr(&addr)?;
-        socket.set_nonblocking(true)?;
-        setsockopt(&socket, sockopt::PassCred, &true)?;
-        // Room for a burst of pings from many workers.
-        let _ = setsockopt(&socket, sockopt::RcvBuf, &(1 << 20));
-        Ok(NotifySocket {
+    /// Binds a fresh socket file at `path` (mode 0600) with credentials
+    /// passing on. Fails naming the path.
+    pub fn bind(path: &Path) -> Result<NotifySocket, String> {
+        let fail = |e: std::io::Error| {
+            format!(
+                "bind notify socket {}: {}",
+                path.display(),
+                crate::error::io_reason(&e)
+            )
+        };
+        rundir::check_length(path)?;
+        let socket = UnixDatagram::bind(path).map_err(fail)?;
+        let notify = NotifySocket {
             socket,
-            env_value: format!("@{name}"),
-        })
+            path: path.to_path_buf(),
+            inode: rundir::socket_inode(path),
+            env_value: path.display().to_string(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+        notify.socket.set_nonblocking(true).map_err(fail)?;
+        setsockopt(&notify.socket, sockopt::PassCred, &true).map_err(|e| fail(e.into()))?;
+        // Room for a burst of pings from many workers.
+        let _ = setsockopt(&notify.socket, sockopt::RcvBuf, &(1 << 20));
+        Ok(notify)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the socket file we bound is still there.
+    pub fn file_exists(&self) -> bool {
+        self.inode.is_some() && rundir::socket_inode(&self.path) == self.inode
     }
 
     /// Receives one datagram, `None` when there is none left. Datagrams
@@ -129,6 +156,14 @@ impl AsFd for NotifySocket {
     }
 }
 
+impl Drop for NotifySocket {
+    /// The master leaves: its socket file goes with it. (Only the master
+    /// runs destructors: workers and a new master exec without unwinding.)
+    fn drop(&mut self) {
+        rundir::remove_socket(&self.path, self.inode);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,19 +180,23 @@ mod tests {
 
     #[test]
     fn knows_the_sender() {
-        let socket = NotifySocket::bind().unwrap();
-        let name = socket.env_value.strip_prefix('@').unwrap();
-        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let dir = std::env::temp_dir().join(format!("notify-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("1.notify");
+        let socket = NotifySocket::bind(&path).unwrap();
+        assert_eq!(socket.env_value, path.display().to_string());
+        let addr = path.clone();
         let client = UnixDatagram::unbound().unwrap();
-        client.send_to_addr(b"READY=1\n", &addr).unwrap();
+        client.send_to(b"READY=1\n", &addr).unwrap();
         let got = socket.receive().unwrap().unwrap();
         assert_eq!(got.pid, std::process::id() as i32);
         assert!(got.message.ready);
-        client
-            .send_to_addr(&[b'x'; MAX_DATAGRAM + 1], &addr)
-            .unwrap();
+        client.send_to(&[b'x'; MAX_DATAGRAM + 1], &addr).unwrap();
         assert!(matches!(socket.receive(), Some(Err(_))));
         assert!(socket.receive().is_none());
+        drop(socket);
+        assert!(!path.exists(), "the socket file goes with the socket");
+        std::fs::remove_dir(&dir).unwrap();
     }
 }
 

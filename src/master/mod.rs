@@ -21,6 +21,7 @@ use crate::error::{errno_reason, Error, Result};
 use crate::ipc::control::ControlSocket;
 use crate::ipc::notify::NotifySocket;
 use crate::ipc::output::LogFiles;
+use crate::ipc::rundir::RunDir;
 use crate::ipc::signals::{Signal, SignalPipe};
 use crate::ipc::systemd::{self, Notifier};
 use crate::launch::Launch;
@@ -42,6 +43,21 @@ use std::time::{Duration, Instant};
 use pool::Pool;
 pub use reload::Rollout;
 pub use upgrade::UpgradeRole;
+
+/// Binds the notify socket in `rundir`, given to the workers' user when
+/// they run as another one.
+fn bind_notify(
+    rundir: &RunDir,
+    pid: i32,
+    config: &Config,
+) -> std::result::Result<NotifySocket, String> {
+    let notify = NotifySocket::bind(&rundir.notify_path(pid))?;
+    let (uid, gid) = crate::start::worker_owner(config);
+    if uid.is_some_and(|uid| uid != nix::unistd::geteuid().as_raw()) {
+        rundir.share_with_workers(pid, uid, gid);
+    }
+    Ok(notify)
+}
 
 /// How long a quick stop waits for workers after SIGINT before SIGKILL.
 pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -110,6 +126,8 @@ pub struct Master {
     signals: SignalPipe,
     notify: NotifySocket,
     control: ControlSocket,
+    /// Where `notify` and `control` are bound.
+    rundir: RunDir,
     /// Children write a record here when their setup or exec fails.
     exec_errors: OwnedFd,
     exec_errors_write: OwnedFd,
@@ -153,13 +171,15 @@ pub struct Master {
 
 impl Master {
     /// Takes over bound listeners; installs signal handling, the notify and
-    /// control sockets.
+    /// control sockets (in `rundir`, the notify socket given to the workers'
+    /// user when they run as another one).
     pub fn new(
         launch: Launch,
         config: Config,
         listeners: Vec<Listener>,
         logs: LogFiles,
         ready_report: Option<OwnedFd>,
+        rundir: RunDir,
     ) -> Result<Master> {
         let io_err = |call| {
             move |e: std::io::Error| Error::Sys {
@@ -168,15 +188,17 @@ impl Master {
             }
         };
         let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
-        let notify = NotifySocket::bind().map_err(io_err("bind notify socket"))?;
-        let control = ControlSocket::bind().map_err(io_err("bind control socket"))?;
+        let pid = std::process::id() as i32;
+        let invalid = |why| Error::Config(ConfigError::Invalid(why));
+        rundir.prepare(pid).map_err(invalid)?;
+        let notify = bind_notify(&rundir, pid, &config).map_err(invalid)?;
+        let control = ControlSocket::bind(&rundir.control_path(pid)).map_err(invalid)?;
         let (exec_errors, exec_errors_write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|source| Error::Sys {
                 call: "pipe",
                 source,
             })?;
         let predecessor = launch.predecessor;
-        let pid = std::process::id() as i32;
         let systemd = Notifier::from_env(&launch.env, &[pid, predecessor.map_or(pid, |p| p.pid)]);
         let generation = predecessor.map_or(1, |p| p.generation + 1);
         let template = WorkerTemplate::new(
@@ -201,6 +223,7 @@ impl Master {
             signals,
             notify,
             control,
+            rundir,
             exec_errors,
             exec_errors_write,
             exec_failures: HashMap::new(),
@@ -366,6 +389,7 @@ impl Master {
     fn on_usr1(&mut self) {
         log::info!("event=reopen-logs workers={}", self.pool.len());
         self.logs.reopen();
+        self.restore_sockets();
         let Some(signal) = self.config.reopen_signal else {
             return;
         };
@@ -373,6 +397,32 @@ impl Master {
         // handler would die of the signal's default action.
         for worker in self.pool.workers().filter(|w| w.is_ready()) {
             let _ = kill(Pid::from_raw(worker.pid), signal);
+        }
+    }
+
+    /// Binds our socket files again if someone removed them (a cleaned
+    /// runtime directory): without them no client finds us, and workers
+    /// cannot report. The base directory itself is never made again.
+    fn restore_sockets(&mut self) {
+        if self.control.file_exists() && self.notify.file_exists() {
+            return;
+        }
+        let restored = self.rundir.reopen().and_then(|rundir| {
+            if !self.notify.file_exists() {
+                self.notify = bind_notify(&rundir, self.pid, &self.config)?;
+            }
+            if !self.control.file_exists() {
+                self.control = ControlSocket::bind(&rundir.control_path(self.pid))?;
+            }
+            self.rundir = rundir;
+            Ok(())
+        });
+        match restored {
+            Ok(()) => log::info!(
+                "event=sockets-restored dir={}",
+                self.rundir.path().display()
+            ),
+            Err(why) => log::error!("event=sockets-lost error=\"{why}\""),
         }
     }
 

@@ -229,15 +229,21 @@ impl Master {
                 name: l.systemd_name.clone(),
             })
             .collect();
-        let env = handoff::upgrade_env(&self.launch.env, &fds, self.pid, self.generations_issued)
-            .into_iter()
-            .map(|(k, v)| {
-                let mut entry = k.into_vec();
-                entry.push(b'=');
-                entry.extend(v.into_vec());
-                cstring(entry, "the environment")
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let env = handoff::upgrade_env(
+            &self.launch.env,
+            &fds,
+            self.pid,
+            self.generations_issued,
+            self.notify.path(),
+        )
+        .into_iter()
+        .map(|(k, v)| {
+            let mut entry = k.into_vec();
+            entry.push(b'=');
+            entry.extend(v.into_vec());
+            cstring(entry, "the environment")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
         let chdir = cstring(
             self.launch.start_dir.as_os_str().as_bytes().to_vec(),
             "the start directory",
@@ -318,9 +324,18 @@ impl Master {
         }
         let ready = self.pool.ready();
         let message = crate::protocol::retire_message(ready);
-        if crate::ipc::notify::send_to_master(old.pid, &message).is_ok() {
+        if self.tell_old_master(&message) {
             log::debug!("event=retire-step old_master={} ready={ready}", old.pid);
         }
+    }
+
+    /// New master: sends `message` to the old master's notify socket, at the
+    /// path it passed us; whether it was sent.
+    pub(super) fn tell_old_master(&self, message: &str) -> bool {
+        self.launch
+            .predecessor_notify
+            .as_deref()
+            .is_some_and(|path| crate::ipc::notify::send_to_master(path, message).is_ok())
     }
 
     /// Old master: a message from the new master we started.

@@ -415,10 +415,10 @@ impl Master {
             crate::logging::esc(&reason)
         );
         self.failure = Some(match self.role.old_master() {
-            Some(old) => {
+            Some(_) => {
                 // Tell the old master why, for `forkmaster upgrade --wait`.
                 let report = crate::protocol::upgrade_failed_message(&reason);
-                let _ = crate::ipc::notify::send_to_master(old.pid, &report);
+                self.tell_old_master(&report);
                 Error::UpgradeFailed(reason)
             }
             None => Error::StartupFailed(reason),

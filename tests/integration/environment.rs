@@ -95,8 +95,8 @@ fn worker_env_describes_listeners_worker_and_master() {
     assert_eq!(env["FORKMASTER_GENERATION"], "1");
     assert_eq!(env["FORKMASTER_MASTER_PID"], master.pid().to_string());
     assert!(
-        env["NOTIFY_SOCKET"].starts_with('@'),
-        "an abstract socket: {:?}",
+        env["NOTIFY_SOCKET"].starts_with('/'),
+        "a socket file: {:?}",
         env["NOTIFY_SOCKET"]
     );
     assert!(!env.contains_key("WATCHDOG_USEC"), "no watchdog: {env:?}");

@@ -414,12 +414,9 @@ fn lowest_free_fd(pid: i32) -> u64 {
 /// Connects to the master's control socket and leaves the connection
 /// pending: nothing is read, nothing closed.
 fn connect_control(pid: i32) -> std::os::unix::net::UnixStream {
-    use std::os::linux::net::SocketAddrExt;
-    let name = format!("forkmaster/{pid}/control");
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-        .expect("abstract address");
-    std::os::unix::net::UnixStream::connect_addr(&addr)
-        .unwrap_or_else(|e| panic!("connect to @{name}: {e}"))
+    let path = crate::support::master_socket(pid, "control");
+    std::os::unix::net::UnixStream::connect(&path)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()))
 }
 
 /// Puts the master `pid` at its fd limit (RLIMIT_NOFILE soft = its lowest
@@ -564,10 +561,13 @@ fn a_removed_pid_file_directory_fails_the_upgrade_cleanly_and_stop_still_works()
     wait_serving(&app.target);
     assert!(!run.exists(), "the master made the directory again");
 
-    // The operator puts the directory and the pid file back: the client
-    // finds the master again (the pid file it names is its own).
+    // The operator puts the directory and the pid file back, and has the
+    // master reopen its files (USR1), which binds its sockets again in it:
+    // the client finds the master again (the pid file it names is its own).
     std::fs::create_dir(&run).unwrap();
     std::fs::write(&app.pid_file, format!("{pid}\n")).unwrap();
+    send_signal(pid, Signal::SIGUSR1);
+    master.wait_log("event=sockets-restored", secs(10));
     let status = status_by(&app.pid_file);
     assert_eq!(status["upgrade"]["state"], "failed", "{status:#}");
     assert_eq!((count(&status, "ready"), count(&status, "target")), (2, 2));
@@ -862,13 +862,12 @@ fn flood_notify(
     duration: Duration,
     limit: usize,
 ) -> Vec<std::thread::JoinHandle<usize>> {
+    let addr = crate::support::master_socket(pid, "notify");
     (0..threads)
         .map(|_| {
+            let addr = addr.clone();
             std::thread::spawn(move || {
-                use std::os::linux::net::SocketAddrExt;
-                use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-                let name = format!("forkmaster/{pid}/notify");
-                let addr = UnixAddr::from_abstract_name(name.as_bytes()).unwrap();
+                use std::os::unix::net::UnixDatagram;
                 let socket = UnixDatagram::unbound().unwrap();
                 // The queue is short (net.unix.max_dgram_qlen): a send waits
                 // for the master to read. A master that stops reading fails it.
@@ -879,8 +878,8 @@ fn flood_notify(
                 while sent < limit && started.elapsed() < duration {
                     let d = &datagrams[sent % datagrams.len()];
                     socket
-                        .send_to_addr(d, &addr)
-                        .unwrap_or_else(|e| panic!("datagram {sent} to @{name}: {e}"));
+                        .send_to(d, &addr)
+                        .unwrap_or_else(|e| panic!("datagram {sent} to {}: {e}", addr.display()));
                     sent += 1;
                 }
                 sent

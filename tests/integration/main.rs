@@ -24,6 +24,7 @@ mod real_servers;
 mod reloads;
 mod serving;
 mod signals;
+mod sockets;
 mod supervision;
 mod systemd;
 mod upgrade_failures;

@@ -268,9 +268,18 @@ fn writing_the_pid_file_leaves_no_temp_files() {
         names.sort();
         names
     };
-    assert_eq!(entries(), ["app.pid".to_string(), log_name.clone()]);
+    // The master's private socket directory sits beside its pid file.
+    let private = format!(".forkmaster-{}", nix::unistd::geteuid());
+    assert_eq!(
+        entries(),
+        [private.clone(), "app.pid".to_string(), log_name.clone()]
+    );
     quit(&mut master);
-    assert_eq!(entries(), [log_name]);
+    assert_eq!(entries(), [private.clone(), log_name]);
+    let left: Vec<_> = std::fs::read_dir(dir.join(&private))
+        .expect("read the private directory")
+        .collect();
+    assert!(left.is_empty(), "the master removes its sockets: {left:?}");
 }
 
 #[test]

@@ -505,7 +505,7 @@ fn a_notification_from_a_process_that_is_not_a_worker_is_ignored() {
         .find_map(|l| l.strip_prefix("NOTIFY_SOCKET="))
         .unwrap_or_else(|| panic!("no NOTIFY_SOCKET in {env:?}"))
         .to_string();
-    assert!(socket.starts_with('@'), "{socket}");
+    assert!(socket.starts_with('/'), "a socket file: {socket}");
 
     // Claims in the message do not matter; the kernel-reported sender does.
     let forged = format!("READY=1\nMAINPID={booting}\nSTATUS=forged\n");

@@ -1086,9 +1086,29 @@ pub fn send_signal(pid: i32, signal: Signal) {
         .unwrap_or_else(|e| panic!("{signal} to {pid}: {e}"));
 }
 
-/// The `NOTIFY_SOCKET` value of the master `pid` (`@forkmaster/<pid>/notify`).
+/// The `NOTIFY_SOCKET` value of the master `pid`: the path of its notify
+/// socket file (`<base>/.forkmaster-<uid>/<pid>.notify`).
 pub fn master_notify_socket(pid: i32) -> String {
-    format!("@forkmaster/{pid}/notify")
+    master_socket(pid, "notify").display().to_string()
+}
+
+/// The socket file `<pid>.<kind>` (`control` or `notify`) the master `pid`
+/// has bound, found among the bound Unix sockets the kernel lists.
+pub fn master_socket(pid: i32, kind: &str) -> PathBuf {
+    let name = format!("{pid}.{kind}");
+    let table = std::fs::read_to_string("/proc/net/unix").expect("read /proc/net/unix");
+    table
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(7))
+        .map(PathBuf::from)
+        .find(|path| {
+            path.file_name().is_some_and(|n| n == name.as_str())
+                && path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|d| d.to_string_lossy().starts_with(".forkmaster-"))
+        })
+        .unwrap_or_else(|| panic!("master {pid} has no {kind} socket bound"))
 }
 
 /// Returns once the master `pid`, logging into `master`'s log, has acted on

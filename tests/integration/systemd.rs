@@ -486,8 +486,8 @@ fn workers_never_see_the_supervisors_notify_socket() {
     assert_eq!(
         notify_socket,
         vec![&format!(
-            "NOTIFY_SOCKET=@forkmaster/{}/notify",
-            notify.pid()
+            "NOTIFY_SOCKET={}",
+            crate::support::master_notify_socket(notify.pid())
         )],
         "with --ready notify"
     );

@@ -6,9 +6,8 @@
 use crate::support::*;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -204,11 +203,10 @@ fn an_exec_failure_is_named_even_if_the_new_master_is_reaped_in_the_same_pass() 
     // Its stderr is full, so it waits in that log line while the child's
     // exec fails, and reaps the child only after that.
     master.signal(Signal::SIGSTOP);
-    let name = format!("forkmaster/{}/notify", master.pid());
-    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let addr = crate::support::master_socket(master.pid(), "notify");
     UnixDatagram::unbound()
         .unwrap()
-        .send_to_addr(b"STATUS=busy\n", &addr)
+        .send_to(b"STATUS=busy\n", &addr)
         .unwrap();
     let mut fill = std::fs::OpenOptions::new()
         .write(true)
