@@ -82,6 +82,10 @@ pub struct Status {
     pub upgrade: Operation,
     pub reload: Operation,
     pub workers: Vec<WorkerStatus>,
+    /// Processes a worker left behind, being stopped; a stopping master
+    /// exits only once they are gone. Absent from an older master's answer.
+    #[serde(default)]
+    pub strays: Vec<StrayStatus>,
 }
 
 /// Progress of the USR2 upgrades or HUP reloads this master has run.
@@ -107,6 +111,20 @@ pub struct WorkerStatus {
     /// Deaths of this slot's workers not asked for by the master.
     pub restarts: u32,
     pub last_exit: Option<String>,
+}
+
+/// A process a worker left behind, as the master stops it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StrayStatus {
+    pub pid: i32,
+    pub pgid: i32,
+    /// What it was part of: `worker=2 pid=1234 generation=1`, or a process
+    /// that left its worker's process group.
+    pub of: String,
+    /// Whether it was sent SIGKILL already.
+    pub killed: bool,
+    /// Seconds until it is sent SIGKILL (or, once killed, no longer waited for).
+    pub deadline_secs: f64,
 }
 
 impl Status {
@@ -149,6 +167,20 @@ impl Status {
                 w.restarts,
                 w.last_exit.as_deref().unwrap_or("-")
             ));
+        }
+        if !self.strays.is_empty() {
+            out.push_str("STRAY PID  PGID     DEADLINE           OF\n");
+            for s in &self.strays {
+                let deadline = if s.killed {
+                    format!("killed, waits {}", secs(s.deadline_secs))
+                } else {
+                    format!("SIGKILL in {}", secs(s.deadline_secs))
+                };
+                out.push_str(&format!(
+                    "{:<10} {:<8} {:<18} {}\n",
+                    s.pid, s.pgid, deadline, s.of
+                ));
+            }
         }
         out
     }

@@ -7,12 +7,13 @@
 //! poll(2) until the next event or deadline. With nothing to do it never wakes.
 //!
 //! `pool` owns the workers and their slots; `workers` starts, stops and
-//! supervises them; `reload` is the HUP rolling restart; `upgrade` is both
+//! supervises them; `strays` stops what they leave behind; `reload` is the HUP rolling restart; `upgrade` is both
 //! sides of the USR2 re-exec, with this master's part in it as an
 //! `UpgradeRole`.
 
 mod pool;
 mod reload;
+mod strays;
 mod upgrade;
 mod workers;
 
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use pool::Pool;
 pub use reload::Rollout;
+use strays::Strays;
 pub use upgrade::UpgradeRole;
 
 /// How long a quick stop waits for workers after SIGINT before SIGKILL.
@@ -107,6 +109,8 @@ pub struct Master {
     template: WorkerTemplate,
     /// The workers, their slots and how many are wanted.
     pool: Pool,
+    /// Processes workers left behind, being stopped.
+    strays: Strays,
     timers: Timers,
     phase: Phase,
     /// Set when a worker slot may need filling or emptying.
@@ -178,6 +182,10 @@ impl Master {
         .map_err(|e| Error::Config(ConfigError::Invalid(e)))?;
         template.set_stdio(logs.worker_stdio());
         let pool = Pool::new(config.workers, Instant::now());
+        // Orphans of our workers' descendants come back to us, to be stopped.
+        if let Err(e) = sys::become_subreaper() {
+            log::warn!("event=subreaper-failed error=\"{}\"", errno_reason(e));
+        }
         let role = predecessor.map_or(UpgradeRole::None, UpgradeRole::new_master_of);
         Ok(Master {
             launch,
@@ -191,6 +199,7 @@ impl Master {
             exec_failures: HashMap::new(),
             template,
             pool,
+            strays: Strays::default(),
             timers: Timers::default(),
             phase: Phase::Running,
             dirty: true,
@@ -240,6 +249,7 @@ impl Master {
             self.read_exec_errors();
             self.read_notifications(now);
             self.reap_children(now);
+            self.find_strays(now);
             self.fire_timers(now);
             if self.phase == Phase::Running && self.dirty {
                 self.dirty = false;
@@ -248,7 +258,11 @@ impl Master {
             }
             self.serve_status();
             self.logs.drain();
-            if matches!(self.phase, Phase::Stopping { .. }) && self.pool.is_empty() {
+            // Strays too: once `stop --wait` returns, nothing we started is left.
+            if matches!(self.phase, Phase::Stopping { .. })
+                && self.pool.is_empty()
+                && self.strays.is_empty()
+            {
                 return self.finish();
             }
             self.sleep();
@@ -474,6 +488,7 @@ impl Master {
             upgrade: self.upgrades.operation(self.role.new_master()),
             reload: self.reloads.operation(None),
             workers,
+            strays: self.strays.statuses(now),
         }
     }
 
