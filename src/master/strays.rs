@@ -42,12 +42,23 @@ pub struct Stray {
     pub killed: bool,
 }
 
+/// The process group of an exited worker (pgid = the worker's pid).
+#[derive(Clone, Debug)]
+struct Group {
+    /// What the worker was: `worker=2 pid=1234 generation=1`.
+    of: String,
+    /// When the worker was being stopped: its SIGKILL deadline. The group
+    /// had the stop signal with it, so its members are not sent it twice
+    /// (a second signal means "hurry" to many apps) and keep that deadline.
+    stopping: Option<Instant>,
+}
+
 #[derive(Default)]
 pub struct Strays {
     strays: HashMap<i32, Stray>,
-    /// Process groups of exited workers (pgid = the worker's pid) and what
-    /// the worker was; kept while a stray of the group is being stopped.
-    groups: HashMap<i32, String>,
+    /// Process groups of exited workers, kept while a stray of the group is
+    /// being stopped.
+    groups: HashMap<i32, Group>,
     /// Still our children after SIGKILL and its grace (uninterruptible
     /// sleep): no longer waited for, never stopped again.
     abandoned: HashSet<i32>,
@@ -67,9 +78,10 @@ impl Strays {
         self.look = true;
     }
 
-    /// A worker exited: its process group may outlive it.
-    pub fn note_worker_group(&mut self, pid: i32, what: String) {
-        self.groups.insert(pid, what);
+    /// A worker exited (`stopping`: its SIGKILL deadline, if it was being
+    /// stopped): its process group may outlive it.
+    pub fn note_worker_group(&mut self, pid: i32, of: String, stopping: Option<Instant>) {
+        self.groups.insert(pid, Group { of, stopping });
         self.look = true;
     }
 
@@ -171,15 +183,20 @@ impl Master {
         } else {
             (self.config.stop_signal, self.config.graceful_timeout)
         };
-        let of = match self.strays.groups.get(&pgid) {
-            Some(worker) => worker.clone(),
-            None => "a process that left its worker's group".to_string(),
+        let (of, stopping) = match self.strays.groups.get(&pgid) {
+            Some(group) => (group.of.clone(), group.stopping),
+            None => ("a process that left its worker's group".to_string(), None),
         };
-        let deadline = now + grace;
+        // Signalled with its worker's group: only the deadline is left.
+        let deadline = stopping.map_or(now + grace, |at| at.min(now + grace));
+        let signal = match stopping {
+            Some(_) => None,
+            None => Some(signal),
+        };
         log::info!(
             "event=stray-stop pid={pid} pgid={pgid} of=\"{of}\" signal={} grace={}",
-            signal.as_str().trim_start_matches("SIG"),
-            Human(grace)
+            signal.map_or("none", |s| s.as_str().trim_start_matches("SIG")),
+            Human(deadline.saturating_duration_since(now))
         );
         self.strays.strays.insert(
             pid,
@@ -190,7 +207,9 @@ impl Master {
                 killed: false,
             },
         );
-        self.signal_stray(pid, signal);
+        if let Some(signal) = signal {
+            self.signal_stray(pid, signal);
+        }
         self.timers.add(deadline, Timer::Kill(pid));
     }
 

@@ -338,9 +338,14 @@ impl Master {
         let slot = worker.slot;
         // What is left of its process group (and any child it had) is ours
         // to stop now.
+        let stopping = match worker.state {
+            WorkerState::Stopping { kill_at } => Some(kill_at),
+            _ => None,
+        };
         self.strays.note_worker_group(
             pid,
             format!("worker={slot} pid={pid} generation={}", worker.generation),
+            stopping,
         );
         if worker.is_stopping() {
             log::info!(
