@@ -195,3 +195,35 @@ fn secs(s: f64) -> String {
         format!("{s:.1}s")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_strays_only_when_there_are_some() {
+        let mut status = Status::default();
+        assert!(!status.render().contains("STRAY"));
+        status.strays.push(StrayStatus {
+            pid: 4321,
+            pgid: 1234,
+            of: "worker=0 pid=1234 generation=1".into(),
+            killed: false,
+            deadline_secs: 2.5,
+        });
+        let text = status.render();
+        assert!(text.contains("STRAY"), "{text}");
+        assert!(
+            text.contains("4321       1234     SIGKILL in 2.5s    worker=0 pid=1234"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_answer_without_strays_reads_as_none() {
+        let mut json = serde_json::to_value(Status::default()).unwrap();
+        json.as_object_mut().unwrap().remove("strays");
+        let status: Status = serde_json::from_value(json).unwrap();
+        assert!(status.strays.is_empty());
+    }
+}

@@ -270,3 +270,50 @@ impl Master {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn stray(pgid: i32, deadline: Instant) -> Stray {
+        Stray {
+            pgid,
+            of: format!("pgid={pgid}"),
+            deadline,
+            killed: false,
+        }
+    }
+
+    #[test]
+    fn a_group_is_kept_while_a_stray_is_in_it() {
+        let now = Instant::now();
+        let mut strays = Strays::default();
+        assert!(strays.is_empty());
+        strays.note_worker_group(10, "worker=0 pid=10 generation=1".into(), None);
+        strays.note_worker_group(11, "worker=1 pid=11 generation=1".into(), None);
+        assert!(!strays.is_empty(), "a look is pending");
+        strays.look = false;
+        strays.strays.insert(20, stray(10, now));
+        strays.forget_empty_groups();
+        assert_eq!(strays.groups.keys().copied().collect::<Vec<_>>(), vec![10]);
+        assert!(strays.remove(20).is_some());
+        strays.forget_empty_groups();
+        assert!(strays.groups.is_empty() && strays.is_empty());
+    }
+
+    #[test]
+    fn statuses_are_by_pid_with_time_left() {
+        let now = Instant::now();
+        let mut strays = Strays::default();
+        strays
+            .strays
+            .insert(30, stray(30, now + Duration::from_secs(2)));
+        strays.strays.insert(20, stray(10, now));
+        let shown = strays.statuses(now);
+        assert_eq!(shown.iter().map(|s| s.pid).collect::<Vec<_>>(), [20, 30]);
+        assert_eq!(shown[0].deadline_secs, 0.0);
+        assert_eq!(shown[1].deadline_secs, 2.0);
+        assert_eq!(shown[1].of, "pgid=30");
+    }
+}
