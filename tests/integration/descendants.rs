@@ -218,3 +218,49 @@ fn a_sigkilled_master_leaves_what_its_workers_started() {
     assert!(app.contains(&answer["pid"].parse().expect("pid")));
     assert!(TcpListener::bind(addr).is_err(), "the port is still held");
 }
+
+/// A helper a worker double-forks inside its own process group belongs to
+/// that worker: re-parented to the master, it is left alone while its worker
+/// lives, and stopped with it.
+#[test]
+fn an_orphan_in_a_live_workers_group_is_left_alone() {
+    let dir = TempDir::new();
+    let mut master = Fixture::new(&dir)
+        .workers(2)
+        .tcp()
+        .pid_file(dir.join("app.pid"))
+        .command(&["/bin/sh", "-c", "(sleep 600 &); exec \"$0\"", demo()])
+        .start();
+    master.wait_ready();
+    // Each worker's helper, handed to the master when its subshell exited.
+    let helpers = |m: &Master| -> Vec<(i32, i32)> {
+        m.children()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .filter_map(|p| proc_stat(p).map(|(_, _, pgid)| (p, pgid)))
+            .collect()
+    };
+    let found = master.wait_for("both helpers re-parented to the master", secs(20), |m| {
+        let found = helpers(m);
+        (found.len() == 2).then_some(found)
+    });
+    for &(helper, _) in &found {
+        master.guard().watch_pid(helper);
+    }
+    let (doomed, doomed_worker) = found[0];
+    let (kept, kept_worker) = found[1];
+    nix::sys::signal::kill(Pid::from_raw(doomed_worker), Signal::SIGKILL).expect("kill worker");
+    wait_gone(
+        &master,
+        &[doomed],
+        "the killed worker's helper to be stopped",
+    );
+    assert!(is_running(kept), "the helper of a live worker was stopped");
+    assert!(is_running(kept_worker));
+    let tree = descendants_of(master.pid());
+    let addr = listen_addr(&master.log(), 0);
+    stop_and_check_port(&dir, addr, &tree);
+}
