@@ -7,9 +7,9 @@
 //! poll(2) until the next event or deadline. With nothing to do it never wakes.
 //!
 //! `pool` owns the workers and their slots; `workers` starts, stops and
-//! supervises them; `strays` stops what they leave behind; `reload` is the HUP rolling restart; `upgrade` is both
-//! sides of the USR2 re-exec, with this master's part in it as an
-//! `UpgradeRole`.
+//! supervises them; `strays` stops what they leave behind; `reload` is the
+//! HUP rolling restart; `upgrade` is both sides of the USR2 re-exec, with
+//! this master's part in it as an `UpgradeRole`.
 
 mod pool;
 mod reload;
