@@ -264,3 +264,50 @@ fn an_orphan_in_a_live_workers_group_is_left_alone() {
     let addr = listen_addr(&master.log(), 0);
     stop_and_check_port(&dir, addr, &tree);
 }
+
+/// A quick stop (`TERM`) during a graceful one hurries the strays too:
+/// `SIGINT` now and SIGKILL 5 s later, instead of the graceful timeout.
+#[test]
+fn a_quick_stop_hurries_the_strays() {
+    let dir = TempDir::new();
+    let mut master = Fixture::new(&dir)
+        .workers(1)
+        .tcp()
+        .ready("delay:50ms")
+        .pid_file(dir.join("app.pid"))
+        .args(&["--graceful-timeout", "120s"])
+        .command(&[
+            "/bin/sh",
+            "-c",
+            "sh -c 'trap \"\" TERM; exec sleep 600' & wait",
+        ])
+        .start();
+    master.wait_ready();
+    let tree = master.wait_for("the worker's child", secs(20), |m| {
+        let tree = descendants_of(m.pid());
+        (tree.len() == 2).then_some(tree)
+    });
+    for &pid in &tree {
+        master.guard().watch_pid(pid);
+    }
+    master.signal(Signal::SIGQUIT);
+    let pid_file = pid_file(&dir);
+    master.wait_for("a stray in status --json", secs(20), |_| {
+        let (code, out, _) = client(&["status", "-p", &pid_file, "--json"], secs(10));
+        let status: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| code == 0)?;
+        (!status["strays"].as_array()?.is_empty()).then_some(())
+    });
+    master.signal(Signal::SIGTERM);
+    // A shell's background job ignores SIGINT too: the SIGKILL 5 s after it
+    // ends the stray, well within the 120 s graceful timeout.
+    assert!(master.wait_exit(secs(20)).success());
+    assert!(tree.iter().all(|p| !is_running(*p)), "{tree:?}");
+    let log = master.log();
+    let quick = log
+        .find("event=stop mode=quick")
+        .expect("quick stop logged");
+    assert!(
+        log[quick..].contains(in_source("event=stray-kill")),
+        "{log}"
+    );
+}
