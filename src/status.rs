@@ -124,6 +124,10 @@ pub struct Status {
     #[serde(default)]
     pub rollout: Option<RolloutStatus>,
     pub workers: Vec<WorkerStatus>,
+    /// Processes a worker left behind, being stopped; a stopping master
+    /// exits only once they are gone. Absent from an older master's answer.
+    #[serde(default)]
+    pub strays: Vec<StrayStatus>,
     /// Every slot below the target (and any still being emptied), with or
     /// without a worker, and its history.
     #[serde(default)]
@@ -181,6 +185,20 @@ pub struct WorkerStatus {
     /// brand-new worker in a slot whose previous worker crashed shows 1.
     pub restarts: u32,
     pub last_exit: Option<String>,
+}
+
+/// A process a worker left behind, as the master stops it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StrayStatus {
+    pub pid: i32,
+    pub pgid: i32,
+    /// What it was part of: `worker=2 pid=1234 generation=1`, or a process
+    /// that left its worker's process group.
+    pub of: String,
+    /// Whether it was sent SIGKILL already.
+    pub killed: bool,
+    /// Seconds until it is sent SIGKILL (or, once killed, no longer waited for).
+    pub deadline_secs: f64,
 }
 
 impl Status {
@@ -265,6 +283,20 @@ impl Status {
         rows.sort_by_key(|(slot, pid, _)| (*slot, *pid));
         for (_, _, row) in rows {
             out.push_str(&row);
+        }
+        if !self.strays.is_empty() {
+            out.push_str("STRAY PID  PGID     DEADLINE           OF\n");
+            for s in &self.strays {
+                let deadline = if s.killed {
+                    format!("killed, waits {}", secs(s.deadline_secs))
+                } else {
+                    format!("SIGKILL in {}", secs(s.deadline_secs))
+                };
+                out.push_str(&format!(
+                    "{:<10} {:<8} {:<18} {}\n",
+                    s.pid, s.pgid, deadline, s.of
+                ));
+            }
         }
         out
     }
@@ -375,5 +407,32 @@ mod tests {
             text.ends_with("exited with status 1 (retry in 1.6s)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn render_lists_strays_only_when_there_are_some() {
+        let mut status = Status::default();
+        assert!(!status.render().contains("STRAY"));
+        status.strays.push(StrayStatus {
+            pid: 4321,
+            pgid: 1234,
+            of: "worker=0 pid=1234 generation=1".into(),
+            killed: false,
+            deadline_secs: 2.5,
+        });
+        let text = status.render();
+        assert!(text.contains("STRAY"), "{text}");
+        assert!(
+            text.contains("4321       1234     SIGKILL in 2.5s    worker=0 pid=1234"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_answer_without_strays_reads_as_none() {
+        let mut json = serde_json::to_value(Status::default()).unwrap();
+        json.as_object_mut().unwrap().remove("strays");
+        let status: Status = serde_json::from_value(json).unwrap();
+        assert!(status.strays.is_empty());
     }
 }

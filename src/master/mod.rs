@@ -7,12 +7,13 @@
 //! poll(2) until the next event or deadline. With nothing to do it never wakes.
 //!
 //! `pool` owns the workers and their slots; `workers` starts, stops and
-//! supervises them; `reload` is the HUP rolling restart; `upgrade` is both
-//! sides of the USR2 re-exec, with this master's part in it as an
-//! `UpgradeRole`.
+//! supervises them; `strays` stops what they leave behind; `reload` is the
+//! HUP rolling restart; `upgrade` is both sides of the USR2 re-exec, with
+//! this master's part in it as an `UpgradeRole`.
 
 mod pool;
 mod reload;
+mod strays;
 mod upgrade;
 mod workers;
 
@@ -42,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use pool::Pool;
 pub use reload::Rollout;
+use strays::Strays;
 pub use upgrade::UpgradeRole;
 
 /// Binds the notify socket in `rundir`, given to the workers' user when
@@ -136,6 +138,8 @@ pub struct Master {
     template: WorkerTemplate,
     /// The workers, their slots and how many are wanted.
     pool: Pool,
+    /// Processes workers left behind, being stopped.
+    strays: Strays,
     timers: Timers,
     phase: Phase,
     /// Set when a worker slot may need filling or emptying.
@@ -210,6 +214,10 @@ impl Master {
         )
         .map_err(|e| Error::Config(ConfigError::Invalid(e)))?;
         let pool = Pool::new(config.workers, Instant::now());
+        // Orphans of our workers' descendants come back to us, to be stopped.
+        if let Err(e) = sys::become_subreaper() {
+            log::warn!("event=subreaper-failed error=\"{}\"", errno_reason(e));
+        }
         let role = predecessor.map_or(UpgradeRole::None, UpgradeRole::new_master_of);
         let now = Instant::now();
         let upgrades = match predecessor {
@@ -229,6 +237,7 @@ impl Master {
             exec_failures: HashMap::new(),
             template,
             pool,
+            strays: Strays::default(),
             timers: Timers::default(),
             phase: Phase::Running,
             dirty: true,
@@ -278,6 +287,7 @@ impl Master {
             self.read_exec_errors();
             self.read_notifications(now);
             self.reap_children(now);
+            self.find_strays(now);
             self.fire_timers(now);
             if self.phase == Phase::Running && self.dirty {
                 self.dirty = false;
@@ -286,7 +296,11 @@ impl Master {
             }
             self.serve_status();
             self.logs.drain();
-            if matches!(self.phase, Phase::Stopping { .. }) && self.pool.is_empty() {
+            // Strays too: once `stop --wait` returns, nothing we started is left.
+            if matches!(self.phase, Phase::Stopping { .. })
+                && self.pool.is_empty()
+                && self.strays.is_empty()
+            {
                 return self.finish();
             }
             self.sleep();
@@ -553,6 +567,7 @@ impl Master {
             rollout: self.rollout_status(),
             workers,
             slots: self.slot_statuses(now),
+            strays: self.strays.statuses(now),
         }
     }
 

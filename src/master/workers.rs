@@ -159,7 +159,7 @@ impl Master {
         let Some((slot, kill_at)) = self.pool.mark_stopping(pid, now + grace, quick, now) else {
             return;
         };
-        let _ = kill(Pid::from_raw(pid), signal);
+        signal_group(pid, signal);
         log::info!(
             "worker={slot} pid={pid} event=stop signal={} grace={}",
             signal.as_str().trim_start_matches("SIG"),
@@ -168,10 +168,12 @@ impl Master {
         self.timers.add(kill_at, Timer::Kill(pid));
     }
 
+    /// Stops every worker, and what workers left behind.
     pub(super) fn stop_all_workers(&mut self, quick: bool, now: Instant) {
         for pid in self.pool.pids() {
             self.stop_worker(pid, quick, now);
         }
+        self.stop_all_strays(quick, now);
     }
 
     /// Drains failure records written by children whose setup or exec failed.
@@ -340,8 +342,11 @@ impl Master {
             let exec_failure = self.exec_failures.remove(&pid);
             if self.role.new_master() == Some(pid) {
                 self.on_new_master_exit(status, exec_failure, now);
-            } else {
+            } else if self.pool.get(pid).is_some() {
                 self.on_worker_exit(pid, status, exec_failure, now);
+            } else {
+                // Never a worker: an orphan handed to us (we are a subreaper).
+                self.on_stray_exit(pid, status.fields());
             }
         }
     }
@@ -360,6 +365,17 @@ impl Master {
             return;
         };
         let slot = worker.slot;
+        // What is left of its process group (and any child it had) is ours
+        // to stop now.
+        let stopping = match worker.state {
+            WorkerState::Stopping { kill_at } => Some(kill_at),
+            _ => None,
+        };
+        self.strays.note_worker_group(
+            pid,
+            format!("worker={slot} pid={pid} generation={}", worker.generation),
+            stopping,
+        );
         if worker.is_stopping() {
             log::info!(
                 "worker={slot} pid={pid} event=exit {} stopped=yes",
@@ -419,6 +435,7 @@ impl Master {
                 // Tell the old master why, for `forkmaster upgrade --wait`.
                 let report = crate::protocol::upgrade_failed_message(&reason);
                 self.tell_old_master(&report);
+                self.upgrades.end(Some(reason.clone()));
                 Error::UpgradeFailed(reason)
             }
             None => Error::StartupFailed(reason),
@@ -465,9 +482,11 @@ impl Master {
                 } => Some(deadline),
                 _ => None,
             },
-            Timer::Kill(pid) => match self.pool.get(pid)?.state {
-                WorkerState::Stopping { kill_at } if kill_at == at => Some(at),
-                _ => None,
+            Timer::Kill(pid) => match self.pool.get(pid).map(|w| w.state) {
+                Some(WorkerState::Stopping { kill_at }) if kill_at == at => Some(at),
+                Some(_) => None,
+                // A stray's deadline (a pid is never both).
+                None => self.stray_due(pid, at),
             },
             Timer::Respawn(slot) => (self.pool.retry_at(slot)? == at).then_some(at),
             Timer::SystemdWatchdog => Some(at),
@@ -515,6 +534,8 @@ impl Master {
                             worker.slot
                         );
                         kill_group(pid);
+                    } else {
+                        self.kill_stray(pid, now);
                     }
                 }
                 Timer::Respawn(slot) => {
@@ -531,6 +552,19 @@ impl Master {
                 }
             }
         }
+    }
+}
+
+/// `signal` to a worker's process group (pgid = its pid: what it forked and
+/// did not move elsewhere), and to the worker itself if it left that group.
+/// The worker is our child not yet reaped, so its number, and the group of
+/// that number, are still the ones it had.
+fn signal_group(pid: i32, signal: NixSignal) {
+    let target = Pid::from_raw(pid);
+    let in_group = killpg(target, signal).is_ok()
+        && nix::unistd::getpgid(Some(target)).is_ok_and(|g| g == target);
+    if !in_group {
+        let _ = kill(target, signal);
     }
 }
 

@@ -8,7 +8,7 @@
 //! | `spawn`   | fork + exec of a worker or a new master (`ExecPlan`)       |
 //! | `child`   | the child's steps between fork and exec                    |
 //! | `fd`      | close-on-exec sweeping; adopting fds named to us by number |
-//! | `process` | forking to daemonize; whether stdin is a terminal          |
+//! | `process` | forking to daemonize; whether stdin is a terminal; subreaper, children |
 //!
 //! Everything outside holds `OwnedFd`/`BorrowedFd`; raw fd numbers appear only
 //! in environment values and between fork and exec.
@@ -22,6 +22,6 @@ mod signals;
 mod spawn;
 
 pub use fd::set_cloexec_from_3;
-pub use process::stdin_is_terminal;
+pub use process::{become_subreaper, children, stdin_is_terminal};
 pub use signals::{record_signals, take_overflowed_signals};
 pub use spawn::{decode_error_record, spawn, ChildStage, Credentials, ExecPlan, ERROR_RECORD_LEN};

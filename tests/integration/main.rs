@@ -10,6 +10,7 @@ mod support;
 mod clients;
 mod config_errors;
 mod daemon;
+mod descendants;
 mod edges;
 mod environment;
 mod faults;
