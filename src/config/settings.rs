@@ -123,8 +123,9 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Listener, repeatable, in fd order: PORT, HOST:PORT, [IPV6]:PORT or unix:PATH,
-    /// optionally prefixed NAME= (the name goes into LISTEN_FDNAMES).
+    /// Listener, repeatable, in fd order: PORT, HOST:PORT, [IPV6]:PORT or unix:PATH
+    /// (unix:PATH;mode=0660 sets the socket file's mode), optionally prefixed
+    /// NAME= (the name goes into LISTEN_FDNAMES).
     #[arg(short = 'l', long, value_name = "ADDR")]
     listen: Vec<WrittenListen> = Vec::new() => listeners: Vec<ListenSpec> => r::listeners,
         flag Vec<String> = p::listen_flags, yaml Vec<Value> = p::listen_entries, show |v| describe::listeners(v);
