@@ -79,3 +79,25 @@ fn a_relative_unix_socket_is_published_absolute() {
     );
     assert_eq!(env["LISTEN_FDS"], "1");
 }
+
+/// A client only needs the pid file from a config: it looks up no user and
+/// resolves no host, so an init script's `status` or `stop` works during a
+/// DNS outage or before the app's user exists.
+#[test]
+fn clients_read_a_config_without_name_service_lookups() {
+    let app = App::new(1, "");
+    let _master = app.start();
+    let config = app.dir.join("client.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "pid: {}\nuser: no-such-user-xyz\ngroup: no-such-group-xyz\n\
+             listen: ['no-such-host.invalid:80']\ncommand: [app]\n",
+            app.pid_file.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = client(&["status", "-c", config.to_str().unwrap()], secs(10));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("master: pid="), "{out}");
+}
