@@ -101,3 +101,28 @@ fn clients_read_a_config_without_name_service_lookups() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("master: pid="), "{out}");
 }
+
+/// `forkmaster status | head -1`: a client whose reader went away exits
+/// quietly with its own exit code, not with a panic (101).
+#[test]
+fn a_client_writing_into_a_closed_pipe_exits_quietly() {
+    let app = App::new(1, "");
+    let _master = app.start();
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    // The reader is gone before the client writes a byte: EPIPE for sure.
+    drop(read);
+    for args in [
+        vec!["status", "-p", app.pid_file.to_str().unwrap()],
+        vec!["status", "--json", "-p", app.pid_file.to_str().unwrap()],
+    ] {
+        let out = std::process::Command::new(forkmaster())
+            .args(&args)
+            .stdout(std::process::Stdio::from(write.try_clone().expect("dup")))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run the client");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
