@@ -12,12 +12,15 @@ use std::path::Path;
 /// it blocks them and takes them one by one with sigwaitinfo, which hands
 /// out standard signals before real-time ones. So once a test's real-time
 /// marker is recorded, an earlier USR1 would have been recorded before it.
-/// Worker 1 never says READY=1 when `PROBE_UNREADY` is set.
+/// It says `armed` once the signals are blocked. Worker 1 never says
+/// READY=1 when `PROBE_UNREADY` is set.
 const SIGNAL_PROBE: &str = r#"
 import os, signal, socket, sys
 marker = signal.SIGRTMIN + 2
 wanted = {signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, marker}
 signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+sys.stderr.write("probe pid=%d armed\n" % os.getpid())
+sys.stderr.flush()
 unready = os.environ.get("PROBE_UNREADY") and os.environ["FORKMASTER_WORKER"] == "1"
 if not unready:
     addr = os.environ["NOTIFY_SOCKET"]
@@ -61,6 +64,10 @@ fn signals_on_reopen(args: &[&str], unready: bool) -> HashMap<i32, Vec<String>> 
     }
     let workers = master.children();
     assert_eq!(workers.len(), 2, "{workers:?}");
+    // A probe still booting would die of the marker's default action.
+    for &pid in &workers {
+        master.wait_log(&format!("probe pid={pid} armed"), secs(20));
+    }
     let pid_file = pid_file.to_str().unwrap();
     let (code, out, err) = client(&["reopen-logs", "-p", pid_file], secs(10));
     assert_eq!(code, 0, "{out}{err}");
