@@ -260,6 +260,7 @@ pub fn upgrade_env(
     pid: i32,
     generation: u32,
     notify: &std::path::Path,
+    pid_file: Option<&std::path::Path>,
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<_> = base
         .iter()
@@ -269,11 +270,18 @@ pub fn upgrade_env(
             k != INHERIT_VAR
                 && k != UPGRADE_VAR
                 && k != NOTIFY_VAR
+                && k != crate::protocol::UPGRADE_PID_FILE
                 && k != crate::protocol::WATCHDOG_PID
         })
         .cloned()
         .collect();
     env.push((NOTIFY_VAR.into(), notify.as_os_str().to_os_string()));
+    if let Some(path) = pid_file {
+        env.push((
+            crate::protocol::UPGRADE_PID_FILE.into(),
+            path.as_os_str().to_os_string(),
+        ));
+    }
     env.push((INHERIT_VAR.into(), encode_listeners(listeners).into()));
     env.push((
         UPGRADE_VAR.into(),

@@ -42,7 +42,12 @@ impl Launch {
             .map(|(_, v)| PathBuf::from(v));
         let env = all
             .iter()
-            .filter(|(k, _)| k != INHERIT_VAR && k != UPGRADE_VAR && k != NOTIFY_VAR)
+            .filter(|(k, _)| {
+                k != INHERIT_VAR
+                    && k != UPGRADE_VAR
+                    && k != NOTIFY_VAR
+                    && k != crate::protocol::UPGRADE_PID_FILE
+            })
             .cloned()
             .collect();
         Launch {

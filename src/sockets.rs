@@ -11,7 +11,7 @@ use nix::sys::socket::{
     bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
     SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr,
 };
-use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
+use nix::sys::stat::Mode;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -59,7 +59,8 @@ impl Listener {
     /// Gives our Unix socket file to the workers' user and group.
     pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) {
         if let (Address::Unix(path), false) = (&self.bound, uid.is_none() && gid.is_none()) {
-            if let Err(e) = std::os::unix::fs::chown(path, uid, gid) {
+            // lchown: a link planted in the socket's place is not followed.
+            if let Err(e) = std::os::unix::fs::lchown(path, uid, gid) {
                 log::warn!(
                     "event=chown-failed path={} error=\"{}\"",
                     crate::logging::esc(path.display()),
@@ -152,16 +153,17 @@ fn bind_unix(path: &Path, spec: &ListenSpec) -> Result<OwnedFd> {
     )
     .map_err(fail)?;
     let addr = UnixAddr::new(path).map_err(fail)?;
-    bind(fd.as_raw_fd(), &addr).map_err(fail)?;
-    if let Some(mode) = spec.mode {
-        fchmodat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            Mode::from_bits_truncate(mode),
-            FchmodatFlags::FollowSymlink,
-        )
-        .map_err(fail)?;
+    // The file is created with its mode (bind applies the umask to 0777):
+    // a chmod by path afterwards could be sent through a link planted in
+    // its place. The master is single-threaded, so the umask is ours alone.
+    let umask = spec
+        .mode
+        .map(|mode| nix::sys::stat::umask(Mode::from_bits_truncate(!mode & 0o777)));
+    let bound = bind(fd.as_raw_fd(), &addr);
+    if let Some(previous) = umask {
+        nix::sys::stat::umask(previous);
     }
+    bound.map_err(fail)?;
     listen(&fd, backlog_of(spec.backlog)).map_err(fail)?;
     Ok(fd)
 }

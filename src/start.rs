@@ -32,6 +32,7 @@ use std::path::Path;
 pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
     let config = config::load(flags, command)
         .map_err(Error::Config)
+        .and_then(keeps_the_pid_file)
         .inspect_err(report_to_old_master)?;
     if flags.check {
         return check(&config);
@@ -56,6 +57,26 @@ pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
         }
         report_to_old_master(e);
     })
+}
+
+/// A new master of an upgrade keeps its old master's pid file: the clients
+/// (`upgrade --wait`, init scripts) find the master through it, so one that
+/// dropped or moved it would serve where nobody looks.
+fn keeps_the_pid_file(config: Config) -> Result<Config> {
+    let Some(old) = std::env::var_os(protocol::UPGRADE_PID_FILE).map(std::path::PathBuf::from)
+    else {
+        return Ok(config);
+    };
+    let new = config.pid_file.as_deref().and_then(pidfile::canonical);
+    if new.as_deref() == Some(old.as_path()) {
+        return Ok(config);
+    }
+    Err(Error::Config(ConfigError::Invalid(format!(
+        "pid: an upgrade keeps the pid file {}, but the configuration now says {}: \
+         to move the pid file, stop and start the service",
+        old.display(),
+        new.map_or_else(|| "none".to_string(), |p| p.display().to_string())
+    ))))
 }
 
 /// `--check`: what would run, or why it cannot.

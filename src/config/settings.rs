@@ -185,7 +185,7 @@ settings! {
     graceful_timeout: Duration = Duration::from_secs(30) => graceful_timeout: Duration,
         flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
         show |v| Some(Human(*v));
-    /// error, warn, info, debug or trace [default: RUST_LOG, else info].
+    /// off, error, warn, info, debug or trace [default: RUST_LOG, else info].
     #[arg(long, value_name = "LEVEL")]
     log_level: String => log_level: Option<String>,
         // Not shown by --check: the log itself tells its level.

@@ -50,13 +50,42 @@ struct Sink {
     own_fd: RawFd,
 }
 
+/// Opens (creating it) a log file to append to. Never through a symbolic
+/// link (whoever can write the directory could point it at any file the
+/// master may write), and never a FIFO or socket: opening one can block,
+/// and so can every write. `O_NONBLOCK` keeps the open itself from
+/// blocking; regular files and devices ignore it afterwards.
 pub fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a symbolic link: give the file's real path",
+            ),
+            Some(libc::ENXIO) => not_a_file("a FIFO"),
+            _ => e,
+        })?;
+    let kind = file.metadata()?.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        return Err(not_a_file("a FIFO"));
+    }
+    if kind.is_socket() {
+        return Err(not_a_file("a socket"));
+    }
+    Ok(file)
+}
+
+fn not_a_file(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{what}, not a file: writing to it could block the master"),
+    )
 }
 
 impl Sink {
@@ -362,7 +391,8 @@ impl LogFiles {
             match sink.reopen() {
                 Ok(()) => {
                     if uid.is_some() || gid.is_some() {
-                        let _ = std::os::unix::fs::chown(&sink.path, uid, gid);
+                        // The file we opened, never whatever the path names now.
+                        let _ = std::os::unix::fs::fchown(&sink.file, uid, gid);
                     }
                     log::info!(
                         "event=log-reopened path={}",
@@ -426,7 +456,7 @@ impl LogFiles {
             return;
         }
         for sink in self.sinks.iter().flatten() {
-            let _ = std::os::unix::fs::chown(&sink.path, uid, gid);
+            let _ = std::os::unix::fs::fchown(&sink.file, uid, gid);
         }
     }
 }

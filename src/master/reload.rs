@@ -74,7 +74,7 @@ impl Master {
             config.listeners = self.config.listeners.clone();
         }
         if config.pid_file != self.config.pid_file {
-            log::warn!("event=reload pid=unchanged reason=\"a new pid file needs USR2 (upgrade)\"");
+            log::warn!("event=reload pid=unchanged reason=\"a new pid file needs a restart (stop, then start)\"");
             config.pid_file = self.config.pid_file.clone();
         }
         let template = WorkerTemplate::new(

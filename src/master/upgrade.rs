@@ -235,6 +235,11 @@ impl Master {
             self.pid,
             self.generations_issued,
             self.notify.path(),
+            self.config
+                .pid_file
+                .as_deref()
+                .and_then(pidfile::canonical)
+                .as_deref(),
         )
         .into_iter()
         .map(|(k, v)| {

@@ -126,3 +126,110 @@ fn a_client_writing_into_a_closed_pipe_exits_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// A configuration that drops or moves the pid file cannot be upgraded to:
+/// the new master would serve where no client looks. The upgrade fails with
+/// the reason, and the old master serves on.
+#[test]
+fn an_upgrade_keeps_the_pid_file() {
+    let app = App::new(2, "");
+    let master = app.start();
+    let pid_file = app.pid_file.to_str().unwrap();
+    let moved = app.dir.join("moved.pid");
+    for (what, text) in [
+        (
+            "dropped",
+            app.config_text(2, "")
+                .lines()
+                .filter(|l| !l.starts_with("pid:"))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        ),
+        (
+            "moved",
+            app.config_text(2, &format!("pid: {}\n", moved.display())),
+        ),
+    ] {
+        std::fs::write(&app.config, text).unwrap();
+        let (code, out, err) = client(&["upgrade", "-p", pid_file, "--wait"], secs(60));
+        assert_eq!(code, 1, "{what}: {out}{err}\nlog:\n{}", master.log());
+        assert!(
+            err.contains("an upgrade keeps the pid file"),
+            "{what}: {err}"
+        );
+        let status = app.status();
+        assert_eq!(status["pid"], master.pid(), "{what}");
+        assert_eq!(status["ready"], 2, "{what}");
+        assert!(!moved.exists(), "{what}");
+    }
+    assert_eq!(wait_serving(&app.target)["generation"], "1");
+}
+
+/// Log files are never opened or handed to the workers' user through a
+/// link planted in their place, and a FIFO never blocks the master.
+#[test]
+fn log_files_follow_no_link_and_no_fifo() {
+    let dir = TempDir::new();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "secret\n").unwrap();
+    let link = dir.join("link.log");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let fifo = dir.join("fifo.log");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (path, why) in [(&link, "a symbolic link"), (&fifo, "a FIFO")] {
+        let out = Fixture::new(&dir)
+            .tcp()
+            .arg("--stderr-path")
+            .arg(path.display().to_string())
+            .run(secs(10));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("stderr_path {}: {why}", path.display())),
+            "{stderr}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret\n");
+}
+
+/// A worker user who can write the log directory swaps the log file for a
+/// link to a root file before a rotation: the master neither writes into it
+/// nor gives it to that user.
+#[test]
+fn a_log_swapped_for_a_link_is_not_reopened_or_chowned() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new();
+    let logs = dir.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::chown(&logs, Some(65534), Some(65534)).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "secret\n").unwrap();
+    let log = logs.join("err.log");
+    let pid_file = dir.join("app.pid");
+    let master = Fixture::new(&dir)
+        .tcp()
+        .pid_file(&pid_file)
+        .args(&["--user", "65534", "--stderr-path", log.to_str().unwrap()])
+        .start();
+    master.wait_for("the log file", secs(20), |_| {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("event=all-ready"))
+    });
+    std::fs::rename(&log, logs.join("err.log.1")).unwrap();
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+    let (code, out, err) = client(&["reopen-logs", "-p", pid_file.to_str().unwrap()], secs(10));
+    assert_eq!(code, 0, "{out}{err}");
+    master.wait_for("the failed reopen", secs(20), |_| {
+        std::fs::read_to_string(logs.join("err.log.1"))
+            .ok()
+            .filter(|t| t.contains("event=log-reopen-failed"))
+    });
+    let meta = std::fs::metadata(&victim).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "the victim was chowned");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret\n");
+}
