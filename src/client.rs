@@ -182,8 +182,13 @@ fn master_in(path: &Path, pid_file: &Path) -> Step<(i32, Status)> {
             path.display()
         ))),
         Err(QueryError::NoMaster) => Err(Outcome::NotRunning(format!(
-            "not running: pid {pid} from {} is not a forkmaster master (no answer on its control socket)",
-            path.display()
+            "not running: pid {pid} from {} is not a forkmaster master (no control socket answers for it in {}; a master started with another runtime directory needs --runtime-dir)",
+            path.display(),
+            control::searched_bases()
+                .iter()
+                .map(|b| b.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
         Err(QueryError::Unverified(why)) => Err(Outcome::NotRunning(format!(
             "refusing pid {pid} from {}: {why}; nothing was signalled",

@@ -198,6 +198,11 @@ pub fn search_in(search: Search) {
     let _ = SEARCH.set(search);
 }
 
+/// The base directories `query` looks in, for messages.
+pub fn searched_bases() -> Vec<PathBuf> {
+    SEARCH.get_or_init(Search::default).bases.clone()
+}
+
 /// Asks the master with this pid for its status, where `search_in` said.
 pub fn query(pid: i32) -> Result<Status, QueryError> {
     query_in(SEARCH.get_or_init(Search::default), pid)
