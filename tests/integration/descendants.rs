@@ -147,22 +147,27 @@ fn stop_wait_returns_once_nothing_holds_the_port() {
     }
 }
 
-#[test]
-fn status_shows_a_stray_until_it_is_killed_at_the_deadline() {
-    let dir = TempDir::new();
-    // The worker's child ignores the stop signal: only SIGKILL ends it.
-    let mut master = Fixture::new(&dir)
+/// One worker whose child ignores the stop signal (only SIGKILL ends it),
+/// with this graceful timeout.
+fn start_with_a_stubborn_child(dir: &TempDir, graceful_timeout: &str) -> Master {
+    Fixture::new(dir)
         .workers(1)
         .tcp()
         .ready("delay:50ms")
         .pid_file(dir.join("app.pid"))
-        .args(&["--graceful-timeout", "3s"])
+        .args(&["--graceful-timeout", graceful_timeout])
         .command(&[
             "/bin/sh",
             "-c",
             "sh -c 'trap \"\" TERM; exec sleep 600' & wait",
         ])
-        .start();
+        .start()
+}
+
+#[test]
+fn status_shows_a_stray_until_it_is_killed_at_the_deadline() {
+    let dir = TempDir::new();
+    let mut master = start_with_a_stubborn_child(&dir, "3s");
     master.wait_ready();
     let sleeper = master.wait_for("the worker's child", secs(20), |m| {
         descendants_of(m.pid()).into_iter().find(|p| {
@@ -270,18 +275,7 @@ fn an_orphan_in_a_live_workers_group_is_left_alone() {
 #[test]
 fn a_quick_stop_hurries_the_strays() {
     let dir = TempDir::new();
-    let mut master = Fixture::new(&dir)
-        .workers(1)
-        .tcp()
-        .ready("delay:50ms")
-        .pid_file(dir.join("app.pid"))
-        .args(&["--graceful-timeout", "120s"])
-        .command(&[
-            "/bin/sh",
-            "-c",
-            "sh -c 'trap \"\" TERM; exec sleep 600' & wait",
-        ])
-        .start();
+    let mut master = start_with_a_stubborn_child(&dir, "120s");
     master.wait_ready();
     let tree = master.wait_for("the worker's child", secs(20), |m| {
         let tree = descendants_of(m.pid());
