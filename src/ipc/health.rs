@@ -13,8 +13,9 @@
 //! non-blocking and polled; a request is at most `MAX_REQUEST` bytes and a
 //! connection lives at most `CONNECTION_DEADLINE` (checked when the loop
 //! wakes for it: with no connection open there is no deadline, and an idle
-//! master sleeps); at most `MAX_CONNECTIONS` are open, more are accepted
-//! and closed at once. Every answer says `Connection: close`; after it the
+//! master sleeps); at most `MAX_CONNECTIONS` are open: a new one beyond
+//! that closes the oldest, so a flood of idle or slow connections cannot
+//! keep a real probe out (it holds a slot for one pass at most). Every answer says `Connection: close`; after it the
 //! connection only waits for the client to close (what it still sends is
 //! discarded, so the answer is not lost to a reset).
 
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 pub const MAX_REQUEST: usize = 4096;
 /// A connection open longer than this is closed (408 if nothing was asked).
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
-/// Open connections beyond this are accepted and closed at once.
+/// Open connections beyond this close the oldest.
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// Where the health endpoint listens: `HOST:PORT` or `unix:PATH`.
@@ -237,6 +238,9 @@ impl HealthServer {
             HealthAddr::Tcp(sock) => {
                 let l = TcpListener::bind(sock).map_err(fail)?;
                 l.set_nonblocking(true).map_err(fail)?;
+                // The port bound, when 0 asked for any.
+                let bound = l.local_addr().map_or(addr.to_string(), |a| a.to_string());
+                log::info!("event=health-listen addr={bound}");
                 Listener::Tcp(l)
             }
             HealthAddr::Unix(path) => {
@@ -245,6 +249,7 @@ impl HealthServer {
                 }
                 let l = UnixListener::bind(path).map_err(fail)?;
                 l.set_nonblocking(true).map_err(fail)?;
+                log::info!("event=health-listen addr={addr}");
                 Listener::Unix {
                     listener: l,
                     path: path.clone(),
@@ -324,7 +329,8 @@ impl HealthServer {
                 Err(_) => return,
             };
             if self.connections.len() >= MAX_CONNECTIONS {
-                continue; // dropped: closed at once
+                // In accept order: the first is the oldest.
+                self.connections.remove(0);
             }
             let nonblocking = match &stream {
                 Stream::Tcp(s) => s.set_nonblocking(true),
