@@ -132,7 +132,7 @@ fn respond(head: &[u8], answers: &Answers) -> (u16, String) {
     let Some((_, route)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return (404, "not found".into());
     };
-    if method != "GET" && method != "HEAD" {
+    if method != "GET" {
         return (405, "method not allowed".into());
     }
     route(answers)
@@ -152,11 +152,7 @@ fn reason(code: u16) -> &'static str {
 }
 
 fn response(code: u16, body: &str) -> Vec<u8> {
-    let allow = if code == 405 {
-        "Allow: GET, HEAD\r\n"
-    } else {
-        ""
-    };
+    let allow = if code == 405 { "Allow: GET\r\n" } else { "" };
     format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}\n",
         reason(code),

@@ -62,6 +62,10 @@ fn bind_notify(
     Ok(notify)
 }
 
+/// How often a new master tries to bind `health_listen` while its old
+/// master holds it.
+const HEALTH_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a quick stop waits for workers after SIGINT before SIGKILL.
 pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -154,6 +158,9 @@ pub struct Master {
     control: ControlSocket,
     /// `health_listen`: the probes' HTTP endpoint.
     health: Option<HealthServer>,
+    /// When to try binding `health_listen` again: a new master of an
+    /// upgrade finds it held by the old master until that one exits.
+    health_retry: Option<Instant>,
     /// Where `notify` and `control` are bound.
     rundir: RunDir,
     /// Children write a record here when their setup or exec fails.
@@ -223,14 +230,16 @@ impl Master {
         rundir.prepare(pid).map_err(invalid)?;
         let notify = bind_notify(&rundir, pid, &config).map_err(invalid)?;
         let control = ControlSocket::bind(&rundir.control_path(pid)).map_err(invalid)?;
+        let mut health_retry = None;
         let health = match &config.health_listen {
             None => None,
             Some(addr) => match HealthServer::bind(addr) {
                 Ok(server) => Some(server),
                 // The old master still holds it during an upgrade: serve
-                // without rather than fail the upgrade.
+                // without (retrying) rather than fail the upgrade.
                 Err(why) if launch.predecessor.is_some() => {
-                    log::warn!("event=health-unavailable error=\"{why}\"");
+                    log::warn!("event=health-unavailable error=\"{why}\" action=retry");
+                    health_retry = Some(Instant::now() + HEALTH_RETRY);
                     None
                 }
                 Err(why) => return Err(invalid(why)),
@@ -271,6 +280,7 @@ impl Master {
             notify,
             control,
             health,
+            health_retry,
             rundir,
             exec_errors,
             exec_errors_write,
@@ -335,6 +345,7 @@ impl Master {
                 self.advance_rollout(now);
             }
             self.serve_status();
+            self.retry_health(now);
             self.serve_health(Instant::now());
             self.logs.drain();
             // Strays too: once `stop --wait` returns, nothing we started is left.
@@ -353,7 +364,10 @@ impl Master {
     /// workers' pipes have something to copy.
     fn sleep(&mut self) {
         self.settle_timers();
-        let health_deadline = self.health.as_ref().and_then(|h| h.next_deadline());
+        let health_deadline = match &self.health {
+            Some(health) => health.next_deadline(),
+            None => self.health_retry,
+        };
         let deadline = match (self.timers.next_deadline(), health_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -626,6 +640,23 @@ impl Master {
     /// Answers status requests on the control socket.
     fn serve_status(&self) {
         self.control.serve(|| self.status());
+    }
+
+    /// Binds `health_listen` once the old master let it go.
+    fn retry_health(&mut self, now: Instant) {
+        let (Some(at), Some(addr)) = (self.health_retry, &self.config.health_listen) else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        match HealthServer::bind(addr) {
+            Ok(server) => {
+                self.health = Some(server);
+                self.health_retry = None;
+            }
+            Err(_) => self.health_retry = Some(now + HEALTH_RETRY),
+        }
     }
 
     /// Reads and answers probes on the health endpoint, if there is one.

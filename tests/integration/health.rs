@@ -318,3 +318,30 @@ fn idle_master_with_a_health_endpoint_never_wakes() {
     // And it was listening all along.
     assert_eq!(probe(&Target::Tcp(addr), "/livez").0, 200);
 }
+
+#[test]
+fn after_an_upgrade_the_new_master_serves_the_health_endpoint() {
+    let app = crate::support::App::new(1, "");
+    let health = app.dir.join("health.sock");
+    app.write_config(1, &format!("health_listen: 'unix:{}'\n", health.display()));
+    let mut master = app.start();
+    let target = Target::unix(&health);
+    assert_eq!(wait_readyz(&master, &target, 200), "ready 1/1");
+    let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(120));
+    assert_eq!(code, 0, "{out}{err}\n{}", master.log());
+    assert!(master.wait_exit(secs(20)).success());
+    // The old master's endpoint went with it; the new master binds it then.
+    let new = crate::support::read_pid(&app.pid_file).expect("new pid");
+    wait_for("the new master's endpoint", secs(20), || {
+        get(&target, "/readyz")
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|_| ())
+    });
+    assert!(crate::support::is_running(new));
+    assert!(
+        master.log().contains("event=health-unavailable"),
+        "{}",
+        master.log()
+    );
+}
