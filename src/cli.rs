@@ -47,6 +47,9 @@ pub enum ClientCommand {
     Status(StatusArgs),
     /// Reopen log files (USR1), e.g. after logrotate.
     ReopenLogs(Locate),
+    /// For exec probes: exit 0 if the master serves with `min_ready` workers
+    /// ready, 1 if not (starting, stopping, too few ready), 3 if none runs.
+    Ready(Locate),
 }
 
 /// Which master: by pid file, or by the config file that names it.

@@ -15,6 +15,7 @@ use crate::cli::{ClientCommand, Locate, StatusArgs, StopArgs, WaitArgs};
 use crate::config::{self, Retire};
 use crate::duration::parse_duration;
 use crate::ipc::control::{self, QueryError, Search};
+use crate::ipc::health::Readiness;
 use crate::ipc::rundir;
 use crate::pidfile::{is_alive, read_pid};
 use crate::status::{OperationState, Phase, Status};
@@ -46,6 +47,7 @@ pub fn run(command: &ClientCommand) -> ExitCode {
         ClientCommand::Stop(args) => stop(args),
         ClientCommand::Status(args) => status(args),
         ClientCommand::ReopenLogs(locate) => reopen_logs(locate),
+        ClientCommand::Ready(locate) => ready(locate),
     };
     let outcome = outcome.unwrap_or_else(|o| o);
     let (code, text) = match &outcome {
@@ -241,6 +243,19 @@ fn watch(
             return Err(Outcome::TimedOut(String::new()));
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// `ready`: the verdict of `/readyz`, from the master's status.
+fn ready(locate: &Locate) -> Step<Outcome> {
+    let path = pid_file(locate)?;
+    let (_, status) = find_master(&path)?;
+    let stopping = (status.phase == Phase::Stopping).then_some("stopping");
+    let verdict = Readiness::of(stopping, status.ready, status.target, status.min_ready);
+    if verdict.ready {
+        Ok(Outcome::Done(verdict.why))
+    } else {
+        Err(Outcome::Failed(verdict.why))
     }
 }
 

@@ -113,6 +113,10 @@ pub struct Status {
     /// Workers wanted, and how many of those are ready.
     pub target: usize,
     pub ready: usize,
+    /// Ready workers needed to serve (`min_ready`, at most `target`); 0 in
+    /// an older master's answer: all of them.
+    #[serde(default)]
+    pub min_ready: usize,
     /// Set when this master was started by an upgrade and the old one may still run.
     pub old_master: Option<i32>,
     pub upgrade: Operation,

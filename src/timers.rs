@@ -23,6 +23,8 @@ pub enum Timer {
     Respawn(usize),
     /// Time to tell systemd we are alive (`WATCHDOG=1`).
     SystemdWatchdog,
+    /// `shutdown_delay` is over: the graceful stop begins.
+    ShutdownDelay,
 }
 
 #[derive(Default)]

@@ -12,7 +12,9 @@ use super::parse::{self as p, Source};
 use super::resolve::{self as r, Lookups};
 use super::{describe, shell_words, Account, ConfigError, Group, ReadyMode, Retire};
 use crate::duration::{parse_duration, Human};
+use crate::ipc::health::{parse_addr, HealthAddr};
 use crate::listen::{parse_mode, ListenSpec, WrittenListen};
+use crate::master::Term;
 use clap::Args;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
@@ -185,6 +187,27 @@ settings! {
     graceful_timeout: Duration = Duration::from_secs(30) => graceful_timeout: Duration,
         flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
         show |v| Some(Human(*v));
+    /// What TERM means: `quick` (as INT) or `graceful` (as QUIT, for orchestrators
+    /// that stop with TERM) [default: quick].
+    #[arg(long, value_name = "MODE")]
+    term: Term = Term::Quick => term: Term,
+        flag Option<String> = p::text(term), yaml String = p::string(term), show |v| Some(v);
+    /// On a graceful stop, workers keep serving this long after /readyz turns 503,
+    /// so load balancers stop sending first [default: 0].
+    #[arg(long, value_name = "DURATION")]
+    shutdown_delay: Duration = Duration::ZERO => shutdown_delay: Duration,
+        flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
+        show |v| Some(Human(*v));
+    /// Health endpoint for probes (GET /livez, GET /readyz): IP:PORT or unix:PATH [default: off].
+    #[arg(long, value_name = "ADDR")]
+    health_listen: HealthAddr => health_listen: Option<HealthAddr>,
+        flag Option<String> = p::text(parse_addr), yaml String = p::string(parse_addr),
+        show |v| v.as_ref().map(|a| a.to_string());
+    /// Ready workers needed for /readyz and `forkmaster ready` [default: all].
+    #[arg(long, value_name = "N")]
+    min_ready: usize => min_ready: Option<usize>,
+        flag Option<String> = p::text(p::max_surge), yaml Value = p::scalar(p::max_surge),
+        show |v| Some(v.map_or("all".into(), |n| n.to_string()));
     /// off, error, warn, info, debug or trace [default: RUST_LOG, else info].
     #[arg(long, value_name = "LEVEL")]
     log_level: String => log_level: Option<String>,
@@ -244,9 +267,25 @@ fn reopen_signal(text: &str) -> Result<Option<Signal>, String> {
     }
 }
 
+/// `term`: `quick` or `graceful`.
+fn term(text: &str) -> Result<Term, String> {
+    match text {
+        "quick" => Ok(Term::Quick),
+        "graceful" => Ok(Term::Graceful),
+        _ => Err(format!("{text:?}: expected quick or graceful")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn term_is_quick_or_graceful() {
+        assert_eq!(term("quick"), Ok(Term::Quick));
+        assert_eq!(term("graceful"), Ok(Term::Graceful));
+        assert!(term("slow").is_err());
+    }
 
     #[test]
     fn reopen_signal_is_off_or_a_signal_an_app_can_catch() {

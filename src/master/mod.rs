@@ -20,6 +20,7 @@ mod workers;
 use crate::config::{Config, ConfigError};
 use crate::error::{errno_reason, Error, Result};
 use crate::ipc::control::ControlSocket;
+use crate::ipc::health::{self, Answers, HealthServer, Readiness};
 use crate::ipc::notify::NotifySocket;
 use crate::ipc::output::LogFiles;
 use crate::ipc::rundir::RunDir;
@@ -61,13 +62,40 @@ fn bind_notify(
     Ok(notify)
 }
 
+/// How often a new master tries to bind `health_listen` while its old
+/// master holds it.
+const HEALTH_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a quick stop waits for workers after SIGINT before SIGKILL.
 pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Running,
-    Stopping { quick: bool },
+    /// A graceful stop waits out `shutdown_delay`: not ready, still serving.
+    Draining {
+        until: Instant,
+    },
+    Stopping {
+        quick: bool,
+    },
+}
+
+/// What TERM means (`term`): Unicorn's quick stop, or a graceful one for
+/// orchestrators that stop with TERM (Kubernetes, `docker stop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Term {
+    Quick,
+    Graceful,
+}
+
+impl std::fmt::Display for Term {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Term::Quick => "quick",
+            Term::Graceful => "graceful",
+        })
+    }
 }
 
 /// The outcome of the last upgrade or reload, for `status`.
@@ -128,6 +156,11 @@ pub struct Master {
     signals: SignalPipe,
     notify: NotifySocket,
     control: ControlSocket,
+    /// `health_listen`: the probes' HTTP endpoint.
+    health: Option<HealthServer>,
+    /// When to try binding `health_listen` again: a new master of an
+    /// upgrade finds it held by the old master until that one exits.
+    health_retry: Option<Instant>,
     /// Where `notify` and `control` are bound.
     rundir: RunDir,
     /// Children write a record here when their setup or exec fails.
@@ -197,6 +230,21 @@ impl Master {
         rundir.prepare(pid).map_err(invalid)?;
         let notify = bind_notify(&rundir, pid, &config).map_err(invalid)?;
         let control = ControlSocket::bind(&rundir.control_path(pid)).map_err(invalid)?;
+        let mut health_retry = None;
+        let health = match &config.health_listen {
+            None => None,
+            Some(addr) => match HealthServer::bind(addr) {
+                Ok(server) => Some(server),
+                // The old master still holds it during an upgrade: serve
+                // without (retrying) rather than fail the upgrade.
+                Err(why) if launch.predecessor.is_some() => {
+                    log::warn!("event=health-unavailable error=\"{why}\" action=retry");
+                    health_retry = Some(Instant::now() + HEALTH_RETRY);
+                    None
+                }
+                Err(why) => return Err(invalid(why)),
+            },
+        };
         let (exec_errors, exec_errors_write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|source| Error::Sys {
                 call: "pipe",
@@ -231,6 +279,8 @@ impl Master {
             signals,
             notify,
             control,
+            health,
+            health_retry,
             rundir,
             exec_errors,
             exec_errors_write,
@@ -295,6 +345,8 @@ impl Master {
                 self.advance_rollout(now);
             }
             self.serve_status();
+            self.retry_health(now);
+            self.serve_health(Instant::now());
             self.logs.drain();
             // Strays too: once `stop --wait` returns, nothing we started is left.
             if matches!(self.phase, Phase::Stopping { .. })
@@ -312,7 +364,15 @@ impl Master {
     /// workers' pipes have something to copy.
     fn sleep(&mut self) {
         self.settle_timers();
-        let timeout = match self.timers.next_deadline() {
+        let health_deadline = match &self.health {
+            Some(health) => health.next_deadline(),
+            None => self.health_retry,
+        };
+        let deadline = match (self.timers.next_deadline(), health_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = match deadline {
             None => PollTimeout::NONE,
             Some(at) => {
                 let wait = at.saturating_duration_since(Instant::now());
@@ -328,6 +388,14 @@ impl Master {
             PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
         ];
         let own = fds.len();
+        let probes = self.health.as_ref().map_or(0, |h| h.poll_fds().count());
+        if let Some(health) = &self.health {
+            fds.extend(
+                health
+                    .poll_fds()
+                    .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+            );
+        }
         fds.extend(
             self.logs
                 .poll_fds()
@@ -338,18 +406,22 @@ impl Master {
             Err(e) => log::error!("event=poll-failed error=\"{}\"", errno_reason(e)),
         }
         let pending = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
-        let readable: Vec<bool> = fds[own..]
+        let mut readable: Vec<bool> = fds[own..]
             .iter()
             .map(|fd| fd.revents().is_some_and(|r| r.intersects(pending)))
             .collect();
         drop(fds);
-        self.logs.note_readable(readable);
+        let logs = readable.split_off(probes);
+        if let Some(health) = &mut self.health {
+            health.note_readable(readable);
+        }
+        self.logs.note_readable(logs);
     }
 
     fn on_signal(&mut self, signal: Signal, now: Instant) {
         log::debug!("event=signal signal={}", signal.name());
         match signal {
-            Signal::Quit => self.on_quit(now),
+            Signal::Quit => self.on_quit(signal, now),
             Signal::Term | Signal::Int => self.on_term(signal, now),
             Signal::Hup => self.on_hup(now),
             Signal::Usr1 => self.on_usr1(),
@@ -361,26 +433,72 @@ impl Master {
         }
     }
 
-    /// QUIT: graceful stop; a second one makes it quick.
-    fn on_quit(&mut self, now: Instant) {
+    /// QUIT (and TERM with `term: graceful`): graceful stop, after
+    /// `shutdown_delay` not ready but still serving; a second one makes it
+    /// quick.
+    fn on_quit(&mut self, signal: Signal, now: Instant) {
         match self.phase {
-            Phase::Running => {
-                log::info!(
-                    "event=stop mode=graceful signal=QUIT workers={}",
-                    self.pool.len()
-                );
-                self.phase = Phase::Stopping { quick: false };
-                self.notify_stopping();
-                self.abandon_rollout("stopping", now);
-                self.stop_all_workers(false, now);
+            Phase::Running if self.config.shutdown_delay.is_zero() => {
+                self.stop_gracefully(&format!("signal={}", signal.name()), now)
             }
-            Phase::Stopping { quick: false } => self.on_term(Signal::Quit, now),
+            Phase::Running => self.delay_shutdown(signal, now),
+            Phase::Draining { .. } | Phase::Stopping { quick: false } => {
+                self.stop_quickly(signal, now)
+            }
             Phase::Stopping { quick: true } => {}
         }
     }
 
-    /// TERM, INT: quick stop.
+    /// TERM: quick stop, or graceful with `term: graceful`. INT: quick stop.
     fn on_term(&mut self, signal: Signal, now: Instant) {
+        if signal == Signal::Term && self.config.term == Term::Graceful {
+            self.on_quit(signal, now);
+        } else {
+            self.stop_quickly(signal, now);
+        }
+    }
+
+    /// Not ready from now on (`/readyz` 503), but the workers keep serving
+    /// for `shutdown_delay`, while load balancers stop sending; then the
+    /// graceful stop (`Timer::ShutdownDelay`).
+    fn delay_shutdown(&mut self, signal: Signal, now: Instant) {
+        let delay = self.config.shutdown_delay;
+        log::info!(
+            "event=shutdown-delay signal={} delay={} workers={}",
+            signal.name(),
+            crate::duration::Human(delay),
+            self.pool.len()
+        );
+        self.notify_stopping();
+        self.abandon_rollout("stopping", now);
+        let until = now + delay;
+        self.phase = Phase::Draining { until };
+        self.timers.add(until, Timer::ShutdownDelay);
+    }
+
+    /// `shutdown_delay` is over: the graceful stop begins.
+    pub(super) fn end_shutdown_delay(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Draining { .. }) {
+            self.stop_gracefully("after=shutdown-delay", now);
+        }
+    }
+
+    /// Every worker gets its stop signal and `graceful_timeout`.
+    fn stop_gracefully(&mut self, cause: &str, now: Instant) {
+        log::info!(
+            "event=stop mode=graceful {cause} workers={}",
+            self.pool.len()
+        );
+        if self.phase == Phase::Running {
+            self.notify_stopping();
+        }
+        self.phase = Phase::Stopping { quick: false };
+        self.abandon_rollout("stopping", now);
+        self.stop_all_workers(false, now);
+    }
+
+    /// Every worker gets SIGINT and `QUICK_STOP_GRACE`.
+    fn stop_quickly(&mut self, signal: Signal, now: Instant) {
         if self.phase == (Phase::Stopping { quick: true }) {
             return;
         }
@@ -524,6 +642,49 @@ impl Master {
         self.control.serve(|| self.status());
     }
 
+    /// Binds `health_listen` once the old master let it go.
+    fn retry_health(&mut self, now: Instant) {
+        let (Some(at), Some(addr)) = (self.health_retry, &self.config.health_listen) else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        match HealthServer::bind(addr) {
+            Ok(server) => {
+                self.health = Some(server);
+                self.health_retry = None;
+            }
+            Err(_) => self.health_retry = Some(now + HEALTH_RETRY),
+        }
+    }
+
+    /// Reads and answers probes on the health endpoint, if there is one.
+    fn serve_health(&mut self, now: Instant) {
+        let Some(mut health) = self.health.take() else {
+            return;
+        };
+        health.serve(now, || Answers {
+            readiness: self.readiness(),
+        });
+        self.health = Some(health);
+    }
+
+    /// What `/readyz` says: serving with `min_ready` workers ready.
+    fn readiness(&self) -> Readiness {
+        let stopping = match self.phase {
+            Phase::Running => None,
+            Phase::Draining { .. } => Some("draining"),
+            Phase::Stopping { .. } => Some("stopping"),
+        };
+        Readiness::of(
+            stopping,
+            self.pool.ready(),
+            self.pool.target(),
+            self.config.min_ready.unwrap_or(0),
+        )
+    }
+
     pub fn status(&self) -> Status {
         let now = Instant::now();
         let mut workers: Vec<WorkerStatus> = self
@@ -556,6 +717,7 @@ impl Master {
             phase: self.shown_phase(),
             target: self.pool.target(),
             ready: self.pool.ready(),
+            min_ready: health::needed(self.config.min_ready.unwrap_or(0), self.pool.target()),
             old_master: self
                 .role
                 .old_master()
@@ -574,7 +736,7 @@ impl Master {
     /// The phase as `status` shows it: what is in progress, if anything.
     fn shown_phase(&self) -> status::Phase {
         match self.phase {
-            Phase::Stopping { .. } => status::Phase::Stopping,
+            Phase::Draining { .. } | Phase::Stopping { .. } => status::Phase::Stopping,
             Phase::Running if self.upgrade_in_progress() => status::Phase::Upgrading,
             Phase::Running if self.rollout.is_some() => status::Phase::Reloading,
             Phase::Running => status::Phase::Running,

@@ -490,6 +490,7 @@ impl Master {
             },
             Timer::Respawn(slot) => (self.pool.retry_at(slot)? == at).then_some(at),
             Timer::SystemdWatchdog => Some(at),
+            Timer::ShutdownDelay => (self.phase == (Phase::Draining { until: at })).then_some(at),
         }
     }
 
@@ -542,6 +543,7 @@ impl Master {
                     self.pool.end_backoff(slot, now);
                     self.dirty = true;
                 }
+                Timer::ShutdownDelay => self.end_shutdown_delay(now),
                 Timer::SystemdWatchdog => {
                     if let Some(systemd) = &self.systemd {
                         systemd.send("WATCHDOG=1\n");
