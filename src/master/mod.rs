@@ -9,12 +9,14 @@
 //! `pool` owns the workers and their slots; `workers` starts, stops and
 //! supervises them; `strays` stops what they leave behind; `reload` is the
 //! HUP rolling restart; `upgrade` is both sides of the USR2 re-exec, with
-//! this master's part in it as an `UpgradeRole`.
+//! this master's part in it as an `UpgradeRole`; `usage` reads the memory
+//! and CPU figures `status` shows.
 
 mod pool;
 mod reload;
 mod strays;
 mod upgrade;
+mod usage;
 mod workers;
 
 use crate::config::{Config, ConfigError};
@@ -29,7 +31,9 @@ use crate::launch::Launch;
 use crate::pidfile;
 use crate::sockets::Listener;
 use crate::spawn::WorkerTemplate;
-use crate::status::{self, Operation, OperationState, SlotState, SlotStatus, Status, WorkerStatus};
+use crate::status::{
+    self, Operation, OperationState, SlotState, SlotStatus, Status, WorkerRollout, WorkerStatus,
+};
 use crate::sys;
 use crate::timers::{Timer, Timers};
 use nix::errno::Errno;
@@ -171,6 +175,8 @@ pub struct Master {
     ready_report: Option<OwnedFd>,
     /// Datagrams from non-workers: logged in bursts, summarised in floods.
     notify_log_budget: crate::ratelimit::LogBudget,
+    /// Each process's CPU time at the last status request.
+    cpu_samples: usage::CpuSamples,
 }
 
 impl Master {
@@ -257,6 +263,7 @@ impl Master {
             logs,
             ready_report,
             notify_log_budget: crate::ratelimit::LogBudget::new(20, 5),
+            cpu_samples: usage::CpuSamples::default(),
         })
     }
 
@@ -524,13 +531,21 @@ impl Master {
         self.control.serve(|| self.status());
     }
 
+    /// The state as `status` shows it. Reads each worker's memory and CPU
+    /// from /proc: O(workers), only when asked.
     pub fn status(&self) -> Status {
         let now = Instant::now();
+        let mut sampling = self.cpu_samples.begin(now);
         let mut workers: Vec<WorkerStatus> = self
             .pool
             .workers()
             .map(|w| {
                 let slot = self.pool.slot(w.slot);
+                let rollout = slot.and_then(|s| match s.incoming? {
+                    pid if pid == w.pid => Some(WorkerRollout::Incoming),
+                    _ if s.active == Some(w.pid) => Some(WorkerRollout::Replaced),
+                    _ => None,
+                });
                 WorkerStatus {
                     slot: w.slot,
                     pid: w.pid,
@@ -539,10 +554,14 @@ impl Master {
                     uptime_secs: now.duration_since(w.started).as_secs_f64(),
                     restarts: slot.map_or(0, |s| s.restarts),
                     last_exit: slot.and_then(|s| s.last_exit.clone()),
+                    rollout,
+                    usage: sampling.usage(w.pid, w.started),
                 }
             })
             .collect();
         workers.sort_by_key(|w| (w.slot, w.pid));
+        let usage = sampling.usage(self.pid, self.started);
+        sampling.finish();
         Status {
             pid: self.pid,
             pid_file: self
@@ -568,6 +587,7 @@ impl Master {
             workers,
             slots: self.slot_statuses(now),
             strays: self.strays.statuses(now),
+            usage,
         }
     }
 
