@@ -14,6 +14,7 @@ mod descendants;
 mod edges;
 mod environment;
 mod faults;
+mod fleet;
 mod init_script;
 mod listeners;
 mod log_files;
