@@ -138,7 +138,8 @@ pub struct Status {
 }
 
 /// A process's memory (from `/proc/PID/smaps_rollup`) and CPU (from
-/// `/proc/PID/stat`), read when the status is asked for. Each is `None`
+/// `/proc/PID/stat`), read when the status is asked for, at most once a
+/// second (a request sooner after gets the same figures). Each is `None`
 /// when the process could not be read (gone, a zombie, or an older master).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -152,8 +153,8 @@ pub struct Usage {
     pub shared_bytes: Option<u64>,
     /// User and system CPU time over the process's life.
     pub cpu_secs: Option<f64>,
-    /// CPU used since the previous status request (at least a short window
-    /// back), or since the process started: 100 is one core busy.
+    /// CPU used between the previous reading (at least a second back) and
+    /// this one, or since the process started: 100 is one core busy.
     pub cpu_percent: Option<f64>,
 }
 

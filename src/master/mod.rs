@@ -175,8 +175,8 @@ pub struct Master {
     ready_report: Option<OwnedFd>,
     /// Datagrams from non-workers: logged in bursts, summarised in floods.
     notify_log_budget: crate::ratelimit::LogBudget,
-    /// Each process's CPU time at the last status request.
-    cpu_samples: usage::CpuSamples,
+    /// Each process's memory and CPU as last read for a status request.
+    usage_readings: usage::Readings,
 }
 
 impl Master {
@@ -263,7 +263,7 @@ impl Master {
             logs,
             ready_report,
             notify_log_budget: crate::ratelimit::LogBudget::new(20, 5),
-            cpu_samples: usage::CpuSamples::default(),
+            usage_readings: usage::Readings::default(),
         })
     }
 
@@ -532,10 +532,10 @@ impl Master {
     }
 
     /// The state as `status` shows it. Reads each worker's memory and CPU
-    /// from /proc: O(workers), only when asked.
+    /// from /proc (O(workers), at most once a second; see `usage`).
     pub fn status(&self) -> Status {
         let now = Instant::now();
-        let mut sampling = self.cpu_samples.begin(now);
+        let mut sampling = self.usage_readings.begin(now);
         let mut workers: Vec<WorkerStatus> = self
             .pool
             .workers()

@@ -1,7 +1,12 @@
 //! The memory and CPU figures `status` shows for the master and each
-//! worker, and the last CPU sample per process that "recent CPU %" is
-//! measured from. Sampled only when a status is asked for: no timer, so an
-//! idle master still never wakes.
+//! worker, read from /proc when a status is asked for (no timer: an idle
+//! master still never wakes), and kept per process for "recent CPU %".
+//!
+//! Figures are read at most once per `REFRESH` per process: a client that
+//! polls (`reload --wait` asks every 50 ms) gets the figures of the last
+//! read meanwhile. Reading costs about 70 µs per process, mostly the
+//! kernel building `smaps_rollup`; without the limit, polling a master of
+//! a thousand workers would keep it busy reading /proc.
 
 use crate::procfs;
 use crate::status::Usage;
@@ -9,44 +14,42 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// CPU time comes in 10 ms ticks: a window much shorter than this would
-/// show 0% or several hundred. Requests closer together than this are
-/// measured from the same, older sample.
-const MIN_WINDOW: Duration = Duration::from_millis(250);
+/// How old figures may be before a status request reads them again. Also
+/// the shortest window recent CPU % is measured over: CPU time comes in
+/// 10 ms ticks, so a much shorter window would show 0% or several hundred.
+const REFRESH: Duration = Duration::from_secs(1);
 
-/// A process's CPU time at one moment, and the earlier moment its CPU %
-/// was measured from.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
+/// A process's figures as last read.
+#[derive(Clone, Debug)]
+struct Reading {
     /// When the process started: a pid reused by a later worker does not
-    /// inherit the sample.
+    /// inherit the reading.
     started: Instant,
     at: Instant,
-    cpu_secs: f64,
-    base: (Instant, f64),
+    usage: Usage,
 }
 
-/// The last CPU sample of each process shown. Filled in by `status`, which
+/// The last reading of each process shown. Filled in by `status`, which
 /// answers through a shared reference (the control socket's callback), so
 /// it sits in a `RefCell`; the master is single-threaded.
 #[derive(Default)]
-pub struct CpuSamples {
-    last: RefCell<HashMap<i32, Sample>>,
+pub struct Readings {
+    last: RefCell<HashMap<i32, Reading>>,
 }
 
-/// One status request's sampling: takes the previous samples, and keeps
-/// only those of the processes shown this time once `finish`ed.
+/// One status request's readings: takes the previous ones, and keeps only
+/// those of the processes shown this time once `finish`ed.
 pub struct Sampling<'a> {
-    samples: &'a CpuSamples,
-    previous: HashMap<i32, Sample>,
-    next: HashMap<i32, Sample>,
+    readings: &'a Readings,
+    previous: HashMap<i32, Reading>,
+    next: HashMap<i32, Reading>,
     now: Instant,
 }
 
-impl CpuSamples {
+impl Readings {
     pub fn begin(&self, now: Instant) -> Sampling<'_> {
         Sampling {
-            samples: self,
+            readings: self,
             previous: self.last.take(),
             next: HashMap::new(),
             now,
@@ -55,55 +58,71 @@ impl CpuSamples {
 }
 
 impl Sampling<'_> {
-    /// The figures of `pid`, a process started at `started`. A figure
-    /// that cannot be read (the process vanished since it was listed) is
-    /// `None`; nothing here fails.
+    /// The figures of `pid`, a process started at `started`: as read less
+    /// than `REFRESH` ago, or read now. A figure that cannot be read (the
+    /// process vanished since it was listed) is `None`; nothing here fails.
     pub fn usage(&mut self, pid: i32, started: Instant) -> Usage {
-        let memory = procfs::memory(pid);
-        let cpu_secs = procfs::cpu_secs(pid);
-        let cpu_percent = cpu_secs.and_then(|cpu| self.cpu_percent(pid, started, cpu));
-        Usage {
+        self.usage_with(pid, started, |pid| {
+            (procfs::memory(pid), procfs::cpu_secs(pid))
+        })
+    }
+
+    fn usage_with(
+        &mut self,
+        pid: i32,
+        started: Instant,
+        read: impl FnOnce(i32) -> (Option<procfs::Memory>, Option<f64>),
+    ) -> Usage {
+        let previous = self.previous.remove(&pid).filter(|r| r.started == started);
+        if let Some(fresh) = previous
+            .as_ref()
+            .filter(|r| self.now.duration_since(r.at) < REFRESH)
+        {
+            let usage = fresh.usage.clone();
+            self.next.insert(pid, fresh.clone());
+            return usage;
+        }
+        let (memory, cpu_secs) = read(pid);
+        // Since the last reading, or since the process started.
+        let (since, cpu_then) = match previous {
+            Some(Reading {
+                at,
+                usage:
+                    Usage {
+                        cpu_secs: Some(cpu),
+                        ..
+                    },
+                ..
+            }) => (at, cpu),
+            _ => (started, 0.0),
+        };
+        let window = self.now.saturating_duration_since(since).as_secs_f64();
+        let cpu_percent = cpu_secs
+            .filter(|_| window > 0.0)
+            .map(|cpu| 100.0 * (cpu - cpu_then).max(0.0) / window);
+        let usage = Usage {
             rss_bytes: memory.map(|m| m.rss),
             pss_bytes: memory.map(|m| m.pss),
             private_bytes: memory.map(|m| m.private),
             shared_bytes: memory.map(|m| m.shared),
             cpu_secs,
             cpu_percent,
-        }
-    }
-
-    /// CPU % since the previous sample of `pid`, which this one replaces;
-    /// if that is younger than `MIN_WINDOW`, it is kept and the CPU % is
-    /// measured from where it was measured from. With no sample: since the
-    /// process started.
-    fn cpu_percent(&mut self, pid: i32, started: Instant, cpu_secs: f64) -> Option<f64> {
-        let previous = self
-            .previous
-            .get(&pid)
-            .copied()
-            .filter(|s| s.started == started && s.cpu_secs <= cpu_secs);
-        let base = match previous {
-            Some(s) if self.now.duration_since(s.at) < MIN_WINDOW => {
-                self.next.insert(pid, s);
-                s.base
-            }
-            Some(s) => (s.at, s.cpu_secs),
-            None => (started, 0.0),
         };
-        self.next.entry(pid).or_insert(Sample {
-            started,
-            at: self.now,
-            cpu_secs,
-            base,
-        });
-        let window = self.now.duration_since(base.0).as_secs_f64();
-        (window > 0.0).then(|| 100.0 * (cpu_secs - base.1).max(0.0) / window)
+        self.next.insert(
+            pid,
+            Reading {
+                started,
+                at: self.now,
+                usage: usage.clone(),
+            },
+        );
+        usage
     }
 
-    /// Keeps this request's samples for the next one; the processes not
+    /// Keeps this request's readings for the next one; the processes not
     /// shown this time (reaped) are forgotten.
     pub fn finish(self) {
-        self.samples.last.replace(self.next);
+        self.readings.last.replace(self.next);
     }
 }
 
@@ -111,48 +130,55 @@ impl Sampling<'_> {
 mod tests {
     use super::*;
 
+    fn cpu(secs: f64) -> impl FnOnce(i32) -> (Option<procfs::Memory>, Option<f64>) {
+        move |_| (None, Some(secs))
+    }
+
     #[test]
-    fn recent_cpu_is_measured_from_the_previous_request() {
-        let samples = CpuSamples::default();
+    fn recent_cpu_is_measured_from_the_previous_reading() {
+        let readings = Readings::default();
         let t0 = Instant::now();
-        let mut first = samples.begin(t0 + Duration::from_secs(10));
+        let mut first = readings.begin(t0 + Duration::from_secs(10));
         // Since start: 1 s of CPU over 10 s.
-        assert_eq!(first.cpu_percent(7, t0, 1.0), Some(10.0));
+        assert_eq!(first.usage_with(7, t0, cpu(1.0)).cpu_percent, Some(10.0));
         first.finish();
 
-        // Too soon after: measured as that sample was, since start.
-        let mut soon = samples.begin(t0 + Duration::from_millis(10_100));
-        let p = soon.cpu_percent(7, t0, 1.01).unwrap();
-        assert!((p - 10.0).abs() < 1e-6, "{p}");
+        // Too soon after: the same figures, not read again.
+        let mut soon = readings.begin(t0 + Duration::from_millis(10_100));
+        let usage = soon.usage_with(7, t0, |_| panic!("read again"));
+        assert_eq!((usage.cpu_secs, usage.cpu_percent), (Some(1.0), Some(10.0)));
         soon.finish();
 
-        // A second later: from the sample at 10 s, which it replaces.
-        let mut later = samples.begin(t0 + Duration::from_secs(11));
-        let p = later.cpu_percent(7, t0, 1.5).unwrap();
+        // A second later: measured from the reading at 10 s.
+        let mut later = readings.begin(t0 + Duration::from_secs(11));
+        let p = later.usage_with(7, t0, cpu(1.5)).cpu_percent.unwrap();
         assert!((p - 50.0).abs() < 1e-6, "{p}");
         later.finish();
-        assert_eq!(samples.last.borrow()[&7].cpu_secs, 1.5);
-
-        // And soon after that: still from the sample at 10 s.
-        let mut soon = samples.begin(t0 + Duration::from_millis(11_100));
-        let p = soon.cpu_percent(7, t0, 1.55).unwrap();
-        assert!((p - 50.0).abs() < 1e-6, "{p}");
-        soon.finish();
+        assert_eq!(readings.last.borrow()[&7].usage.cpu_secs, Some(1.5));
     }
 
     #[test]
     fn a_reused_pid_or_an_unlisted_process_starts_afresh() {
-        let samples = CpuSamples::default();
+        let readings = Readings::default();
         let t0 = Instant::now();
-        let mut first = samples.begin(t0 + Duration::from_secs(10));
-        first.cpu_percent(7, t0, 5.0);
-        first.cpu_percent(8, t0, 5.0);
+        let mut first = readings.begin(t0 + Duration::from_secs(10));
+        first.usage_with(7, t0, cpu(5.0));
+        first.usage_with(8, t0, cpu(5.0));
         first.finish();
         let t1 = t0 + Duration::from_secs(9);
-        let mut next = samples.begin(t0 + Duration::from_secs(11));
-        // Pid 7 is a new process now: measured since its start.
-        assert_eq!(next.cpu_percent(7, t1, 0.5), Some(25.0));
+        let mut next = readings.begin(t0 + Duration::from_secs(10));
+        // Pid 7 is a new process now: read, and measured since its start.
+        assert_eq!(next.usage_with(7, t1, cpu(0.5)).cpu_percent, Some(50.0));
         next.finish();
-        assert!(!samples.last.borrow().contains_key(&8), "8 was not shown");
+        assert!(!readings.last.borrow().contains_key(&8), "8 was not shown");
+    }
+
+    #[test]
+    fn a_vanished_process_shows_no_figures() {
+        let readings = Readings::default();
+        let now = Instant::now();
+        let mut sampling = readings.begin(now + Duration::from_secs(1));
+        let usage = sampling.usage_with(7, now, |_| (None, None));
+        assert_eq!(usage, Usage::default());
     }
 }
