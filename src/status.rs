@@ -262,6 +262,7 @@ impl Status {
             self.ready,
             self.target
         );
+        out.push_str(&format!("master usage: {}\n", self.usage.fields()));
         if let Some(old) = self.old_master {
             out.push_str(&format!("old master: pid={old} (still running)"));
             if self.retire == Some(Retire::Manual) {
@@ -293,7 +294,6 @@ impl Status {
             };
             out.push_str(&format!("{what}: {}/{} replaced\n", r.replaced, r.total));
         }
-        out.push_str(&format!("master usage: {}\n", self.usage.fields()));
         // The history columns are the slot's: a new worker inherits them.
         out.push_str(
             "SLOT  PID      STATE     GEN  UPTIME    RSS      PSS      PRIVATE  SHARED   \
@@ -441,11 +441,30 @@ mod tests {
     #[test]
     fn a_status_of_the_previous_release_still_reads() {
         let mut old = serde_json::to_value(Status::default()).unwrap();
-        for key in ["retire", "rollout", "slots"] {
-            old.as_object_mut().unwrap().remove(key);
+        let new_keys = [
+            "rss_bytes",
+            "pss_bytes",
+            "private_bytes",
+            "shared_bytes",
+            "cpu_secs",
+            "cpu_percent",
+        ];
+        for key in ["retire", "rollout", "slots"].iter().chain(&new_keys) {
+            old.as_object_mut().unwrap().remove(*key);
         }
+        let mut worker = serde_json::to_value(WorkerStatus::default()).unwrap();
+        for key in ["rollout"].iter().chain(&new_keys) {
+            worker.as_object_mut().unwrap().remove(*key);
+        }
+        old["workers"] = serde_json::json!([worker]);
         let status: Status = serde_json::from_value(old).unwrap();
-        assert_eq!(status, Status::default());
+        assert_eq!(
+            status,
+            Status {
+                workers: vec![WorkerStatus::default()],
+                ..Status::default()
+            }
+        );
     }
 
     #[test]
@@ -516,6 +535,53 @@ mod tests {
             text.ends_with("exited with status 1 (retry in 1.6s)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn render_shows_memory_and_cpu_and_dashes_for_what_was_unreadable() {
+        let read = Usage {
+            rss_bytes: Some(12_897_484),
+            pss_bytes: Some(700 * 1024),
+            private_bytes: Some(512),
+            shared_bytes: Some(3 * 1024 * 1024 * 1024),
+            cpu_secs: Some(90.0),
+            cpu_percent: Some(12.25),
+        };
+        let status = Status {
+            usage: read.clone(),
+            workers: vec![
+                WorkerStatus {
+                    pid: 42,
+                    usage: read,
+                    rollout: Some(WorkerRollout::Replaced),
+                    ..WorkerStatus::default()
+                },
+                WorkerStatus {
+                    pid: 43,
+                    ..WorkerStatus::default()
+                },
+            ],
+            ..Status::default()
+        };
+        let text = status.render();
+        assert!(
+            text.contains(
+                "\nmaster usage: rss=12.3M pss=700.0K private=512B shared=3.0G cpu=1.5m cpu%=12.2%\n"
+            ),
+            "{text}"
+        );
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("SLOT"))
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0][5..12],
+            ["12.3M", "700.0K", "512B", "3.0G", "1.5m", "12.2%", "replaced"],
+            "{text}"
+        );
+        assert_eq!(rows[1][5..12], ["-"; 7], "{text}");
     }
 
     #[test]
