@@ -9,8 +9,9 @@
 //! | cpu time | `/proc/PID/stat` | `utime` + `stime` (fields 14, 15) |
 //!
 //! Read only when asked, never on a timer. Each read is one small file
-//! with a size limit; /proc files are generated in memory, so a read does
-//! not wait on a disk or on the process. A process that vanished (or
+//! with a size limit; /proc files are generated in memory, so a read waits
+//! on no disk, at most briefly on the process's memory-map lock (which
+//! `smaps_rollup` takes to walk its mappings). A process that vanished (or
 //! became a zombie, whose `smaps_rollup` is empty) gives `None`.
 
 use std::fs::File;
