@@ -27,6 +27,7 @@ mod logging;
 mod master;
 mod pidfile;
 mod plan;
+mod procfs;
 #[cfg(test)]
 mod proptests;
 mod protocol;

@@ -136,6 +136,49 @@ pub struct Status {
     /// without a worker, and its history.
     #[serde(default)]
     pub slots: Vec<SlotStatus>,
+    /// The master's own memory and CPU.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// A process's memory (from `/proc/PID/smaps_rollup`) and CPU (from
+/// `/proc/PID/stat`), read when the status is asked for, at most once a
+/// second (a request sooner after gets the same figures). Each is `None`
+/// when the process could not be read (gone, a zombie, or an older master).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Usage {
+    pub rss_bytes: Option<u64>,
+    pub pss_bytes: Option<u64>,
+    /// Pages only this process maps (`Private_Clean + Private_Dirty`).
+    pub private_bytes: Option<u64>,
+    /// Pages others map too (`Shared_Clean + Shared_Dirty`): mostly what a
+    /// worker still shares with the code and libraries of its siblings.
+    pub shared_bytes: Option<u64>,
+    /// User and system CPU time over the process's life.
+    pub cpu_secs: Option<f64>,
+    /// CPU used between the previous reading (at least a second back) and
+    /// this one, or since the process started: 100 is one core busy.
+    pub cpu_percent: Option<f64>,
+}
+
+/// A worker's part in a rolling restart in progress.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerRollout {
+    /// Booting to replace its slot's worker.
+    Incoming,
+    /// Still serving its slot while its replacement boots.
+    Replaced,
+}
+
+impl WorkerRollout {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerRollout::Incoming => "incoming",
+            WorkerRollout::Replaced => "replaced",
+        }
+    }
 }
 
 /// How far a rolling restart has come.
@@ -189,6 +232,11 @@ pub struct WorkerStatus {
     /// brand-new worker in a slot whose previous worker crashed shows 1.
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// Its part in a rolling restart in progress, if any.
+    #[serde(default)]
+    pub rollout: Option<WorkerRollout>,
+    #[serde(flatten)]
+    pub usage: Usage,
 }
 
 /// A process a worker left behind, as the master stops it.
@@ -218,6 +266,7 @@ impl Status {
             self.ready,
             self.target
         );
+        out.push_str(&format!("master usage: {}\n", self.usage.fields()));
         if let Some(old) = self.old_master {
             out.push_str(&format!("old master: pid={old} (still running)"));
             if self.retire == Some(Retire::Manual) {
@@ -250,18 +299,23 @@ impl Status {
             out.push_str(&format!("{what}: {}/{} replaced\n", r.replaced, r.total));
         }
         // The history columns are the slot's: a new worker inherits them.
-        out.push_str("SLOT  PID      STATE     GEN  UPTIME    SLOT-RESTARTS  SLOT-LAST-EXIT\n");
+        out.push_str(
+            "SLOT  PID      STATE     GEN  UPTIME    RSS      PSS      PRIVATE  SHARED   \
+             CPU      CPU%    ROLLOUT   SLOT-RESTARTS  SLOT-LAST-EXIT\n",
+        );
         let mut rows: Vec<(usize, i32, String)> = self
             .workers
             .iter()
             .map(|w| {
                 let row = format!(
-                    "{:<5} {:<8} {:<9} {:<4} {:<9} {:<14} {}\n",
+                    "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<9} {:<14} {}\n",
                     w.slot,
                     w.pid,
                     w.state.name(),
                     w.generation,
                     secs(w.uptime_secs),
+                    w.usage.cells(),
+                    w.rollout.map_or("-", WorkerRollout::name),
                     w.restarts,
                     w.last_exit.as_deref().unwrap_or("-")
                 );
@@ -274,11 +328,13 @@ impl Status {
                 last.push_str(&format!(" (retry in {})", secs(retry)));
             }
             let row = format!(
-                "{:<5} {:<8} {:<9} {:<4} {:<9} {:<14} {last}\n",
+                "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<9} {:<14} {last}\n",
                 s.slot,
                 "-",
                 s.state.name(),
                 "-",
+                "-",
+                Usage::default().cells(),
                 "-",
                 s.restarts
             );
@@ -304,6 +360,58 @@ impl Status {
         }
         out
     }
+}
+
+impl Usage {
+    /// The table's RSS, PSS, PRIVATE, SHARED, CPU and CPU% cells, `-` for
+    /// what could not be read.
+    fn cells(&self) -> String {
+        format!(
+            "{:<8} {:<8} {:<8} {:<8} {:<8} {:<7}",
+            opt(self.rss_bytes, bytes),
+            opt(self.pss_bytes, bytes),
+            opt(self.private_bytes, bytes),
+            opt(self.shared_bytes, bytes),
+            opt(self.cpu_secs, secs),
+            opt(self.cpu_percent, percent),
+        )
+    }
+
+    /// As `key=value` fields, for the master's line.
+    fn fields(&self) -> String {
+        format!(
+            "rss={} pss={} private={} shared={} cpu={} cpu%={}",
+            opt(self.rss_bytes, bytes),
+            opt(self.pss_bytes, bytes),
+            opt(self.private_bytes, bytes),
+            opt(self.shared_bytes, bytes),
+            opt(self.cpu_secs, secs),
+            opt(self.cpu_percent, percent),
+        )
+    }
+}
+
+fn opt<T>(value: Option<T>, show: fn(T) -> String) -> String {
+    value.map_or_else(|| "-".to_string(), show)
+}
+
+/// Bytes in binary units with one decimal: `512B`, `12.3M`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
+fn percent(p: f64) -> String {
+    format!("{p:.1}%")
 }
 
 fn secs(s: f64) -> String {
@@ -337,11 +445,30 @@ mod tests {
     #[test]
     fn a_status_of_the_previous_release_still_reads() {
         let mut old = serde_json::to_value(Status::default()).unwrap();
-        for key in ["retire", "rollout", "slots"] {
-            old.as_object_mut().unwrap().remove(key);
+        let new_keys = [
+            "rss_bytes",
+            "pss_bytes",
+            "private_bytes",
+            "shared_bytes",
+            "cpu_secs",
+            "cpu_percent",
+        ];
+        for key in ["retire", "rollout", "slots"].iter().chain(&new_keys) {
+            old.as_object_mut().unwrap().remove(*key);
         }
+        let mut worker = serde_json::to_value(WorkerStatus::default()).unwrap();
+        for key in ["rollout"].iter().chain(&new_keys) {
+            worker.as_object_mut().unwrap().remove(*key);
+        }
+        old["workers"] = serde_json::json!([worker]);
         let status: Status = serde_json::from_value(old).unwrap();
-        assert_eq!(status, Status::default());
+        assert_eq!(
+            status,
+            Status {
+                workers: vec![WorkerStatus::default()],
+                ..Status::default()
+            }
+        );
     }
 
     #[test]
@@ -406,11 +533,59 @@ mod tests {
         assert_eq!(rows.len(), 2, "{text}");
         assert_eq!(rows[0][..3], ["0", "42", "ready"], "{text}");
         assert_eq!(rows[1][..3], ["1", "-", "backoff"], "{text}");
-        assert_eq!(rows[1][5], "3", "{text}");
+        assert_eq!(rows[0][11], "-", "{text}");
+        assert_eq!(rows[1][12], "3", "{text}");
         assert!(
             text.ends_with("exited with status 1 (retry in 1.6s)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn render_shows_memory_and_cpu_and_dashes_for_what_was_unreadable() {
+        let read = Usage {
+            rss_bytes: Some(12_897_484),
+            pss_bytes: Some(700 * 1024),
+            private_bytes: Some(512),
+            shared_bytes: Some(3 * 1024 * 1024 * 1024),
+            cpu_secs: Some(90.0),
+            cpu_percent: Some(12.25),
+        };
+        let status = Status {
+            usage: read.clone(),
+            workers: vec![
+                WorkerStatus {
+                    pid: 42,
+                    usage: read,
+                    rollout: Some(WorkerRollout::Replaced),
+                    ..WorkerStatus::default()
+                },
+                WorkerStatus {
+                    pid: 43,
+                    ..WorkerStatus::default()
+                },
+            ],
+            ..Status::default()
+        };
+        let text = status.render();
+        assert!(
+            text.contains(
+                "\nmaster usage: rss=12.3M pss=700.0K private=512B shared=3.0G cpu=1.5m cpu%=12.2%\n"
+            ),
+            "{text}"
+        );
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("SLOT"))
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0][5..12],
+            ["12.3M", "700.0K", "512B", "3.0G", "1.5m", "12.2%", "replaced"],
+            "{text}"
+        );
+        assert_eq!(rows[1][5..12], ["-"; 7], "{text}");
     }
 
     #[test]

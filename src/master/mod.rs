@@ -9,12 +9,14 @@
 //! `pool` owns the workers and their slots; `workers` starts, stops and
 //! supervises them; `strays` stops what they leave behind; `reload` is the
 //! HUP rolling restart; `upgrade` is both sides of the USR2 re-exec, with
-//! this master's part in it as an `UpgradeRole`.
+//! this master's part in it as an `UpgradeRole`; `usage` reads the memory
+//! and CPU figures `status` shows.
 
 mod pool;
 mod reload;
 mod strays;
 mod upgrade;
+mod usage;
 mod workers;
 
 use crate::config::{Config, ConfigError};
@@ -30,7 +32,9 @@ use crate::launch::Launch;
 use crate::pidfile;
 use crate::sockets::Listener;
 use crate::spawn::WorkerTemplate;
-use crate::status::{self, Operation, OperationState, SlotState, SlotStatus, Status, WorkerStatus};
+use crate::status::{
+    self, Operation, OperationState, SlotState, SlotStatus, Status, WorkerRollout, WorkerStatus,
+};
 use crate::sys;
 use crate::timers::{Timer, Timers};
 use nix::errno::Errno;
@@ -204,6 +208,8 @@ pub struct Master {
     ready_report: Option<OwnedFd>,
     /// Datagrams from non-workers: logged in bursts, summarised in floods.
     notify_log_budget: crate::ratelimit::LogBudget,
+    /// Each process's memory and CPU as last read for a status request.
+    usage_readings: usage::Readings,
 }
 
 impl Master {
@@ -307,6 +313,7 @@ impl Master {
             logs,
             ready_report,
             notify_log_budget: crate::ratelimit::LogBudget::new(20, 5),
+            usage_readings: usage::Readings::default(),
         })
     }
 
@@ -685,13 +692,21 @@ impl Master {
         )
     }
 
+    /// The state as `status` shows it. Reads each worker's memory and CPU
+    /// from /proc (O(workers), at most once a second; see `usage`).
     pub fn status(&self) -> Status {
         let now = Instant::now();
+        let mut sampling = self.usage_readings.begin(now);
         let mut workers: Vec<WorkerStatus> = self
             .pool
             .workers()
             .map(|w| {
                 let slot = self.pool.slot(w.slot);
+                let rollout = slot.and_then(|s| match s.incoming? {
+                    pid if pid == w.pid => Some(WorkerRollout::Incoming),
+                    _ if s.active == Some(w.pid) => Some(WorkerRollout::Replaced),
+                    _ => None,
+                });
                 WorkerStatus {
                     slot: w.slot,
                     pid: w.pid,
@@ -700,10 +715,14 @@ impl Master {
                     uptime_secs: now.duration_since(w.started).as_secs_f64(),
                     restarts: slot.map_or(0, |s| s.restarts),
                     last_exit: slot.and_then(|s| s.last_exit.clone()),
+                    rollout,
+                    usage: sampling.usage(w.pid, w.started),
                 }
             })
             .collect();
         workers.sort_by_key(|w| (w.slot, w.pid));
+        let usage = sampling.usage(self.pid, self.started);
+        sampling.finish();
         Status {
             pid: self.pid,
             pid_file: self
@@ -730,6 +749,7 @@ impl Master {
             workers,
             slots: self.slot_statuses(now),
             strays: self.strays.statuses(now),
+            usage,
         }
     }
 

@@ -52,8 +52,8 @@ fn status_shows_the_master_and_each_worker() {
         assert!(cells[0] == "0" || cells[0] == "1", "{row}");
         assert_eq!(cells[2], "ready", "{row}");
         assert_eq!(cells[3], "1", "{row}");
-        assert_eq!(cells[5], "0", "{row}");
-        assert_eq!(cells[6], "-", "{row}");
+        assert_eq!(cells[12], "0", "{row}");
+        assert_eq!(cells[13], "-", "{row}");
     }
 }
 

@@ -14,6 +14,7 @@ mod descendants;
 mod edges;
 mod environment;
 mod faults;
+mod fleet;
 mod health;
 mod init_script;
 mod listeners;

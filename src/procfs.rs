@@ -1,0 +1,166 @@
+//! A process's memory and CPU time as the kernel reports them in /proc, for
+//! `status`:
+//!
+//! | figure | file | fields |
+//! |-|-|-|
+//! | rss, pss | `/proc/PID/smaps_rollup` | `Rss`, `Pss` |
+//! | private | `/proc/PID/smaps_rollup` | `Private_Clean` + `Private_Dirty` |
+//! | shared | `/proc/PID/smaps_rollup` | `Shared_Clean` + `Shared_Dirty` |
+//! | cpu time | `/proc/PID/stat` | `utime` + `stime` (fields 14, 15) |
+//!
+//! Read only when asked, never on a timer. Each read is one small file
+//! with a size limit; /proc files are generated in memory, so a read waits
+//! on no disk, at most briefly on the process's memory-map lock (which
+//! `smaps_rollup` takes to walk its mappings). A process that vanished (or
+//! became a zombie, whose `smaps_rollup` is empty) gives `None`.
+
+use std::fs::File;
+use std::io::Read;
+
+/// `smaps_rollup` is about 1 KiB, `stat` a few hundred bytes: whatever
+/// lies beyond this is not what we parse.
+const READ_LIMIT: u64 = 8 * 1024;
+
+/// The unit of `utime`/`stime`: USER_HZ, which is 100 on every
+/// architecture Rust builds Linux programs for (it is the ABI value that
+/// `sysconf(_SC_CLK_TCK)` returns, whatever the kernel's own HZ).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// A process's memory, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub rss: u64,
+    pub pss: u64,
+    /// Pages only this process maps.
+    pub private: u64,
+    /// Pages other processes map too (forked from the same parent, shared
+    /// libraries, shared mappings).
+    pub shared: u64,
+}
+
+/// The memory of `pid`; `None` if it is gone, a zombie, or not ours to read.
+pub fn memory(pid: i32) -> Option<Memory> {
+    parse_smaps_rollup(&read_bounded(&format!("/proc/{pid}/smaps_rollup"))?)
+}
+
+/// The CPU time `pid` has used, user and system, in seconds; `None` if it
+/// is gone.
+pub fn cpu_secs(pid: i32) -> Option<f64> {
+    let ticks = parse_stat_cpu_ticks(&read_bounded(&format!("/proc/{pid}/stat"))?)?;
+    Some(ticks as f64 / TICKS_PER_SEC)
+}
+
+/// The first `READ_LIMIT` bytes of a /proc file.
+fn read_bounded(path: &str) -> Option<String> {
+    let mut text = String::new();
+    File::open(path)
+        .ok()?
+        .take(READ_LIMIT)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// `Rss:  1234 kB` lines; `None` without an `Rss` line (a zombie's file is
+/// empty).
+fn parse_smaps_rollup(text: &str) -> Option<Memory> {
+    let mut memory = Memory::default();
+    let mut seen_rss = false;
+    for line in text.lines() {
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let Some(bytes) = kib_value(rest) else {
+            continue;
+        };
+        match key {
+            "Rss" => {
+                memory.rss = bytes;
+                seen_rss = true;
+            }
+            "Pss" => memory.pss = bytes,
+            "Private_Clean" | "Private_Dirty" => memory.private += bytes,
+            "Shared_Clean" | "Shared_Dirty" => memory.shared += bytes,
+            _ => {}
+        }
+    }
+    seen_rss.then_some(memory)
+}
+
+/// `   1234 kB` as bytes.
+fn kib_value(text: &str) -> Option<u64> {
+    let mut words = text.split_whitespace();
+    let kib: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then(|| kib.saturating_mul(1024))
+}
+
+/// `utime + stime` from a `stat` line. The command name (field 2) is in
+/// parentheses and may hold spaces and parentheses itself: fields are
+/// counted from the last `)`.
+fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
+    let (_, after_name) = text.rsplit_once(')')?;
+    // After the name: state is field 3, so field N is at index N - 3.
+    let mut fields = after_name.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime.saturating_add(stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLLUP: &str = "\
+55d0c0a3e000-7ffc2b9fe000 ---p 00000000 00:00 0                          [rollup]
+Rss:                2048 kB
+Pss:                 700 kB
+Pss_Dirty:           300 kB
+Pss_Anon:            300 kB
+Shared_Clean:       1200 kB
+Shared_Dirty:        100 kB
+Private_Clean:       448 kB
+Private_Dirty:       300 kB
+Referenced:         2048 kB
+Anonymous:           400 kB
+Swap:                  0 kB
+";
+
+    #[test]
+    fn smaps_rollup_sums_private_and_shared() {
+        let m = parse_smaps_rollup(ROLLUP).unwrap();
+        assert_eq!(m.rss, 2048 * 1024);
+        assert_eq!(m.pss, 700 * 1024);
+        assert_eq!(m.private, 748 * 1024);
+        assert_eq!(m.shared, 1300 * 1024);
+        assert_eq!(m.private + m.shared, m.rss);
+    }
+
+    #[test]
+    fn an_empty_rollup_is_none() {
+        assert_eq!(parse_smaps_rollup(""), None);
+    }
+
+    #[test]
+    fn stat_counts_fields_after_the_last_parenthesis() {
+        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 250 70 0 0 20 0 1 0 1234 0 0";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(320));
+        assert_eq!(parse_stat_cpu_ticks("42 (short) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_has_memory_and_cpu_time() {
+        let pid = std::process::id() as i32;
+        let m = memory(pid).expect("our own smaps_rollup");
+        assert!(m.rss > 0 && m.pss <= m.rss, "{m:?}");
+        assert!(cpu_secs(pid).is_some());
+    }
+
+    #[test]
+    fn a_reaped_process_has_no_figures() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert_eq!(memory(pid), None);
+        assert_eq!(cpu_secs(pid), None);
+    }
+}
