@@ -12,6 +12,7 @@ use nix::sys::socket::{
     SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr,
 };
 use nix::sys::stat::Mode;
+use nix::{getsockopt_impl, sockopt_impl};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -203,7 +204,6 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
 
 // `TCP_INFO`: nix has no getter for it, but its macro makes one (and holds
 // the unsafe call).
-use nix::{getsockopt_impl, sockopt_impl};
 sockopt_impl!(
     /// `getsockopt(IPPROTO_TCP, TCP_INFO)`.
     TcpInfo,

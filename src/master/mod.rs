@@ -871,3 +871,20 @@ impl Master {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_is_counted_once_by_its_outcome() {
+        let mut record = Record::default();
+        record.begin(Instant::now());
+        record.end(None);
+        record.end(Some("late".into()));
+        record.begin(Instant::now());
+        record.end(Some("failed".into()));
+        assert_eq!(record.outcomes, Outcomes { done: 1, failed: 1 });
+        assert_eq!(record.state, OperationState::Failed);
+    }
+}
