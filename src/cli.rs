@@ -50,6 +50,9 @@ pub enum ClientCommand {
     /// For exec probes: exit 0 if the master serves with `min_ready` workers
     /// ready, 1 if not (starting, stopping, too few ready), 3 if none runs.
     Ready(Locate),
+    /// Print the master's metrics in the Prometheus text format (as its
+    /// `/metrics`), e.g. for node_exporter's textfile collector.
+    Metrics(Locate),
 }
 
 /// Which master: by pid file, or by the config file that names it.

@@ -48,6 +48,7 @@ pub fn run(command: &ClientCommand) -> ExitCode {
         ClientCommand::Status(args) => status(args),
         ClientCommand::ReopenLogs(locate) => reopen_logs(locate),
         ClientCommand::Ready(locate) => ready(locate),
+        ClientCommand::Metrics(locate) => metrics(locate),
     };
     let outcome = outcome.unwrap_or_else(|o| o);
     let (code, text) = match &outcome {
@@ -434,6 +435,13 @@ fn status(args: &StatusArgs) -> Step<Outcome> {
         return Ok(Outcome::Done(json));
     }
     Ok(Outcome::Done(status.render()))
+}
+
+/// The master's status rendered as its `/metrics` renders it.
+fn metrics(locate: &Locate) -> Step<Outcome> {
+    let path = pid_file(locate)?;
+    let (_, status) = find_master(&path)?;
+    Ok(Outcome::Done(crate::metrics::render(&status)))
 }
 
 fn reopen_logs(locate: &Locate) -> Step<Outcome> {

@@ -25,6 +25,7 @@ mod launch;
 mod listen;
 mod logging;
 mod master;
+mod metrics;
 mod pidfile;
 mod plan;
 mod procfs;

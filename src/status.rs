@@ -139,6 +139,125 @@ pub struct Status {
     /// The master's own memory and CPU.
     #[serde(flatten)]
     pub usage: Usage,
+    /// What this master counted over its life (reset at an upgrade: a new
+    /// master starts from zero). Zero in an older master's answer.
+    #[serde(default)]
+    pub counters: Counters,
+    /// The listeners and, for TCP, their accept queues, read when the
+    /// status is asked for. Empty in an older master's answer.
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// Why a worker exited, as the master tells the cases apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The master asked it to stop (reload, scale down, stop, upgrade).
+    Stopped,
+    /// Killed by a signal the master did not send (SIGSEGV, SIGABRT, the
+    /// OOM killer's SIGKILL, ...).
+    Crash,
+    /// Exited on its own with a status (0 too), ready or not.
+    Exit,
+    /// Killed for not reporting ready within `ready_timeout`.
+    ReadyTimeout,
+    /// Killed for missing its sd_notify watchdog pings.
+    Watchdog,
+    /// Its setup or exec failed in the child (the command not found, ...).
+    ExecFailed,
+}
+
+impl ExitReason {
+    pub const ALL: [ExitReason; 6] = [
+        ExitReason::Stopped,
+        ExitReason::Crash,
+        ExitReason::Exit,
+        ExitReason::ReadyTimeout,
+        ExitReason::Watchdog,
+        ExitReason::ExecFailed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitReason::Stopped => "stopped",
+            ExitReason::Crash => "crash",
+            ExitReason::Exit => "exit",
+            ExitReason::ReadyTimeout => "ready_timeout",
+            ExitReason::Watchdog => "watchdog",
+            ExitReason::ExecFailed => "exec_failed",
+        }
+    }
+}
+
+/// Worker exits by reason.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ExitCounts {
+    pub stopped: u64,
+    pub crash: u64,
+    pub exit: u64,
+    pub ready_timeout: u64,
+    pub watchdog: u64,
+    pub exec_failed: u64,
+}
+
+impl ExitCounts {
+    fn field(&mut self, reason: ExitReason) -> &mut u64 {
+        match reason {
+            ExitReason::Stopped => &mut self.stopped,
+            ExitReason::Crash => &mut self.crash,
+            ExitReason::Exit => &mut self.exit,
+            ExitReason::ReadyTimeout => &mut self.ready_timeout,
+            ExitReason::Watchdog => &mut self.watchdog,
+            ExitReason::ExecFailed => &mut self.exec_failed,
+        }
+    }
+
+    pub fn count(&mut self, reason: ExitReason) {
+        *self.field(reason) += 1;
+    }
+
+    pub fn get(&self, reason: ExitReason) -> u64 {
+        match reason {
+            ExitReason::Stopped => self.stopped,
+            ExitReason::Crash => self.crash,
+            ExitReason::Exit => self.exit,
+            ExitReason::ReadyTimeout => self.ready_timeout,
+            ExitReason::Watchdog => self.watchdog,
+            ExitReason::ExecFailed => self.exec_failed,
+        }
+    }
+}
+
+/// Upgrades or reloads that ended, by outcome.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Outcomes {
+    pub done: u64,
+    pub failed: u64,
+}
+
+/// Counters over a master's life.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Counters {
+    pub worker_exits: ExitCounts,
+    /// Respawns scheduled: after a worker died unasked, or failed to spawn.
+    pub respawns: u64,
+    pub upgrades: Outcomes,
+    pub reloads: Outcomes,
+}
+
+/// A listening socket and, for TCP, its accept queue (`TCP_INFO`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ListenerStatus {
+    /// `127.0.0.1:8080` or `unix:/run/app.sock`.
+    pub address: String,
+    /// Connections waiting for a worker's accept(2).
+    pub accept_queue: Option<u32>,
+    /// The most the kernel queues (the backlog, capped by somaxconn).
+    pub backlog: Option<u32>,
 }
 
 /// A process's memory (from `/proc/PID/smaps_rollup`) and CPU (from

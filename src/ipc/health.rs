@@ -6,6 +6,7 @@
 //! |----------------|----------------------------------------------------------|
 //! | `GET /livez`   | 200 `alive`: the event loop runs                          |
 //! | `GET /readyz`  | 200 `ready 4/4`, or 503 `not ready: ...` (`Readiness`)    |
+//! | `GET /metrics` | 200, Prometheus text format (`metrics`), read when asked  |
 //! | another path   | 404                                                      |
 //! | another method | 405                                                      |
 //!
@@ -105,35 +106,50 @@ pub fn needed(min_ready: usize, target: usize) -> usize {
 }
 
 /// What the master answers with; one line per path.
-pub struct Answers {
+pub struct Answers<'a> {
     pub readiness: Readiness,
+    /// The metrics text, rendered only for a request that asks for it.
+    pub metrics: &'a dyn Fn() -> String,
 }
 
-type Route = fn(&Answers) -> (u16, String);
+/// An answer: status code, `Content-Type` and body.
+type Reply = (u16, &'static str, String);
+
+type Route = fn(&Answers) -> Reply;
+
+const TEXT: &str = "text/plain";
 
 /// The router: adding a path is one line.
 const ROUTES: &[(&str, Route)] = &[
-    ("/livez", |_| (200, "alive".to_string())),
+    ("/livez", |_| (200, TEXT, "alive\n".to_string())),
     ("/readyz", |a| {
         let code = if a.readiness.ready { 200 } else { 503 };
-        (code, a.readiness.why.clone())
+        (code, TEXT, format!("{}\n", a.readiness.why))
+    }),
+    ("/metrics", |a| {
+        (200, crate::metrics::CONTENT_TYPE, (a.metrics)())
     }),
 ];
 
+/// A plain-text answer of one line.
+fn plain(code: u16, text: &str) -> Reply {
+    (code, TEXT, format!("{text}\n"))
+}
+
 /// The answer to one request head (request line and headers).
-fn respond(head: &[u8], answers: &Answers) -> (u16, String) {
+fn respond(head: &[u8], answers: &Answers) -> Reply {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut words = line.split_ascii_whitespace();
     let (Some(method), Some(target)) = (words.next(), words.next()) else {
-        return (400, "bad request".into());
+        return plain(400, "bad request");
     };
     let path = target.split('?').next().unwrap_or(target);
     let Some((_, route)) = ROUTES.iter().find(|(p, _)| *p == path) else {
-        return (404, "not found".into());
+        return plain(404, "not found");
     };
     if method != "GET" {
-        return (405, "method not allowed".into());
+        return plain(405, "method not allowed");
     }
     route(answers)
 }
@@ -151,12 +167,12 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-fn response(code: u16, body: &str) -> Vec<u8> {
-    let allow = if code == 405 { "Allow: GET\r\n" } else { "" };
+fn response((code, content_type, body): &Reply) -> Vec<u8> {
+    let allow = if *code == 405 { "Allow: GET\r\n" } else { "" };
     format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}\n",
-        reason(code),
-        body.len() + 1
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}",
+        reason(*code),
+        body.len()
     )
     .into_bytes()
 }
@@ -283,7 +299,7 @@ impl HealthServer {
 
     /// Reads what readable connections sent, answers complete requests,
     /// closes expired and finished ones, accepts new ones. Never blocks.
-    pub fn serve(&mut self, now: Instant, answers: impl Fn() -> Answers) {
+    pub fn serve<'a>(&mut self, now: Instant, answers: impl Fn() -> Answers<'a>) {
         let readable = std::mem::take(&mut self.readable);
         let mut i = 0;
         self.connections.retain_mut(|conn| {
@@ -295,7 +311,10 @@ impl HealthServer {
             };
             if keep && now >= conn.deadline {
                 if !conn.answered {
-                    let _ = conn.stream.io().write(&response(408, "request timeout"));
+                    let _ = conn
+                        .stream
+                        .io()
+                        .write(&response(&plain(408, "request timeout")));
                 }
                 return false;
             }
@@ -307,7 +326,7 @@ impl HealthServer {
     }
 
     /// Accepts every pending connection; beyond the cap each is closed at once.
-    fn accept(&mut self, now: Instant, answers: &impl Fn() -> Answers) {
+    fn accept<'a>(&mut self, now: Instant, answers: &impl Fn() -> Answers<'a>) {
         loop {
             let accepted = match &self.listener {
                 Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
@@ -376,7 +395,7 @@ impl HealthServer {
 
 /// Reads what `conn` sent; answers once the head is complete (or too
 /// large). `false`: the connection is done, close it.
-fn advance(conn: &mut Connection, answers: &impl Fn() -> Answers) -> bool {
+fn advance<'a>(conn: &mut Connection, answers: &impl Fn() -> Answers<'a>) -> bool {
     let mut buf = [0u8; 4096];
     // Bounded per pass: a client that floods cannot hold the loop; poll(2)
     // reports it again.
@@ -391,12 +410,11 @@ fn advance(conn: &mut Connection, answers: &impl Fn() -> Answers) -> bool {
                 let end = find_head_end(&conn.head);
                 let answer = match end {
                     Some(end) if end <= MAX_REQUEST => Some(respond(&conn.head[..end], &answers())),
-                    _ if conn.head.len() > MAX_REQUEST => Some((431, "request too large".into())),
+                    _ if conn.head.len() > MAX_REQUEST => Some(plain(431, "request too large")),
                     _ => None,
                 };
-                if let Some((code, body)) = answer {
-                    // A fresh socket's send buffer holds this small answer.
-                    let _ = conn.stream.io().write(&response(code, &body));
+                if let Some(reply) = answer {
+                    send_answer(&mut conn.stream, &response(&reply));
                     conn.stream.shutdown_write();
                     conn.answered = true;
                     conn.head = Vec::new();
@@ -408,6 +426,30 @@ fn advance(conn: &mut Connection, answers: &impl Fn() -> Answers) -> bool {
         }
     }
     true
+}
+
+/// Writes `bytes` without blocking. A fresh socket's send buffer holds a
+/// probe's answer; a larger one (`/metrics` of many workers) gets a buffer
+/// as large first (capped by `net.core.wmem_max`): what still does not fit
+/// is cut off, and the client sees a short body (Content-Length).
+fn send_answer(stream: &mut Stream, bytes: &[u8]) {
+    const FRESH_BUFFER: usize = 16 * 1024;
+    if bytes.len() > FRESH_BUFFER {
+        let _ = nix::sys::socket::setsockopt(
+            &stream.as_fd(),
+            nix::sys::socket::sockopt::SndBuf,
+            &bytes.len(),
+        );
+    }
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match stream.io().write(rest) {
+            Ok(0) => return,
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Where the head ends (after the blank line), if it does.
@@ -440,12 +482,13 @@ impl Drop for HealthServer {
 mod tests {
     use super::*;
 
-    fn answers(ready: bool) -> Answers {
+    fn answers(ready: bool) -> Answers<'static> {
         Answers {
             readiness: Readiness {
                 ready,
                 why: "why".into(),
             },
+            metrics: &|| "forkmaster_generation 1\n".to_string(),
         }
     }
 
@@ -461,6 +504,9 @@ mod tests {
         assert_eq!(respond(b"GET /nope HTTP/1.1\r\n\r\n", &a).0, 404);
         assert_eq!(respond(b"POST /livez HTTP/1.1\r\n\r\n", &a).0, 405);
         assert_eq!(respond(b"\r\n\r\n", &a).0, 400);
+        let (code, kind, body) = respond(b"GET /metrics HTTP/1.1\r\n\r\n", &a);
+        assert_eq!((code, kind), (200, crate::metrics::CONTENT_TYPE));
+        assert_eq!(body, "forkmaster_generation 1\n");
     }
 
     #[test]

@@ -33,7 +33,8 @@ use crate::pidfile;
 use crate::sockets::Listener;
 use crate::spawn::WorkerTemplate;
 use crate::status::{
-    self, Operation, OperationState, SlotState, SlotStatus, Status, WorkerRollout, WorkerStatus,
+    self, Counters, ExitReason, ListenerStatus, Operation, OperationState, Outcomes, SlotState,
+    SlotStatus, Status, WorkerRollout, WorkerStatus,
 };
 use crate::sys;
 use crate::timers::{Timer, Timers};
@@ -69,6 +70,23 @@ fn bind_notify(
 /// How often a new master tries to bind `health_listen` while its old
 /// master holds it.
 const HEALTH_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a worker exited, for `metrics`: asked for, or what killed it.
+fn exit_reason(
+    worker: &crate::worker::Worker,
+    status: workers::ExitStatus,
+    exec_failed: bool,
+) -> ExitReason {
+    use crate::worker::KillReason;
+    match (worker.is_stopping(), exec_failed, worker.killed, status) {
+        (true, _, _, _) => ExitReason::Stopped,
+        (_, true, _, _) => ExitReason::ExecFailed,
+        (_, _, Some(KillReason::ReadyTimeout), _) => ExitReason::ReadyTimeout,
+        (_, _, Some(KillReason::Watchdog), _) => ExitReason::Watchdog,
+        (_, _, None, workers::ExitStatus::Signal(..)) => ExitReason::Crash,
+        (_, _, None, workers::ExitStatus::Code(_)) => ExitReason::Exit,
+    }
+}
 
 /// How long a quick stop waits for workers after SIGINT before SIGKILL.
 pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -110,6 +128,8 @@ struct Record {
     reason: Option<String>,
     started: Option<Instant>,
     took: Option<Duration>,
+    /// Ended ones, by outcome, for `metrics`.
+    outcomes: Outcomes,
 }
 
 impl Record {
@@ -133,6 +153,13 @@ impl Record {
     }
 
     fn end(&mut self, failure: Option<String>) {
+        // Counted once, whichever path ends it first.
+        if self.state == OperationState::InProgress {
+            match failure {
+                Some(_) => self.outcomes.failed += 1,
+                None => self.outcomes.done += 1,
+            }
+        }
         self.state = if failure.is_some() {
             OperationState::Failed
         } else {
@@ -210,6 +237,9 @@ pub struct Master {
     notify_log_budget: crate::ratelimit::LogBudget,
     /// Each process's memory and CPU as last read for a status request.
     usage_readings: usage::Readings,
+    /// Worker exits by reason and respawns, for `metrics`; the upgrades
+    /// and reloads are counted by their `Record`.
+    counters: Counters,
 }
 
 impl Master {
@@ -314,6 +344,7 @@ impl Master {
             ready_report,
             notify_log_budget: crate::ratelimit::LogBudget::new(20, 5),
             usage_readings: usage::Readings::default(),
+            counters: Counters::default(),
         })
     }
 
@@ -671,8 +702,11 @@ impl Master {
         let Some(mut health) = self.health.take() else {
             return;
         };
+        // Rendered only when `/metrics` is asked for: it reads /proc.
+        let metrics = || crate::metrics::render(&self.status());
         health.serve(now, || Answers {
             readiness: self.readiness(),
+            metrics: &metrics,
         });
         self.health = Some(health);
     }
@@ -750,7 +784,28 @@ impl Master {
             slots: self.slot_statuses(now),
             strays: self.strays.statuses(now),
             usage,
+            counters: Counters {
+                upgrades: self.upgrades.outcomes,
+                reloads: self.reloads.outcomes,
+                ..self.counters.clone()
+            },
+            listeners: self.listener_statuses(),
         }
+    }
+
+    /// Each listener, and a TCP one's accept queue now (one getsockopt).
+    fn listener_statuses(&self) -> Vec<ListenerStatus> {
+        self.listeners
+            .iter()
+            .map(|l| {
+                let queue = crate::sockets::accept_queue(l);
+                ListenerStatus {
+                    address: l.bound.to_string(),
+                    accept_queue: queue.map(|(queued, _)| queued),
+                    backlog: queue.map(|(_, backlog)| backlog),
+                }
+            })
+            .collect()
     }
 
     /// The phase as `status` shows it: what is in progress, if anything.
@@ -814,5 +869,22 @@ impl Master {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_is_counted_once_by_its_outcome() {
+        let mut record = Record::default();
+        record.begin(Instant::now());
+        record.end(None);
+        record.end(Some("late".into()));
+        record.begin(Instant::now());
+        record.end(Some("failed".into()));
+        assert_eq!(record.outcomes, Outcomes { done: 1, failed: 1 });
+        assert_eq!(record.state, OperationState::Failed);
     }
 }

@@ -365,6 +365,8 @@ impl Master {
             return;
         };
         let slot = worker.slot;
+        let reason = super::exit_reason(&worker, status, exec_failure.is_some());
+        self.counters.worker_exits.count(reason);
         // What is left of its process group (and any child it had) is ours
         // to stop now.
         let stopping = match worker.state {
@@ -450,6 +452,7 @@ impl Master {
         let Some((delay, failures, retry_at)) = self.pool.schedule_respawn(slot, why, now) else {
             return;
         };
+        self.counters.respawns += 1;
         if slot < self.pool.target() {
             log::info!(
                 "worker={slot} event=respawn delay={} failures={failures}",

@@ -19,6 +19,7 @@ mod health;
 mod init_script;
 mod listeners;
 mod log_files;
+mod metrics;
 mod operators;
 mod output;
 mod pidfile;
