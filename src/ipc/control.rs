@@ -54,7 +54,20 @@ impl ControlSocket {
             )
         };
         rundir::check_length(path)?;
-        let listener = UnixListener::bind(path).map_err(fail)?;
+        // Bound and listening under a name of its own first, then renamed
+        // into place: a master starting beside us takes a socket file that
+        // refuses connections for stale, and one between bind(2) and
+        // listen(2) does.
+        // `<pid>.tmp`: no longer than the final name, ignored as stale.
+        let binding = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&binding);
+        let listener = UnixListener::bind(&binding).map_err(fail)?;
+        std::fs::set_permissions(&binding, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&binding, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&binding);
+                fail(e)
+            })?;
         let control = ControlSocket {
             listener,
             path: path.to_path_buf(),
@@ -62,7 +75,6 @@ impl ControlSocket {
             spare: std::cell::RefCell::new(open_spare()),
             last_emfile_log: std::cell::Cell::new(None),
         };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
         control.listener.set_nonblocking(true).map_err(fail)?;
         Ok(control)
     }

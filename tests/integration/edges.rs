@@ -233,3 +233,26 @@ fn a_log_swapped_for_a_link_is_not_reopened_or_chowned() {
     assert_eq!((meta.uid(), meta.gid()), (0, 0), "the victim was chowned");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret\n");
 }
+
+/// Masters started at once beside each other share a runtime directory;
+/// one cleaning up stale sockets never takes another's fresh socket for
+/// stale (a control socket is renamed into place only once it listens).
+#[test]
+fn masters_started_at_once_in_one_directory_all_start() {
+    let dir = TempDir::new();
+    let masters: Vec<Master> = (0..6)
+        .map(|i| {
+            Fixture::new(&dir)
+                .workers(1)
+                .unix(&format!("app{i}.sock"))
+                .pid_file(dir.join(&format!("app{i}.pid")))
+                .start()
+        })
+        .collect();
+    for (i, master) in masters.iter().enumerate() {
+        master.wait_ready();
+        let pid_file = dir.join(&format!("app{i}.pid"));
+        let (code, out, err) = client(&["status", "-p", pid_file.to_str().unwrap()], secs(10));
+        assert_eq!(code, 0, "master {i}: {out}{err}");
+    }
+}

@@ -1093,21 +1093,30 @@ pub fn master_notify_socket(pid: i32) -> String {
 }
 
 /// The socket file `<pid>.<kind>` (`control` or `notify`) the master `pid`
-/// has bound, found among the bound Unix sockets the kernel lists.
+/// has bound, found among the bound Unix sockets the kernel lists. The
+/// kernel lists the name a socket was bound at: the control socket is bound
+/// as `<pid>.tmp` and renamed into place once it listens.
 pub fn master_socket(pid: i32, kind: &str) -> PathBuf {
     let name = format!("{pid}.{kind}");
+    let bound_as = if kind == "control" {
+        format!("{pid}.tmp")
+    } else {
+        name.clone()
+    };
     let table = std::fs::read_to_string("/proc/net/unix").expect("read /proc/net/unix");
     table
         .lines()
         .filter_map(|line| line.split_whitespace().nth(7))
         .map(PathBuf::from)
         .find(|path| {
-            path.file_name().is_some_and(|n| n == name.as_str())
+            path.file_name()
+                .is_some_and(|n| n == name.as_str() || n == bound_as.as_str())
                 && path
                     .parent()
                     .and_then(Path::file_name)
                     .is_some_and(|d| d.to_string_lossy().starts_with(".forkmaster-"))
         })
+        .map(|path| path.with_file_name(&name))
         .unwrap_or_else(|| panic!("master {pid} has no {kind} socket bound"))
 }
 
