@@ -12,7 +12,6 @@ use nix::sys::socket::{
     SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr,
 };
 use nix::sys::stat::Mode;
-use nix::{getsockopt_impl, sockopt_impl};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -202,17 +201,6 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
     }
 }
 
-// `TCP_INFO`: nix has no getter for it, but its macro makes one (and holds
-// the unsafe call).
-sockopt_impl!(
-    /// `getsockopt(IPPROTO_TCP, TCP_INFO)`.
-    TcpInfo,
-    GetOnly,
-    libc::IPPROTO_TCP,
-    libc::TCP_INFO,
-    libc::tcp_info
-);
-
 /// A TCP listener's accept queue now and its limit: for a listening
 /// socket the kernel's `tcp_get_info` puts the queue (`sk_ack_backlog`) in
 /// `tcpi_unacked` and the backlog (`sk_max_ack_backlog`, the `listen(2)`
@@ -222,7 +210,7 @@ pub fn accept_queue(listener: &Listener) -> Option<(u32, u32)> {
     if !matches!(listener.bound, Address::Tcp(_)) {
         return None;
     }
-    let info = nix::sys::socket::getsockopt(&listener.fd, TcpInfo).ok()?;
+    let info = crate::sys::tcp::tcp_info(&listener.fd)?;
     // `TCP_LISTEN` in the kernel's `enum tcp_state` (libc does not name it).
     const TCP_LISTEN: u8 = 10;
     (info.tcpi_state == TCP_LISTEN).then_some((info.tcpi_unacked, info.tcpi_sacked))

@@ -9,6 +9,7 @@
 //! | `child`   | the child's steps between fork and exec                    |
 //! | `fd`      | close-on-exec sweeping; adopting fds named to us by number |
 //! | `process` | forking to daemonize; whether stdin is a terminal; subreaper, children |
+//! | `tcp`     | `TCP_INFO` of a socket (a listener's accept queue)          |
 //!
 //! Everything outside holds `OwnedFd`/`BorrowedFd`; raw fd numbers appear only
 //! in environment values and between fork and exec.
@@ -20,6 +21,7 @@ pub mod fd;
 pub mod process;
 mod signals;
 mod spawn;
+pub mod tcp;
 
 pub use fd::set_cloexec_from_3;
 pub use process::{become_subreaper, children, stdin_is_terminal};
