@@ -485,28 +485,26 @@ impl Usage {
     /// The table's RSS, PSS, PRIVATE, SHARED, CPU and CPU% cells, `-` for
     /// what could not be read.
     fn cells(&self) -> String {
-        format!(
-            "{:<8} {:<8} {:<8} {:<8} {:<8} {:<7}",
-            opt(self.rss_bytes, bytes),
-            opt(self.pss_bytes, bytes),
-            opt(self.private_bytes, bytes),
-            opt(self.shared_bytes, bytes),
-            opt(self.cpu_secs, secs),
-            opt(self.cpu_percent, percent),
-        )
+        let [rss, pss, private, shared, cpu, percent] = self.shown();
+        format!("{rss:<8} {pss:<8} {private:<8} {shared:<8} {cpu:<8} {percent:<7}")
     }
 
     /// As `key=value` fields, for the master's line.
     fn fields(&self) -> String {
-        format!(
-            "rss={} pss={} private={} shared={} cpu={} cpu%={}",
+        let [rss, pss, private, shared, cpu, percent] = self.shown();
+        format!("rss={rss} pss={pss} private={private} shared={shared} cpu={cpu} cpu%={percent}")
+    }
+
+    /// RSS, PSS, private, shared, CPU time and CPU %, as shown.
+    fn shown(&self) -> [String; 6] {
+        [
             opt(self.rss_bytes, bytes),
             opt(self.pss_bytes, bytes),
             opt(self.private_bytes, bytes),
             opt(self.shared_bytes, bytes),
             opt(self.cpu_secs, secs),
             opt(self.cpu_percent, percent),
-        )
+        ]
     }
 }
 

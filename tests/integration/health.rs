@@ -11,18 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::fixture::Fixture;
 use crate::support::{
-    client, get, listen_addr, open_connections, proc_stat, proc_status, secs, wait_for,
-    wait_serving, Master, Signal, Target, TempDir,
+    client, get, health_addr, listen_addr, open_connections, proc_stat, proc_status, secs,
+    wait_for, wait_serving, Master, Signal, Target, TempDir,
 };
-
-/// The health endpoint's TCP address, from `event=health-listen addr=...`.
-fn health_addr(master: &Master) -> SocketAddr {
-    let log = master.wait_log("event=health-listen", secs(10));
-    log.lines()
-        .filter_map(|l| l.split("event=health-listen addr=").nth(1))
-        .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no health address in log:\n{log}"))
-}
 
 /// `GET path` on the health endpoint: (status, body).
 fn probe(target: &Target, path: &str) -> (u16, String) {

@@ -12,7 +12,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 
 use crate::fixture::Fixture;
-use crate::support::{client, demo, get, listen_addr, secs, wait_serving, Master, Target, TempDir};
+use crate::support::{
+    client, demo, get, health_addr, listen_addr, secs, skip_unless_required, wait_serving, Target,
+    TempDir,
+};
 
 /// Prints each sample of the text on stdin as one JSON object, with its
 /// family's name and type: whatever the parser rejects fails the script.
@@ -53,15 +56,7 @@ fn parser_python() -> Option<&'static str> {
     }
     let message = "metrics: python3 prometheus_client not installed \
                    (e.g. apt-get install python3-prometheus-client)";
-    if std::env::var("FORKMASTER_REQUIRE_REAL_SERVERS").as_deref() == Ok("1") {
-        panic!("{message}, and FORKMASTER_REQUIRE_REAL_SERVERS=1 requires it");
-    }
-    // Written to stderr directly: the harness captures `eprintln!` of a
-    // passing test, and a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n**********\nSKIPPED {message}\n**********\n"
-    );
+    skip_unless_required(message);
     None
 }
 
@@ -121,15 +116,6 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
         .collect();
     assert!(found.len() <= 1, "{name} {labels:?} twice: {found:?}");
     found.first().map(|s| s.value)
-}
-
-/// The health endpoint's TCP address, from `event=health-listen addr=...`.
-fn health_addr(master: &Master) -> SocketAddr {
-    let log = master.wait_log("event=health-listen", secs(10));
-    log.lines()
-        .filter_map(|l| l.split("event=health-listen addr=").nth(1))
-        .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no health address in log:\n{log}"))
 }
 
 /// `GET /metrics`: its `Content-Type` and body (200 asserted).

@@ -1153,3 +1153,27 @@ pub fn wait_signals_handled(master: &mut Master, pid: i32) {
         }
     }
 }
+
+/// The health endpoint's TCP address, from `event=health-listen addr=...`.
+pub fn health_addr(master: &Master) -> SocketAddr {
+    let log = master.wait_log("event=health-listen", secs(10));
+    log.lines()
+        .filter_map(|l| l.split("event=health-listen addr=").nth(1))
+        .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no health address in log:\n{log}"))
+}
+
+/// A test whose real peer (`message` says which) is missing: skipped with a
+/// message that shows, unless `FORKMASTER_REQUIRE_REAL_SERVERS=1` (CI) makes
+/// it fail.
+pub fn skip_unless_required(message: &str) {
+    if std::env::var("FORKMASTER_REQUIRE_REAL_SERVERS").as_deref() == Ok("1") {
+        panic!("{message}, and FORKMASTER_REQUIRE_REAL_SERVERS=1 requires it");
+    }
+    // Written to stderr directly, not with `eprintln!`: the test harness
+    // captures that for a passing test, and a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n**********\nSKIPPED {message}\n**********\n"
+    );
+}
