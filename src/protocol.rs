@@ -8,6 +8,7 @@
 //! | new master -> old master | `FORKMASTER_RETIRE=N`, `FORKMASTER_UPGRADE_FAILED=why` (datagrams) |
 //! | systemd -> master        | `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID` |
 //! | client -> master         | the control socket: one JSON `Status` per connection |
+//! | master <-> preloader     | `FORKMASTER_PRELOAD_FD` (env); JSON packets `hello`, `spawn`, `spawned`, `spawn_failed` (docs/PRELOAD.md) |
 //! | master's user -> master  | the socket files `<base>/.forkmaster-<euid>/<pid>.control` and `<pid>.notify` (see `ipc::rundir`) |
 
 use std::ffi::OsStr;
@@ -53,6 +54,21 @@ pub const UPGRADE_PID_FILE: &str = "FORKMASTER_UPGRADE_PID_FILE";
 /// systemd's `RuntimeDirectory=` as the service gets it (`:`-separated when
 /// several): where the sockets go unless `runtime_dir` says otherwise.
 pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
+
+/// Preloader environment: its end of the preload socketpair (docs/PRELOAD.md).
+pub const PRELOAD_FD: &str = "FORKMASTER_PRELOAD_FD";
+/// The preload protocol version this master speaks.
+pub const PRELOAD_VERSION: u64 = 1;
+/// The largest preload packet, either way; a longer one is a protocol error.
+pub const PRELOAD_MAX_PACKET: usize = 65536;
+/// Preload message types (the `type` member).
+pub const PRELOAD_HELLO: &str = "hello";
+pub const PRELOAD_SPAWN: &str = "spawn";
+pub const PRELOAD_SPAWNED: &str = "spawned";
+pub const PRELOAD_SPAWN_FAILED: &str = "spawn_failed";
+/// Why a preloader exited without ever reading its end of the socket.
+pub const PRELOAD_NOT_ANSWERED: &str =
+    "the app did not answer on FORKMASTER_PRELOAD_FD: does it load forkmaster's preload helper?";
 
 /// sd_notify keys the master acts on (systemd's sd_notify(3)).
 pub const NOTIFY_READY: &str = "READY";

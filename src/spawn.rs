@@ -17,12 +17,18 @@
 //! | `FORKMASTER_MASTER_PID` | the master's pid                              |
 //! | `NOTIFY_SOCKET`         | the master's notify socket path (`ready: notify`) |
 //! | `WATCHDOG_USEC`         | the watchdog timeout (`timeout`)              |
+//!
+//! With `--preload` the app is exec'd once per generation as the preloader,
+//! with all of these but `FORKMASTER_WORKER`, `NOTIFY_SOCKET` and
+//! `WATCHDOG_USEC`, plus `FORKMASTER_PRELOAD_FD`; each worker's `spawn`
+//! message carries what it adds (`spawn_env`).
 
 use crate::config::{Config, ReadyMode};
 use crate::listen::Address;
 use crate::protocol;
 use crate::sockets::Listener;
 use crate::sys::{Credentials, ExecPlan};
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -41,6 +47,9 @@ pub struct WorkerTemplate {
     chdir: Option<CString>,
     listener_fds: Vec<RawFd>,
     credentials: Option<Credentials>,
+    /// What a worker gets and a preloader does not (`NOTIFY_SOCKET`,
+    /// `WATCHDOG_USEC`): a preloader serves no traffic.
+    worker_only: Vec<(String, String)>,
 }
 
 impl WorkerTemplate {
@@ -85,14 +94,21 @@ impl WorkerTemplate {
         let master_pid = std::process::id();
         vars.push((protocol::GENERATION.into(), generation.to_string().into()));
         vars.push((protocol::MASTER_PID.into(), master_pid.to_string().into()));
+        let mut worker_only = Vec::new();
         if config.ready == ReadyMode::Notify {
-            vars.push((protocol::NOTIFY_SOCKET.into(), notify_socket.into()));
+            worker_only.push((protocol::NOTIFY_SOCKET.into(), notify_socket.into()));
         }
         if let Some(timeout) = config.timeout {
-            vars.push((
+            worker_only.push((
                 protocol::WATCHDOG_USEC.into(),
-                timeout.as_micros().to_string().into(),
+                timeout.as_micros().to_string(),
             ));
+        }
+        if worker_only
+            .iter()
+            .any(|(_, v): &(String, String)| v.contains('\0'))
+        {
+            return Err("env: a value holds a NUL byte".to_string());
         }
         let env = vars
             .into_iter()
@@ -125,6 +141,7 @@ impl WorkerTemplate {
             chdir,
             listener_fds: listeners.iter().map(|l| l.fd.as_raw_fd()).collect(),
             credentials: credentials(config),
+            worker_only,
         })
     }
 
@@ -143,12 +160,64 @@ impl WorkerTemplate {
         stdio: (Option<RawFd>, Option<RawFd>),
     ) -> ExecPlan {
         let mut env = self.env.clone();
-        for (key, value) in [(protocol::WORKER, slot), (protocol::WORKERS, workers)] {
+        let vars = self
+            .worker_only
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()));
+        let counts = [(protocol::WORKER, slot), (protocol::WORKERS, workers)];
+        for (key, value) in vars.chain(counts.map(|(k, n)| (k, n.to_string()))) {
+            // Checked for NUL when the template was made; digits hold none.
+            if let Ok(entry) = CString::new(format!("{key}={value}")) {
+                env.push(entry);
+            }
+        }
+        self.exec_plan(env, error_fd, stdio)
+    }
+
+    /// Prepares the exec of a preloader (`--preload`): a worker's start
+    /// without `FORKMASTER_WORKER`, `NOTIFY_SOCKET` and `WATCHDOG_USEC`, with
+    /// `FORKMASTER_PRELOAD_FD` naming `preload_fd`, which it inherits.
+    pub fn plan_preloader(
+        &self,
+        workers: usize,
+        error_fd: RawFd,
+        stdio: (Option<RawFd>, Option<RawFd>),
+        preload_fd: RawFd,
+    ) -> ExecPlan {
+        let mut env = self.env.clone();
+        for (key, value) in [
+            (protocol::WORKERS, workers as i64),
+            (protocol::PRELOAD_FD, i64::from(preload_fd)),
+        ] {
             // Digits and ASCII names hold no NUL.
             if let Ok(entry) = CString::new(format!("{key}={value}")) {
                 env.push(entry);
             }
         }
+        self.exec_plan(env, error_fd, stdio)
+    }
+
+    /// The lowest fd number the preloader's socket end may take: above the
+    /// listeners, which the child renumbers to 3, 4, ...
+    pub fn preload_fd_floor(&self) -> RawFd {
+        3 + self.listener_fds.len() as RawFd
+    }
+
+    /// What a preloader's `spawn` message carries in `env`: the variables a
+    /// worker of `slot` adds to or changes from the preloader's environment.
+    pub fn spawn_env(&self, slot: usize, workers: usize) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = self.worker_only.iter().cloned().collect();
+        env.insert(protocol::WORKER.into(), slot.to_string());
+        env.insert(protocol::WORKERS.into(), workers.to_string());
+        env
+    }
+
+    fn exec_plan(
+        &self,
+        env: Vec<CString>,
+        error_fd: RawFd,
+        stdio: (Option<RawFd>, Option<RawFd>),
+    ) -> ExecPlan {
         let program = self.found.clone().unwrap_or_else(|| {
             let program = resolve_program(self.program(), self.path_var.as_deref());
             CString::new(program.into_os_string().into_vec()).unwrap_or_default()

@@ -136,6 +136,10 @@ pub struct Status {
     /// without a worker, and its history.
     #[serde(default)]
     pub slots: Vec<SlotStatus>,
+    /// With `--preload`: the preloaders (the current generation's, and an
+    /// older one still wanted). Absent from an older master's answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preloaders: Vec<PreloaderStatus>,
     /// The master's own memory and CPU.
     #[serde(flatten)]
     pub usage: Usage,
@@ -358,6 +362,24 @@ pub struct WorkerStatus {
     pub usage: Usage,
 }
 
+/// A preloader (`--preload`): the process the workers are forked from. Its
+/// memory, next to the workers' PSS and shared figures, shows what sharing
+/// the loaded app copy-on-write saves.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PreloaderStatus {
+    pub pid: i32,
+    pub generation: u32,
+    /// `booting` (no `hello` yet), `serving` or `stopping`.
+    pub state: String,
+    /// What its `hello` said it runs, e.g. `python 3.11.7`.
+    pub runtime: Option<String>,
+    pub uptime_secs: f64,
+    /// Workers forked from it and verified.
+    pub spawns: u64,
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
 /// A process a worker left behind, as the master stops it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StrayStatus {
@@ -462,6 +484,18 @@ impl Status {
         rows.sort_by_key(|(slot, pid, _)| (*slot, *pid));
         for (_, _, row) in rows {
             out.push_str(&row);
+        }
+        for p in &self.preloaders {
+            out.push_str(&format!(
+                "preloader: pid={} generation={} state={} runtime=\"{}\" uptime={} spawns={} usage: {}\n",
+                p.pid,
+                p.generation,
+                p.state,
+                p.runtime.as_deref().unwrap_or("-"),
+                secs(p.uptime_secs),
+                p.spawns,
+                p.usage.fields()
+            ));
         }
         if !self.strays.is_empty() {
             out.push_str("STRAY PID  PGID     DEADLINE           OF\n");

@@ -218,6 +218,18 @@ settings! {
     #[arg(long, value_name = "MODE")]
     retire: Retire = Retire::Gradual => retire: Retire,
         flag Option<String> = p::text(p::retire), yaml String = p::string(p::retire), show |v| Some(v);
+    /// Load the app once per generation (the preloader) and fork the workers from it;
+    /// the app must serve the preload protocol (docs/PRELOAD.md) [default: off, exec
+    /// each worker].
+    #[arg(long)]
+    preload: bool = false => preload: bool,
+        flag bool = p::switch, yaml bool = p::ok, show |v| v.then_some("yes");
+    /// With --preload: how long the preloader may take to fork a worker before the
+    /// spawn counts as failed [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    spawn_timeout: Duration = Duration::from_secs(10) => spawn_timeout: Duration,
+        flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
+        show |v| Some(Human(*v));
     /// Replacement workers booting at once during a HUP rolling restart [default: 1].
     #[arg(long, value_name = "N")]
     max_surge: usize = 1 => max_surge: usize,

@@ -10,9 +10,11 @@
 //! supervises them; `strays` stops what they leave behind; `reload` is the
 //! HUP rolling restart; `upgrade` is both sides of the USR2 re-exec, with
 //! this master's part in it as an `UpgradeRole`; `usage` reads the memory
-//! and CPU figures `status` shows.
+//! and CPU figures `status` shows; `preload` runs each generation's
+//! preloader with `--preload`.
 
 mod pool;
+mod preload;
 mod reload;
 mod strays;
 mod upgrade;
@@ -240,6 +242,8 @@ pub struct Master {
     /// Worker exits by reason and respawns, for `metrics`; the upgrades
     /// and reloads are counted by their `Record`.
     counters: Counters,
+    /// `--preload`: the preloaders and the spawns asked of them.
+    preload: preload::Preloaders,
 }
 
 impl Master {
@@ -345,6 +349,7 @@ impl Master {
             notify_log_budget: crate::ratelimit::LogBudget::new(20, 5),
             usage_readings: usage::Readings::default(),
             counters: Counters::default(),
+            preload: preload::Preloaders::default(),
         })
     }
 
@@ -375,6 +380,7 @@ impl Master {
             self.read_exec_errors();
             self.read_notifications(now);
             self.reap_children(now);
+            self.serve_preload(now);
             self.find_strays(now);
             self.fire_timers(now);
             if self.phase == Phase::Running && self.dirty {
@@ -390,6 +396,7 @@ impl Master {
             if matches!(self.phase, Phase::Stopping { .. })
                 && self.pool.is_empty()
                 && self.strays.is_empty()
+                && self.preload.is_empty()
             {
                 return self.finish();
             }
@@ -406,10 +413,14 @@ impl Master {
             Some(health) => health.next_deadline(),
             None => self.health_retry,
         };
-        let deadline = match (self.timers.next_deadline(), health_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [
+            self.timers.next_deadline(),
+            health_deadline,
+            self.preload.next_deadline(Instant::now()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let timeout = match deadline {
             None => PollTimeout::NONE,
             Some(at) => {
@@ -425,6 +436,12 @@ impl Master {
             PollFd::new(self.exec_errors.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
         ];
+        // Read on every pass: only the wakeup matters here.
+        fds.extend(
+            self.preload
+                .poll_fds()
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+        );
         let own = fds.len();
         let probes = self.health.as_ref().map_or(0, |h| h.poll_fds().count());
         if let Some(health) = &self.health {
@@ -755,6 +772,7 @@ impl Master {
             })
             .collect();
         workers.sort_by_key(|w| (w.slot, w.pid));
+        let preloaders = self.preloader_statuses(&mut sampling, now);
         let usage = sampling.usage(self.pid, self.started);
         sampling.finish();
         Status {
@@ -782,6 +800,7 @@ impl Master {
             rollout: self.rollout_status(),
             workers,
             slots: self.slot_statuses(now),
+            preloaders,
             strays: self.strays.statuses(now),
             usage,
             counters: Counters {

@@ -135,7 +135,9 @@ impl Master {
     /// are those neither queued nor booting a replacement.
     pub(super) fn rollout_status(&self) -> Option<RolloutStatus> {
         let rollout = self.rollout.as_ref()?;
-        let pending = rollout.queue.len() + self.pool.booting_replacements();
+        let pending = rollout.queue.len()
+            + self.pool.booting_replacements()
+            + self.preload.pending_incoming();
         Some(RolloutStatus {
             replaced: rollout.total.saturating_sub(pending),
             total: rollout.total,
@@ -148,7 +150,8 @@ impl Master {
         let Some(rollout) = &mut self.rollout else {
             return;
         };
-        let mut booting = self.pool.booting_replacements();
+        // With `--preload`, replacements asked of the preloader boot too.
+        let mut booting = self.pool.booting_replacements() + self.preload.pending_incoming();
         let mut starts = Vec::new();
         while booting < self.config.max_surge {
             let Some(slot) = rollout.queue.pop_front() else {
@@ -231,6 +234,13 @@ impl Master {
         self.dirty = true;
     }
 
+    /// The generation a failing rollout would go back to, while one is in
+    /// progress (its preloader is kept until then).
+    pub(super) fn rollout_fallback_generation(&self) -> Option<u32> {
+        let (_, _, generation) = self.rollout.as_ref()?.previous.as_ref()?;
+        Some(*generation)
+    }
+
     /// Ends a rollout without rolling back (a stop, or a newer HUP).
     pub(super) fn abandon_rollout(&mut self, why: &str, now: Instant) {
         let Some(rollout) = self.rollout.take() else {
@@ -247,6 +257,7 @@ impl Master {
     }
 
     fn stop_incoming(&mut self, now: Instant) {
+        self.drop_queued_incoming();
         for pid in self.pool.incoming_pids() {
             self.stop_worker(pid, false, now);
         }

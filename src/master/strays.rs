@@ -133,10 +133,17 @@ impl Master {
             }
             return;
         };
+        if self.preload.spawning() {
+            // A worker forked by a preloader may be our child before it is
+            // verified: look again once no spawn is in flight.
+            self.strays.look_again();
+            return;
+        }
         let quick = self.phase == (Phase::Stopping { quick: true });
         for pid in children {
             if self.pool.get(pid).is_some()
                 || self.role.new_master() == Some(pid)
+                || self.preload.owns(pid)
                 || self.strays.strays.contains_key(&pid)
                 || self.strays.abandoned.contains(&pid)
             {

@@ -90,6 +90,11 @@ impl Master {
         incoming: bool,
         now: Instant,
     ) -> Option<i32> {
+        if self.config.preload {
+            // Forked by the preloader; supervised once verified.
+            self.request_spawn(slot, incoming, now);
+            return None;
+        }
         let spawned = self
             .logs
             .worker_pipes()
@@ -117,25 +122,50 @@ impl Master {
                     _ => "",
                 };
                 let why = format!("{call}: {}{hint}", errno_reason(e));
-                log::error!(
-                    "worker={slot} event=spawn-failed error=\"{why}\"",
-                    why = crate::logging::esc(&why)
-                );
-                if incoming {
-                    self.fail_rollout(format!("worker={slot} {why}"), now);
-                } else {
-                    self.pool.count_spawn_failure(slot);
-                    self.schedule_respawn(slot, why, now);
-                }
+                self.on_spawn_failed(slot, incoming, why, now);
                 return None;
             }
         };
+        self.supervise_worker(slot, pid, incoming, self.generation, now);
+        Some(pid)
+    }
+
+    /// A worker could not be started: a replacement fails the rollout,
+    /// another is retried after its slot's backoff.
+    pub(super) fn on_spawn_failed(
+        &mut self,
+        slot: usize,
+        incoming: bool,
+        why: String,
+        now: Instant,
+    ) {
+        log::error!(
+            "worker={slot} event=spawn-failed error=\"{why}\"",
+            why = crate::logging::esc(&why)
+        );
+        if incoming {
+            self.fail_rollout(format!("worker={slot} {why}"), now);
+        } else {
+            self.pool.count_spawn_failure(slot);
+            self.schedule_respawn(slot, why, now);
+        }
+    }
+
+    /// Takes a started worker (forked here, or by a preloader and
+    /// verified) into the pool, with its ready deadline.
+    pub(super) fn supervise_worker(
+        &mut self,
+        slot: usize,
+        pid: i32,
+        incoming: bool,
+        generation: u32,
+        now: Instant,
+    ) {
         log::info!(
-            "worker={slot} pid={pid} event=spawn generation={}{}",
-            self.generation,
+            "worker={slot} pid={pid} event=spawn generation={generation}{}",
             if incoming { " role=replacement" } else { "" }
         );
-        let worker = Worker::new(slot, pid, now, self.config.ready_timeout, self.generation);
+        let worker = Worker::new(slot, pid, now, self.config.ready_timeout, generation);
         if let WorkerState::Booting { deadline } = worker.state {
             self.timers.add(deadline, Timer::ReadyTimeout(pid));
         }
@@ -145,7 +175,6 @@ impl Master {
             self.pool.set_ready_at(pid, at);
             self.timers.add(at, Timer::ReadyDelay(pid));
         }
-        Some(pid)
     }
 
     /// Sends the stop signal (or SIGINT when quick) and arms the kill deadline.
@@ -183,7 +212,8 @@ impl Master {
             let (pid, stage, errno) = sys::decode_error_record(&buf);
             let slot = self.pool.get(pid).map(|w| w.slot);
             let is_upgrade = self.role.new_master() == Some(pid);
-            if slot.is_none() && !is_upgrade {
+            let is_preloader = self.preload.owns(pid);
+            if slot.is_none() && !is_upgrade && !is_preloader {
                 continue;
             }
             let what = match stage {
@@ -214,6 +244,10 @@ impl Master {
             match slot {
                 Some(slot) => log::error!(
                     "worker={slot} {why} pid={pid} event=exec-failed",
+                    why = crate::logging::esc(&why)
+                ),
+                None if is_preloader => log::error!(
+                    "event=exec-failed role=preloader pid={pid} {why}",
                     why = crate::logging::esc(&why)
                 ),
                 None => log::error!(
@@ -344,6 +378,8 @@ impl Master {
                 self.on_new_master_exit(status, exec_failure, now);
             } else if self.pool.get(pid).is_some() {
                 self.on_worker_exit(pid, status, exec_failure, now);
+            } else if self.preload.owns(pid) {
+                self.on_preloader_exit(pid, status, exec_failure, now);
             } else {
                 // Never a worker: an orphan handed to us (we are a subreaper).
                 self.on_stray_exit(pid, status.fields());
@@ -426,7 +462,7 @@ impl Master {
     }
 
     /// Workers cannot boot: stop everything and exit non-zero with `reason`.
-    fn give_up(&mut self, reason: String, now: Instant) {
+    pub(super) fn give_up(&mut self, reason: String, now: Instant) {
         log::error!(
             "event=startup-failed attempts={} reason=\"{}\"",
             self.startup_failures,

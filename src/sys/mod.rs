@@ -9,6 +9,7 @@
 //! | `child`   | the child's steps between fork and exec                    |
 //! | `fd`      | close-on-exec sweeping; adopting fds named to us by number |
 //! | `process` | forking to daemonize; whether stdin is a terminal; subreaper, children |
+//! | `preload` | the preloader's inherited socket end; is a pid our own child |
 //! | `tcp`     | `TCP_INFO` of a socket (a listener's accept queue)          |
 //!
 //! Everything outside holds `OwnedFd`/`BorrowedFd`; raw fd numbers appear only
@@ -18,6 +19,7 @@
 
 mod child;
 pub mod fd;
+pub mod preload;
 pub mod process;
 mod signals;
 mod spawn;
