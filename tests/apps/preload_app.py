@@ -1,0 +1,106 @@
+"""A small HTTP app for forkmaster's preload tests (stdlib only).
+
+Loads forkmaster's preload helper from contrib/preload/python, records its
+boot (one line per load of this module) in $PRELOAD_APP_BOOTS, then serves
+`GET /` on the inherited listener (fd 3) with one line of key=value fields:
+its pid, slot, generation, the pid that loaded the module, and the token in
+$DEMO_TOKEN_FILE. It sends READY=1 to NOTIFY_SOCKET, stops after the request
+in hand on SIGTERM, and in exec mode (no FORKMASTER_PRELOAD_FD) runs as is.
+
+PRELOAD_APP_MODE: `garbage` sends malformed and unknown packets after its
+hello; `garbage-first` sends one before its hello.
+"""
+
+import os
+import signal
+import socket
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "contrib", "preload", "python"))
+
+import forkmaster_preload  # noqa: E402
+
+BOOT_PID = os.getpid()
+boots = os.environ.get("PRELOAD_APP_BOOTS")
+if boots:
+    with open(boots, "a") as f:
+        f.write("boot pid=%d\n" % BOOT_PID)
+
+mode = os.environ.get("PRELOAD_APP_MODE", "")
+if mode.startswith("garbage"):
+    real_hello = forkmaster_preload._hello
+
+    def noisy_hello(sock):
+        if mode == "garbage-first":
+            sock.send(b"this is not json")
+        real_hello(sock)
+        sock.send(b"this is not json")
+        sock.send(b'{"type": "bogus"}')
+        sock.send(b'{"type": "spawned", "id": 999999, "pid": 1}')
+
+    forkmaster_preload._hello = noisy_hello
+
+hooks_run = []
+forkmaster_preload.after_fork(lambda: hooks_run.append("after_fork"))
+
+forkmaster_preload.serve()
+
+stopping = False
+busy = False
+
+
+def on_term(signum, frame):
+    global stopping
+    stopping = True
+    if not busy:
+        raise SystemExit(0)
+
+
+signal.signal(signal.SIGTERM, on_term)
+listener = socket.socket(fileno=3)
+notify = os.environ.get("NOTIFY_SOCKET")
+if notify:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(b"READY=1", notify)
+    s.close()
+
+
+def answer(conn):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+    token = ""
+    token_file = os.environ.get("DEMO_TOKEN_FILE")
+    if token_file:
+        try:
+            with open(token_file) as f:
+                token = f.read().strip()
+        except OSError:
+            pass
+    body = "pid=%d worker=%s generation=%s boot_pid=%d token=%s hooks=%s\n" % (
+        os.getpid(),
+        os.environ.get("FORKMASTER_WORKER", "-"),
+        os.environ.get("FORKMASTER_GENERATION", "-"),
+        BOOT_PID,
+        token,
+        ",".join(hooks_run) or "-",
+    )
+    head = "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    conn.sendall(head.encode() + body.encode())
+
+
+while not stopping:
+    conn, _ = listener.accept()
+    busy = True
+    try:
+        answer(conn)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+        busy = False
+sys.exit(0)
