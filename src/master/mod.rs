@@ -378,9 +378,11 @@ impl Master {
                 self.on_signal(signal, now);
             }
             self.read_exec_errors();
+            // Before notifications: a forked worker's `READY=1` is believed
+            // only once it is verified.
+            self.serve_preload(now);
             self.read_notifications(now);
             self.reap_children(now);
-            self.serve_preload(now);
             self.find_strays(now);
             self.fire_timers(now);
             if self.phase == Phase::Running && self.dirty {

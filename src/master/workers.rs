@@ -279,6 +279,10 @@ impl Master {
                 self.on_new_master_message(datagram.message);
                 continue;
             }
+            if self.pool.get(pid).is_none() && self.preload.spawning() {
+                // Perhaps a forked worker whose `spawned` came in since.
+                self.serve_preload(now);
+            }
             let Some(worker) = self.pool.get(pid) else {
                 if let Some(suppressed) = self.notify_log_budget.take(now) {
                     log::warn!(

@@ -47,18 +47,18 @@ forkmaster_preload.after_fork(lambda: hooks_run.append("after_fork"))
 forkmaster_preload.serve()
 
 stopping = False
-busy = False
 
 
 def on_term(signum, frame):
     global stopping
     stopping = True
-    if not busy:
-        raise SystemExit(0)
 
 
 signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGINT, on_term)
 listener = socket.socket(fileno=3)
+# Woken now and then to see a stop asked for; the request in hand is answered.
+listener.settimeout(0.2)
 notify = os.environ.get("NOTIFY_SOCKET")
 if notify:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -94,13 +94,15 @@ def answer(conn):
 
 
 while not stopping:
-    conn, _ = listener.accept()
-    busy = True
+    try:
+        conn, _ = listener.accept()
+    except socket.timeout:
+        continue
+    conn.settimeout(10)
     try:
         answer(conn)
     except OSError:
         pass
     finally:
         conn.close()
-        busy = False
 sys.exit(0)
