@@ -81,13 +81,20 @@ def answer(conn):
                 token = f.read().strip()
         except OSError:
             pass
-    body = "pid=%d worker=%s generation=%s boot_pid=%d token=%s hooks=%s\n" % (
-        os.getpid(),
-        os.environ.get("FORKMASTER_WORKER", "-"),
-        os.environ.get("FORKMASTER_GENERATION", "-"),
-        BOOT_PID,
-        token,
-        ",".join(hooks_run) or "-",
+    env = os.environ
+    body = (
+        "pid=%d worker=%s generation=%s boot_pid=%d token=%s hooks=%s listen_pid=%s preload_fd=%s notify=%s\n"
+        % (
+            os.getpid(),
+            env.get("FORKMASTER_WORKER", "-"),
+            env.get("FORKMASTER_GENERATION", "-"),
+            BOOT_PID,
+            token,
+            ",".join(hooks_run) or "-",
+            env.get("LISTEN_PID", "-"),
+            env.get("FORKMASTER_PRELOAD_FD", "-"),
+            "yes" if env.get("NOTIFY_SOCKET") else "no",
+        )
     )
     head = "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
     conn.sendall(head.encode() + body.encode())

@@ -1,0 +1,254 @@
+//! `--preload`: the app loads once per generation in the preloader, which
+//! forks the workers (docs/PRELOAD.md), with the Python helper from
+//! contrib/preload/python and a small stdlib HTTP app (tests/apps).
+
+use crate::source::assert_no_event;
+use crate::support::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::PathBuf;
+
+fn app_script() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/apps/preload_app.py")
+        .display()
+        .to_string()
+}
+
+/// The Python app behind a Unix socket, `preload` on or off, its boots
+/// recorded in `boots` (one line per load of the app).
+fn python_app(workers: usize, preload: bool, mode: &str) -> App {
+    let app = App::new(workers, "");
+    let boots = app.dir.join("boots");
+    let extra = format!(
+        "command: ['python3', '{}']\npreload: {preload}\n{}",
+        app_script(),
+        app.env_line(&[
+            ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
+            ("PRELOAD_APP_MODE", mode),
+        ])
+    );
+    app.write_config(workers, &extra);
+    app
+}
+
+fn boots(app: &App) -> Vec<i32> {
+    std::fs::read_to_string(app.dir.join("boots"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("boot pid=")?.parse().ok())
+        .collect()
+}
+
+/// The serving preloader in a status: (pid, generation, spawns).
+fn preloader(status: &serde_json::Value) -> Option<(i32, u64, u64)> {
+    status["preloaders"]
+        .as_array()?
+        .iter()
+        .find(|p| p["state"] == "serving")
+        .map(|p| {
+            (
+                p["pid"].as_i64().unwrap() as i32,
+                p["generation"].as_u64().unwrap(),
+                p["spawns"].as_u64().unwrap(),
+            )
+        })
+}
+
+fn exe(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+/// Every answer comes from a worker forked from `preloader`.
+fn assert_forked_from(app: &App, master: i32, preloader: i32) {
+    let status = app.status();
+    for (_, pid) in App::worker_pids(&status) {
+        let pid = pid as i32;
+        let (_, ppid, pgid) = proc_stat(pid).expect("worker runs");
+        assert_eq!(ppid, master, "worker {pid} is the master's child");
+        assert_eq!(pgid, pid, "worker {pid} leads its own group");
+        assert_eq!(exe(pid), exe(preloader), "worker {pid} runs the app");
+    }
+    // Its environment as the app sees it (/proc shows the preloader's).
+    for _ in 0..4 {
+        let fields = get(&app.target, "/").expect("GET /").fields();
+        assert_eq!(fields["boot_pid"], preloader.to_string(), "{fields:?}");
+        assert_eq!(fields["hooks"], "after_fork", "{fields:?}");
+        assert_eq!(fields["listen_pid"], fields["pid"], "{fields:?}");
+        assert_eq!(fields["preload_fd"], "-", "{fields:?}");
+        assert_eq!(fields["notify"], "yes", "{fields:?}");
+        assert_ne!(fields["worker"], "-", "{fields:?}");
+    }
+}
+
+#[test]
+fn workers_are_forked_from_one_boot_of_the_app() {
+    let app = python_app(2, true, "");
+    let master = app.start();
+    let status = app.status();
+    let (preloader_pid, generation, spawns) = preloader(&status).expect("a serving preloader");
+    assert_eq!((generation, spawns), (1, 2), "{status:#}");
+    // Loaded once, by the preloader; no worker booted the app again.
+    assert_eq!(boots(&app), [preloader_pid]);
+    assert_eq!(proc_stat(preloader_pid).unwrap().1, master.pid());
+    assert_forked_from(&app, master.pid(), preloader_pid);
+    let preloader_env = proc_environ(preloader_pid);
+    assert!(preloader_env.contains_key("FORKMASTER_PRELOAD_FD"));
+    assert!(!preloader_env.contains_key("FORKMASTER_WORKER"));
+    assert!(!preloader_env.contains_key("NOTIFY_SOCKET"));
+    assert_eq!(preloader_env["LISTEN_PID"], preloader_pid.to_string());
+    let (code, text, err) = client(&["status", "-p", app.pid_file.to_str().unwrap()], secs(10));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains(&format!(
+            "preloader: pid={preloader_pid} generation=1 state=serving"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("spawns=2"), "{text}");
+}
+
+#[test]
+fn exec_mode_is_unchanged_for_the_same_app() {
+    let app = python_app(2, false, "");
+    let master = app.start();
+    let status = app.status();
+    assert!(preloader(&status).is_none(), "{status:#}");
+    // Each worker loaded the app itself.
+    let mut booted = boots(&app);
+    booted.sort_unstable();
+    let mut workers: Vec<i32> = App::worker_pids(&status)
+        .into_iter()
+        .map(|(_, p)| p as i32)
+        .collect();
+    workers.sort_unstable();
+    assert_eq!(booted, workers);
+    let fields = get(&app.target, "/").expect("GET /").fields();
+    assert_eq!(fields["boot_pid"], fields["pid"], "{fields:?}");
+    assert_no_event(&master.log(), "preloader-ready");
+}
+
+#[test]
+fn a_crashed_worker_is_forked_again_from_the_preloader() {
+    let app = python_app(2, true, "");
+    let master = app.start();
+    let (preloader_pid, _, _) = preloader(&app.status()).unwrap();
+    let (_, victim) = App::worker_pids(&app.status())[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let status = app.wait_status("the crashed worker replaced", secs(20), |s| {
+        let pids = App::worker_pids(s);
+        pids.len() == 2
+            && pids.iter().all(|(_, p)| *p != victim)
+            && s["ready"] == 2
+            && preloader(s).is_some_and(|(_, _, spawns)| spawns == 3)
+    });
+    assert_eq!(preloader(&status).unwrap().0, preloader_pid);
+    assert_eq!(boots(&app), [preloader_pid]);
+    assert_forked_from(&app, master.pid(), preloader_pid);
+}
+
+#[test]
+fn a_crashed_preloader_is_restarted_while_the_workers_serve() {
+    let app = python_app(2, true, "");
+    let master = app.start();
+    let status = app.status();
+    let (first, _, _) = preloader(&status).unwrap();
+    let workers = App::worker_pids(&status);
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(10);
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    let status = app.wait_status("a new preloader", secs(20), |s| {
+        preloader(s).is_some_and(|(pid, _, _)| pid != first)
+    });
+    let (second, _, _) = preloader(&status).unwrap();
+    assert_eq!(App::worker_pids(&status), workers, "workers kept serving");
+    load.wait_answers(10);
+    load.finish_without_failures();
+    master.wait_log("event=exit role=preloader", secs(5));
+    assert_eq!(boots(&app), [first, second]);
+    // Workers now come from the new one.
+    let (_, victim) = workers[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    app.wait_status("the worker forked from the new preloader", secs(20), |s| {
+        s["ready"] == 2 && App::worker_pids(s).iter().all(|(_, p)| *p != victim)
+    });
+    let fields: Vec<String> = (0..6)
+        .map(|_| get(&app.target, "/").unwrap().fields()["boot_pid"].clone())
+        .collect();
+    assert!(fields.contains(&second.to_string()), "{fields:?}");
+}
+
+#[test]
+fn upgrades_and_reloads_fork_from_a_new_preloader_and_fail_no_request() {
+    let app = python_app(2, true, "");
+    let master = app.start();
+    let (first, _, _) = preloader(&app.status()).unwrap();
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(10);
+
+    app.set_token("upgraded");
+    let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(120));
+    assert_eq!(code, 0, "upgrade: {out}{err}\n{}", master.log());
+    let new_master = app.master_pid();
+    let status = app.status();
+    let (second, _, _) = preloader(&status).expect("the new master's preloader");
+    assert_ne!(second, first);
+    assert_forked_from(&app, new_master, second);
+    wait_for("the old preloader to go", secs(20), || {
+        (!is_running(first)).then_some(())
+    });
+
+    app.set_token("reloaded");
+    let (code, out, err) = client(&["reload", "-c", app.cfg(), "--wait"], secs(120));
+    assert_eq!(code, 0, "reload: {out}{err}");
+    let status = app.wait_status("only the reloaded generation", secs(20), |s| {
+        s["preloaders"].as_array().is_some_and(|p| p.len() == 1)
+            && s["workers"].as_array().unwrap().len() == 2
+    });
+    let (third, generation, _) = preloader(&status).unwrap();
+    assert_ne!(third, second);
+    assert_eq!(generation, 3, "{status:#}");
+    wait_for("the replaced preloader to go", secs(20), || {
+        (!is_running(second)).then_some(())
+    });
+    assert_forked_from(&app, new_master, third);
+    load.wait_answers(10);
+    load.finish_without_failures();
+    assert_eq!(boots(&app), [first, second, third]);
+}
+
+#[test]
+fn an_app_that_ignores_the_preload_fd_fails_with_a_clear_message() {
+    let dir = TempDir::new();
+    let out = Fixture::new(&dir)
+        .unix("app.sock")
+        .arg("--preload")
+        .command(&["true"])
+        .run(secs(60));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the app did not answer on FORKMASTER_PRELOAD_FD: does it load forkmaster's preload helper?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn garbage_from_a_serving_preloader_is_logged_and_ignored() {
+    let app = python_app(2, true, "garbage");
+    let master = app.start();
+    let log = master.wait_log_count("event=preload_message_ignored", 3, secs(10));
+    assert!(log.contains("not a JSON object"), "{log}");
+    assert!(log.contains("unknown type"), "{log}");
+    let (preloader_pid, _, _) = preloader(&app.status()).unwrap();
+    assert_forked_from(&app, master.pid(), preloader_pid);
+}
+
+#[test]
+fn garbage_before_hello_fails_the_start() {
+    let app = python_app(1, true, "garbage-first");
+    let out = app.fixture().run(secs(60));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("its first message is not a hello"), "{err}");
+}
