@@ -63,6 +63,8 @@ pub struct SpawnRequest<'a> {
 /// The master's end.
 pub struct PreloadSocket {
     fd: OwnedFd,
+    /// Room for one packet and one byte more (to see an oversize one).
+    buf: Vec<u8>,
 }
 
 /// Makes the socketpair: the master's end (non-blocking) and the
@@ -78,7 +80,13 @@ pub fn pair() -> Result<(PreloadSocket, OwnedFd), Errno> {
         &ours,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )?;
-    Ok((PreloadSocket { fd: ours }, theirs))
+    Ok((
+        PreloadSocket {
+            fd: ours,
+            buf: vec![0u8; PRELOAD_MAX_PACKET + 1],
+        },
+        theirs,
+    ))
 }
 
 impl PreloadSocket {
@@ -87,12 +95,12 @@ impl PreloadSocket {
     }
 
     /// The next packet, or `None` when nothing is pending.
-    pub fn receive(&self) -> Option<Received> {
-        let mut buf = vec![0u8; PRELOAD_MAX_PACKET + 1];
+    pub fn receive(&mut self) -> Option<Received> {
+        let buf = &mut self.buf;
         loop {
             // MSG_TRUNC: the packet's real length even when longer than
             // the buffer (SOCK_SEQPACKET, Linux 3.4 and later).
-            return match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
+            return match recv(self.fd.as_raw_fd(), buf, MsgFlags::MSG_TRUNC) {
                 Ok(0) => Some(Received::Closed),
                 Ok(n) if n > PRELOAD_MAX_PACKET => Some(Received::Oversize(n)),
                 Ok(n) => Some(Received::Packet(decode(&buf[..n]))),
@@ -235,7 +243,7 @@ mod tests {
 
     #[test]
     fn spawn_carries_its_fds_and_an_oversize_packet_is_seen() {
-        let (ours, theirs) = pair().unwrap();
+        let (mut ours, theirs) = pair().unwrap();
         let env = BTreeMap::from([("FORKMASTER_WORKER".to_string(), "2".to_string())]);
         let request = SpawnRequest {
             id: 7,

@@ -241,8 +241,8 @@ impl Master {
 
     fn read_preload_messages(&mut self, now: Instant) {
         let mut received = Vec::new();
-        for p in &self.preload.list {
-            if let Some(socket) = &p.socket {
+        for p in &mut self.preload.list {
+            if let Some(socket) = &mut p.socket {
                 while let Some(r) = socket.receive() {
                     let closed = matches!(r, Received::Closed | Received::Oversize(_));
                     received.push((p.pid, r));
@@ -454,6 +454,11 @@ impl Master {
         self.on_spawn_failed(request.slot, request.incoming, why.clone(), now);
         if let Some(pid) = tripped {
             let why = format!("{CIRCUIT_BREAKER} spawns in a row failed, the last: {why}");
+            if !self.serving {
+                // Before any worker served, more attempts only delay the
+                // verdict: the generation cannot start.
+                self.startup_failures = self.startup_failures.max(plan::STARTUP_ATTEMPTS - 1);
+            }
             self.fail_preloader(pid, why, now);
         }
     }
@@ -669,8 +674,14 @@ impl Master {
                 Err(why) => failed.push((i, format!("preloader pid={}: {why}", p.pid))),
             }
         }
-        for (i, why) in failed.into_iter().rev() {
-            let request = self.preload.requests.remove(i);
+        // Out of the list before acting: a failure may end a rollout, which
+        // edits the list.
+        let failed: Vec<(Request, String)> = failed
+            .into_iter()
+            .rev()
+            .map(|(i, why)| (self.preload.requests.remove(i), why))
+            .collect();
+        for (request, why) in failed {
             self.on_spawn_failed(request.slot, request.incoming, why, now);
         }
     }

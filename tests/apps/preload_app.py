@@ -8,7 +8,8 @@ $DEMO_TOKEN_FILE. It sends READY=1 to NOTIFY_SOCKET, stops after the request
 in hand on SIGTERM, and in exec mode (no FORKMASTER_PRELOAD_FD) runs as is.
 
 PRELOAD_APP_MODE: `garbage` sends malformed and unknown packets after its
-hello; `garbage-first` sends one before its hello.
+hello; `garbage-first` sends one before its hello; `refuse` answers every
+spawn with spawn_failed; `liar` answers with a pid that is not a new worker.
 """
 
 import os
@@ -40,6 +41,21 @@ if mode.startswith("garbage"):
         sock.send(b'{"type": "spawned", "id": 999999, "pid": 1}')
 
     forkmaster_preload._hello = noisy_hello
+
+if mode in ("refuse", "liar"):
+
+    def bad_spawn(sock, message, fds):
+        for fd in fds:
+            os.close(fd)
+        if mode == "refuse":
+            reply = {"type": "spawn_failed", "id": message["id"], "message": "refused by the test"}
+        else:
+            # The master itself: never the master's own child.
+            reply = {"type": "spawned", "id": message["id"], "pid": os.getppid()}
+        forkmaster_preload._send(sock, reply)
+        return False
+
+    forkmaster_preload._spawn = bad_spawn
 
 hooks_run = []
 forkmaster_preload.after_fork(lambda: hooks_run.append("after_fork"))

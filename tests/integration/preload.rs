@@ -252,3 +252,33 @@ fn garbage_before_hello_fails_the_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("its first message is not a hello"), "{err}");
 }
+
+#[test]
+fn a_preloader_whose_spawns_all_fail_trips_the_circuit_breaker() {
+    let app = python_app(1, true, "refuse");
+    let out = app.fixture().run(secs(60));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("5 spawns in a row failed"), "{err}");
+    assert!(err.contains("refused by the test"), "{err}");
+    assert!(err.contains("event=startup-failed"), "{err}");
+}
+
+#[test]
+fn a_pid_that_never_becomes_the_masters_child_is_never_believed() {
+    let app = python_app(1, true, "liar");
+    let out = app
+        .fixture()
+        .arg("--spawn-timeout")
+        .arg("200ms")
+        .run(secs(60));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("which did not become our child within 200ms"),
+        "{err}"
+    );
+    assert!(err.contains("5 spawns in a row failed"), "{err}");
+    // The master was named, and never taken for a worker.
+    assert_no_event(&err, "ready");
+}
