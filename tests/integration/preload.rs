@@ -282,3 +282,56 @@ fn a_pid_that_never_becomes_the_masters_child_is_never_believed() {
     // The master was named, and never taken for a worker.
     assert_no_event(&err, "ready");
 }
+
+/// The app's config again, in `mode`.
+fn rewrite(app: &App, workers: usize, mode: &str) {
+    let boots = app.dir.join("boots");
+    let extra = format!(
+        "command: ['python3', '{}']\npreload: true\n{}",
+        app_script(),
+        app.env_line(&[
+            ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
+            ("PRELOAD_APP_MODE", mode),
+        ])
+    );
+    app.write_config(workers, &extra);
+}
+
+#[test]
+fn a_reload_whose_preloader_fails_goes_back_to_the_serving_one() {
+    let app = python_app(2, true, "");
+    let master = app.start();
+    let status = app.status();
+    let (first, _, _) = preloader(&status).unwrap();
+    let workers = App::worker_pids(&status);
+    rewrite(&app, 2, "garbage-first");
+    let (code, out, err) = client(&["reload", "-c", app.cfg(), "--wait"], secs(60));
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("its first message is not a hello"),
+        "{out}{err}"
+    );
+    let status = app.wait_status("only the first preloader", secs(20), |s| {
+        s["preloaders"].as_array().is_some_and(|p| p.len() == 1)
+    });
+    assert_eq!(preloader(&status).unwrap().0, first);
+    assert_eq!(App::worker_pids(&status), workers);
+    assert_forked_from(&app, master.pid(), first);
+}
+
+#[test]
+fn an_upgrade_whose_preloader_fails_leaves_the_old_master_serving() {
+    let app = python_app(1, true, "");
+    let master = app.start();
+    let (first, _, _) = preloader(&app.status()).unwrap();
+    rewrite(&app, 1, "garbage-first");
+    let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(60));
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("its first message is not a hello"),
+        "{out}{err}"
+    );
+    assert_eq!(app.master_pid(), master.pid());
+    assert_eq!(preloader(&app.status()).unwrap().0, first);
+    assert_forked_from(&app, master.pid(), first);
+}
