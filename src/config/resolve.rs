@@ -94,6 +94,9 @@ pub fn check_whole(config: &Config) -> Result<(), ConfigError> {
     if config.ready_timeout.is_zero() {
         return invalid("ready_timeout: must be more than 0");
     }
+    if config.preload && config.spawn_timeout.is_zero() {
+        return invalid("spawn_timeout: must be more than 0");
+    }
     if config.timeout.is_some() && config.ready != ReadyMode::Notify {
         return invalid("timeout: the watchdog needs `ready: notify` (workers send WATCHDOG=1 to NOTIFY_SOCKET)");
     }

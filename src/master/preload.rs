@@ -490,6 +490,7 @@ impl Master {
             self.fail_request(request, why, now);
         }
         let mut silent = Vec::new();
+        let mut closed = Vec::new();
         for p in &mut self.preload.list {
             match p.state {
                 State::Booting { deadline } if deadline <= now => silent.push(p.pid),
@@ -510,23 +511,22 @@ impl Master {
                 _ if p.closed_at.is_some_and(|at| at + CLOSED_GRACE <= now)
                     && !matches!(p.state, State::Stopping { .. }) =>
                 {
-                    silent.push(p.pid)
+                    closed.push(p.pid)
                 }
                 _ => {}
             }
         }
         let ready_timeout = Human(self.config.ready_timeout);
         for pid in silent {
-            let Some(p) = self.preload.get_mut(pid) else {
-                continue;
+            let heard = self.preload.get_mut(pid).is_some_and(|p| p.heard);
+            let why = match heard {
+                false => format!("no hello within {ready_timeout}: {PRELOAD_NOT_ANSWERED}"),
+                true => format!("no hello within {ready_timeout}"),
             };
-            let why = match (p.state, p.heard) {
-                (State::Booting { .. }, false) => {
-                    format!("no hello within {ready_timeout}: {PRELOAD_NOT_ANSWERED}")
-                }
-                (State::Booting { .. }, true) => format!("no hello within {ready_timeout}"),
-                _ => "closed its end of FORKMASTER_PRELOAD_FD".to_string(),
-            };
+            self.fail_preloader(pid, why, now);
+        }
+        for pid in closed {
+            let why = "closed its end of FORKMASTER_PRELOAD_FD and kept running".to_string();
             self.fail_preloader(pid, why, now);
         }
     }
@@ -775,12 +775,13 @@ impl Master {
             return;
         }
         let booting = matches!(p.state, State::Booting { .. });
-        let mut why = match exec_failure {
-            Some(exec) => exec,
+        let mut why = match &exec_failure {
+            Some(exec) => exec.clone(),
             None if booting => format!("{status} before hello"),
             None => format!("{status} while serving"),
         };
-        if !p.heard {
+        // An app that ran and never spoke: most likely no helper at all.
+        if !p.heard && exec_failure.is_none() {
             why = format!("{why}: {PRELOAD_NOT_ANSWERED}");
         }
         if let Some(lines) = stderr.filter(|_| booting) {

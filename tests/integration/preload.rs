@@ -335,3 +335,20 @@ fn an_upgrade_whose_preloader_fails_leaves_the_old_master_serving() {
     assert_eq!(preloader(&app.status()).unwrap().0, first);
     assert_forked_from(&app, master.pid(), first);
 }
+
+#[test]
+fn an_app_that_never_says_hello_fails_after_the_ready_timeout() {
+    let dir = TempDir::new();
+    let out = Fixture::new(&dir)
+        .unix("app.sock")
+        .args(&["--preload", "--ready-timeout", "300ms"])
+        .command(&["sleep", "60"])
+        .run(secs(60));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no hello within 300ms: the app did not answer on FORKMASTER_PRELOAD_FD"),
+        "{err}"
+    );
+    assert!(err.contains("event=startup-failed attempts=3"), "{err}");
+}
