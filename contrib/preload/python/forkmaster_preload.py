@@ -71,9 +71,12 @@ def serve():
             message = json.loads(data)
         except ValueError:
             message = None
-        if not isinstance(message, dict) or message.get("type") != "spawn" or len(fds) != 2:
+        if not isinstance(message, dict) or message.get("type") != "spawn":
             for extra in fds:
                 os.close(extra)
+            continue
+        if len(fds) != 2:
+            _failed(sock, message.get("id"), "expected 2 fds with spawn, got %d" % len(fds), fds)
             continue
         if _spawn(sock, message, fds):
             return
@@ -135,7 +138,7 @@ def _spawn(sock, message, fds):
         _become_worker(sock, message, fds)
     except BaseException as e:
         try:
-            os.write(fds[1], ("forkmaster_preload: worker setup failed: %r\n" % (e,)).encode())
+            os.write(2, ("forkmaster_preload: worker setup failed: %r\n" % (e,)).encode())
         except OSError:
             pass
         os._exit(1)
