@@ -156,18 +156,21 @@ impl Preloaders {
                 } => Some(kill_at),
                 _ => None,
             };
-            [state, p.closed_at.map(|at| at + CLOSED_GRACE)]
+            let closed = match p.state {
+                State::Stopping { .. } => None,
+                _ => p.closed_at.map(|at| at + CLOSED_GRACE),
+            };
+            [state, closed]
         });
         let requests = self.requests.iter().map(|r| match r.stage {
             Stage::Queued => None,
             Stage::Sent { deadline, .. } => Some(deadline),
             Stage::Verifying { deadline, .. } => Some(deadline.min(now + VERIFY_EVERY)),
         });
-        preloaders
-            .chain(requests)
-            .chain([self.retry_at])
-            .flatten()
-            .min()
+        // A backoff that ended is acted on when a preloader may start; it
+        // wakes no one again (a stopping master starts none).
+        let retry = self.retry_at.filter(|at| *at > now);
+        preloaders.chain(requests).chain([retry]).flatten().min()
     }
 
     fn get_mut(&mut self, pid: i32) -> Option<&mut Preloader> {
@@ -862,4 +865,23 @@ fn kill_preloader(pid: i32) {
     let pid = Pid::from_raw(pid);
     let _ = killpg(pid, NixSignal::SIGKILL);
     let _ = kill(pid, NixSignal::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backoff_that_ended_wakes_no_one() {
+        let now = Instant::now();
+        let mut preloaders = Preloaders {
+            retry_at: Some(now),
+            ..Preloaders::default()
+        };
+        assert_eq!(preloaders.next_deadline(now), None);
+        let later = now + Duration::from_secs(1);
+        preloaders.retry_at = Some(later);
+        assert_eq!(preloaders.next_deadline(now), Some(later));
+        assert!(!preloaders.spawning() && preloaders.is_empty());
+    }
 }
