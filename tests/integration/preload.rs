@@ -169,13 +169,16 @@ fn a_crashed_preloader_is_restarted_while_the_workers_serve() {
     // Workers now come from the new one.
     let (_, victim) = workers[0];
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
-    app.wait_status("the worker forked from the new preloader", secs(20), |s| {
+    let status = app.wait_status("the worker forked from the new preloader", secs(20), |s| {
         s["ready"] == 2 && App::worker_pids(s).iter().all(|(_, p)| *p != victim)
     });
-    let fields: Vec<String> = (0..6)
-        .map(|_| get(&app.target, "/").unwrap().fields()["boot_pid"].clone())
-        .collect();
-    assert!(fields.contains(&second.to_string()), "{fields:?}");
+    assert_eq!(preloader(&status), Some((second, 1, 1)), "{status:#}");
+    let replacement = App::worker_pids(&status)
+        .into_iter()
+        .find(|(slot, _)| *slot == workers[0].0)
+        .unwrap()
+        .1 as i32;
+    assert_eq!(proc_stat(replacement).unwrap().1, master.pid());
 }
 
 #[test]
