@@ -9,7 +9,9 @@ in hand on SIGTERM, and in exec mode (no FORKMASTER_PRELOAD_FD) runs as is.
 
 PRELOAD_APP_MODE: `garbage` sends malformed and unknown packets after its
 hello; `garbage-first` sends one before its hello; `refuse` answers every
-spawn with spawn_failed; `liar` answers with a pid that is not a new worker.
+spawn with spawn_failed; `liar` answers with a pid that is not a new worker;
+`oversize` sends a packet over 64 KiB after its hello; `version2` says hello
+in protocol version 2.
 """
 
 import os
@@ -29,6 +31,16 @@ if boots:
         f.write("boot pid=%d\n" % BOOT_PID)
 
 mode = os.environ.get("PRELOAD_APP_MODE", "")
+if mode == "oversize":
+    real_hello = forkmaster_preload._hello
+
+    def oversize_hello(sock):
+        real_hello(sock)
+        sock.send(b" " * 70000)
+
+    forkmaster_preload._hello = oversize_hello
+if mode == "version2":
+    forkmaster_preload.PROTOCOL_VERSION = 2
 if mode.startswith("garbage"):
     real_hello = forkmaster_preload._hello
 

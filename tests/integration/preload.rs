@@ -355,3 +355,27 @@ fn an_app_that_never_says_hello_fails_after_the_ready_timeout() {
     );
     assert!(err.contains("event=startup-failed attempts=3"), "{err}");
 }
+
+#[test]
+fn an_oversize_packet_fails_the_generation() {
+    let app = python_app(1, true, "oversize");
+    let out = app.fixture().run(secs(60));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sent a packet of 70000 bytes, over the 65536-byte limit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_hello_in_another_protocol_version_names_both() {
+    let app = python_app(1, true, "version2");
+    let out = app.fixture().run(secs(60));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("speaks preload protocol version 2; this master speaks version 1"),
+        "{err}"
+    );
+}
