@@ -5,6 +5,11 @@
 //! A master started by an upgrade (USR2) inherits its listeners and runs
 //! where its old master put it; if it fails before its loop runs, it tells
 //! the old master why, for `forkmaster upgrade --wait`.
+//!
+//! A master re-executed by an in-place upgrade (same pid) takes its old
+//! image's handover first (`inplace`), before anything else may open an
+//! fd; if its new configuration fails to load, it runs on with the old one
+//! rather than leave the old workers without a master.
 
 use crate::cli::MasterFlags;
 use crate::config::{self, Config, ConfigError};
@@ -16,7 +21,7 @@ use crate::ipc::rundir::{self, RunDir};
 use crate::ipc::{notify, systemd};
 use crate::launch::Launch;
 use crate::listen::{Address, ListenSpec};
-use crate::master::Master;
+use crate::master::{Master, Resume};
 use crate::sockets::Listener;
 use crate::{daemon, logging, pidfile, protocol, sys};
 use nix::sys::stat::Mode;
@@ -30,14 +35,37 @@ use std::path::Path;
 /// launching process of `--daemonize` and an old master waiting on this
 /// upgrade have been told already.
 pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
-    let config = config::load(flags, command)
+    let handover = (!flags.check).then(crate::inplace::take_from_env).flatten();
+    let loaded = config::load(flags, command)
         .map_err(Error::Config)
-        .and_then(keeps_the_pid_file)
-        .inspect_err(report_to_old_master)?;
+        .and_then(keeps_the_pid_file);
+    let (config, resume, handover_error) = match (loaded, handover) {
+        (Ok(config), Some(Ok(handover))) => (
+            config,
+            Some(Resume {
+                handover,
+                config_failure: None,
+            }),
+            None,
+        ),
+        // In place, the old workers are ours: run on with their config.
+        (Err(e), Some(Ok(handover))) => {
+            let old = config::load_text(flags, command, handover.state.config_text.clone())
+                .map_err(Error::Config)?;
+            let resume = Resume {
+                handover,
+                config_failure: Some(e.to_string()),
+            };
+            (old, Some(resume), None)
+        }
+        (loaded, Some(Err(why))) => (loaded?, None, Some(why)),
+        (loaded, None) => (loaded.inspect_err(report_to_old_master)?, None, None),
+    };
     if flags.check {
         return check(&config);
     }
-    let upgrading = std::env::var_os(protocol::UPGRADE_FROM).is_some();
+    let upgrading =
+        std::env::var_os(protocol::UPGRADE_FROM).is_some() || crate::inplace::is_inplace();
     if config.daemonize && config.stderr_path.is_none() && !upgrading {
         eprintln!(
             "forkmaster: warning: --daemonize without --stderr-path: the log goes to /dev/null"
@@ -50,8 +78,14 @@ pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
     // A copy to report a failure with, once the master owns the original.
     let failure_report = report.as_ref().and_then(|r| r.try_clone().ok());
     logging::init(config.log_level.as_deref());
+    if let Some(why) = handover_error {
+        log::error!(
+            "event=inplace-handover-lost error=\"{}\"",
+            logging::esc(&why)
+        );
+    }
     let launch = Launch::capture(flags, command);
-    serve(launch, config, report).inspect_err(|e| {
+    serve(launch, config, report, resume).inspect_err(|e| {
         if let Some(report) = failure_report {
             let _ = nix::unistd::write(&report, format!("{e}\n").as_bytes());
         }
@@ -145,7 +179,12 @@ fn check_paths(config: &Config) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<()> {
+fn serve(
+    launch: Launch,
+    mut config: Config,
+    report: Option<OwnedFd>,
+    resume: Option<Resume>,
+) -> Result<()> {
     if let Some(mask) = config.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
@@ -155,7 +194,8 @@ fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<
         &launch.env,
         config.pid_file.as_deref(),
     );
-    if let Some(path) = &config.pid_file {
+    // In place, the pid file names us already.
+    if let Some(path) = config.pid_file.as_ref().filter(|_| resume.is_none()) {
         let search = Search {
             bases: vec![base.clone()],
             uids: vec![nix::unistd::geteuid().as_raw()],
@@ -191,7 +231,17 @@ fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<
         },
         _ => Error::Config(ConfigError::Invalid(why)),
     })?;
-    let master = Master::new(launch, config, listeners, logs, report, rundir)?;
+    let in_place = resume.is_some();
+    let master = Master::new(launch, config, listeners, logs, report, rundir, resume)?;
+    if in_place {
+        // Handlers are installed: signals that came during the exec are
+        // delivered now (the old image blocked them).
+        let signals: Vec<_> = crate::ipc::signals::Signal::ALL
+            .iter()
+            .filter_map(|s| nix::sys::signal::Signal::try_from(s.number()).ok())
+            .collect();
+        sys::reexec::unblock_signals(&signals);
+    }
     if let Some(path) = &pid_file {
         pidfile::write_pid(path, std::process::id() as i32)?;
     }

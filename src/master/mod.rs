@@ -12,6 +12,7 @@
 //! this master's part in it as an `UpgradeRole`; `usage` reads the memory
 //! and CPU figures `status` shows.
 
+mod inplace;
 mod pool;
 mod reload;
 mod strays;
@@ -47,6 +48,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+pub use inplace::{Resume, UpgradeMode};
 use pool::Pool;
 pub use reload::Rollout;
 use strays::Strays;
@@ -245,7 +247,9 @@ pub struct Master {
 impl Master {
     /// Takes over bound listeners; installs signal handling, the notify and
     /// control sockets (in `rundir`, the notify socket given to the workers'
-    /// user when they run as another one).
+    /// user when they run as another one). `resume`: what the old image of
+    /// an in-place upgrade handed over (the notify socket, the exec-error
+    /// pipe, the workers).
     pub fn new(
         launch: Launch,
         config: Config,
@@ -253,6 +257,7 @@ impl Master {
         logs: LogFiles,
         ready_report: Option<OwnedFd>,
         rundir: RunDir,
+        mut resume: Option<Resume>,
     ) -> Result<Master> {
         let io_err = |call| {
             move |e: std::io::Error| Error::Sys {
@@ -263,8 +268,16 @@ impl Master {
         let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
         let pid = std::process::id() as i32;
         let invalid = |why| Error::Config(ConfigError::Invalid(why));
-        rundir.prepare(pid).map_err(invalid)?;
-        let notify = bind_notify(&rundir, pid, &config).map_err(invalid)?;
+        let handed = resume.as_mut().map(Resume::take_fds);
+        // Our own socket files live on across an in-place upgrade.
+        if handed.is_none() {
+            rundir.prepare(pid).map_err(invalid)?;
+        }
+        let (handed_notify, handed_errors) = handed.unwrap_or((None, None));
+        let notify = match handed_notify {
+            Some(fd) => NotifySocket::adopt(fd, &rundir.notify_path(pid)),
+            None => bind_notify(&rundir, pid, &config).map_err(invalid)?,
+        };
         let control = ControlSocket::bind(&rundir.control_path(pid)).map_err(invalid)?;
         let mut health_retry = None;
         let health = match &config.health_listen {
@@ -273,7 +286,7 @@ impl Master {
                 Ok(server) => Some(server),
                 // The old master still holds it during an upgrade: serve
                 // without (retrying) rather than fail the upgrade.
-                Err(why) if launch.predecessor.is_some() => {
+                Err(why) if launch.predecessor.is_some() || resume.is_some() => {
                     log::warn!("event=health-unavailable error=\"{why}\" action=retry");
                     health_retry = Some(Instant::now() + HEALTH_RETRY);
                     None
@@ -281,11 +294,13 @@ impl Master {
                 Err(why) => return Err(invalid(why)),
             },
         };
-        let (exec_errors, exec_errors_write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(|source| Error::Sys {
+        let (exec_errors, exec_errors_write) = match handed_errors {
+            Some(pair) => pair,
+            None => pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|source| Error::Sys {
                 call: "pipe",
                 source,
-            })?;
+            })?,
+        };
         let predecessor = launch.predecessor;
         let systemd = Notifier::from_env(&launch.env, &[pid, predecessor.map_or(pid, |p| p.pid)]);
         let generation = predecessor.map_or(1, |p| p.generation + 1);
@@ -308,7 +323,7 @@ impl Master {
             Some(_) => Record::started_by_upgrade(now),
             None => Record::default(),
         };
-        Ok(Master {
+        let mut master = Master {
             launch,
             config,
             listeners,
@@ -345,7 +360,11 @@ impl Master {
             notify_log_budget: crate::ratelimit::LogBudget::new(20, 5),
             usage_readings: usage::Readings::default(),
             counters: Counters::default(),
-        })
+        };
+        if let Some(resume) = resume {
+            master.resume(resume)?;
+        }
+        Ok(master)
     }
 
     /// Runs until stopped. `Err` if the workers could not start at all.

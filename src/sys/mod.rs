@@ -10,6 +10,7 @@
 //! | `fd`      | close-on-exec sweeping; adopting fds named to us by number |
 //! | `process` | forking to daemonize; whether stdin is a terminal; subreaper, children |
 //! | `tcp`     | `TCP_INFO` of a socket (a listener's accept queue)          |
+//! | `reexec`  | an in-place upgrade: signal mask, memfd, `execve` of itself |
 //!
 //! Everything outside holds `OwnedFd`/`BorrowedFd`; raw fd numbers appear only
 //! in environment values and between fork and exec.
@@ -19,6 +20,7 @@
 mod child;
 pub mod fd;
 pub mod process;
+pub mod reexec;
 mod signals;
 mod spawn;
 pub mod tcp;
