@@ -231,17 +231,7 @@ fn serve(
         },
         _ => Error::Config(ConfigError::Invalid(why)),
     })?;
-    let in_place = resume.is_some();
     let master = Master::new(launch, config, listeners, logs, report, rundir, resume)?;
-    if in_place {
-        // Handlers are installed: signals that came during the exec are
-        // delivered now (the old image blocked them).
-        let signals: Vec<_> = crate::ipc::signals::Signal::ALL
-            .iter()
-            .filter_map(|s| nix::sys::signal::Signal::try_from(s.number()).ok())
-            .collect();
-        sys::reexec::unblock_signals(&signals);
-    }
     if let Some(path) = &pid_file {
         pidfile::write_pid(path, std::process::id() as i32)?;
     }

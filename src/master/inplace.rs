@@ -311,10 +311,7 @@ impl Master {
         handed.extend(self.logs.read_fds());
         let cwd = std::env::current_dir().ok();
         let cleared = handed.iter().all(|fd| set_inherited(*fd, true).is_ok());
-        let signals: Vec<_> = crate::ipc::signals::Signal::ALL
-            .iter()
-            .filter_map(|s| nix::sys::signal::Signal::try_from(s.number()).ok())
-            .collect();
+        let signals = handled_signals();
         let failure = if !cleared {
             "clear close-on-exec on a handed fd".to_string()
         } else if let Err(e) = std::env::set_current_dir(&self.launch.start_dir) {
@@ -425,6 +422,11 @@ impl Master {
         let Handover {
             state, mut pipes, ..
         } = handover;
+        // Our handlers are installed: signals that came during the exec
+        // (the old image blocked them) are delivered now, into the pipe the
+        // loop drains first.
+        let signals = handled_signals();
+        sys::reexec::unblock_signals(&signals);
         let old_config = match &config_failure {
             Some(_) => self.config.clone(),
             None => config::load_text(&self.launch.flags, &self.launch.command, state.config_text.clone())
@@ -551,6 +553,14 @@ impl Master {
             }
         }
     }
+}
+
+/// The signals the master handles: blocked across the exec.
+fn handled_signals() -> Vec<nix::sys::signal::Signal> {
+    crate::ipc::signals::Signal::ALL
+        .iter()
+        .filter_map(|s| nix::sys::signal::Signal::try_from(s.number()).ok())
+        .collect()
 }
 
 /// Reads what a failed `-t` said (it is short, and it has exited).
