@@ -18,7 +18,10 @@ fn upgrade_wait(app: &App) -> (i32, String) {
 
 /// The workers' pids, sorted.
 fn pids(status: &Value) -> Vec<i64> {
-    let mut pids: Vec<i64> = App::worker_pids(status).into_iter().map(|(_, p)| p).collect();
+    let mut pids: Vec<i64> = App::worker_pids(status)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
     pids.sort();
     pids
 }
@@ -62,7 +65,10 @@ fn usr2_in_place_under_load_keeps_the_pid_and_fails_no_request() {
     );
     load.wait_answers(20);
     let answers = load.finish_without_failures();
-    assert!(answers.contains_key("2"), "no answer from generation 2: {answers:?}");
+    assert!(
+        answers.contains_key("2"),
+        "no answer from generation 2: {answers:?}"
+    );
 
     assert_eq!(app.master_pid(), pid, "the pid file still names the master");
     assert_no_file(&app.oldbin());
@@ -104,7 +110,10 @@ fn a_config_the_new_binary_refuses_fails_the_check_and_changes_nothing() {
     app.write_config(2, &format!("{IN_PLACE}no_such_key: 1\n"));
     let (code, out) = upgrade_wait(&app);
     assert_eq!(code, 1, "{out}\n{}", master.log());
-    assert!(out.contains("upgrade failed: check of the new binary"), "{out}");
+    assert!(
+        out.contains("upgrade failed: check of the new binary"),
+        "{out}"
+    );
     assert!(out.contains("no_such_key"), "{out}");
     let after = wait_serving_generation(&app, 2, 1);
     assert_eq!(pids(&after), pids(&before), "the old workers serve on");
@@ -177,7 +186,10 @@ fn a_new_generation_that_fails_rolls_back_to_the_old_workers() {
     assert_eq!(code, 0, "{out}\n{}", master.log());
     let done = app.status();
     assert_eq!(done["pid"].as_i64(), Some(pid as i64));
-    assert_eq!(generations(&done), vec![done["generation"].as_u64().unwrap(); 2]);
+    assert_eq!(
+        generations(&done),
+        vec![done["generation"].as_u64().unwrap(); 2]
+    );
     assert_master_running(&mut master);
 }
 
@@ -201,7 +213,11 @@ fn term_during_the_exec_stops_the_master_cleanly() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut master = app
         .fixture()
         .setup(move |cmd| {
@@ -247,7 +263,10 @@ fn auto_upgrades_in_place_as_pid_1() {
 
     send_signal(master_pid, Signal::SIGUSR2);
     let log = master.wait_log("event=upgrade-done mode=in-place generation=2", secs(30));
-    assert!(log.contains("event=upgrade mode=in-place reason=pid1"), "{log}");
+    assert!(
+        log.contains("event=upgrade mode=in-place reason=pid1"),
+        "{log}"
+    );
     load.wait_answers(10);
     let answers = load.finish_without_failures();
     assert!(answers.contains_key("2"), "{answers:?}");
