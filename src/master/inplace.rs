@@ -198,6 +198,11 @@ impl Master {
             self.fail_in_place("stopping".into());
             return;
         }
+        // A HUP taken meanwhile: its replacements are no state to hand over.
+        if self.rollout.is_some() {
+            self.fail_in_place("a rolling restart (HUP) began during the check".into());
+            return;
+        }
         match status {
             super::workers::ExitStatus::Code(0) => self.exec_in_place(&check.reason),
             _ => {

@@ -193,20 +193,17 @@ fn a_new_generation_that_fails_rolls_back_to_the_old_workers() {
     assert_master_running(&mut master);
 }
 
-#[test]
-fn term_during_the_exec_stops_the_master_cleanly() {
-    let app = App::new(2, IN_PLACE);
-    // The "new binary" signals itself TERM from within the exec (same pid:
-    // the master's), before the real binary's handlers exist; the old image
-    // blocked TERM, so it waits for them instead of killing the master. The
-    // master runs as `forkmaster` found on PATH, so the upgrade execs this.
+/// Starts the master as `forkmaster` found on PATH, a script that runs
+/// `step` when exec'd by an in-place upgrade (not for its `-t`), then execs
+/// the real binary: a hook inside the exec, at the master's own pid.
+fn start_wrapped(app: &App, step: &str) -> Master {
     let bin = app.dir.join("bin");
     std::fs::create_dir(&bin).unwrap();
     let wrapper = bin.join("forkmaster");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nif [ -n \"$FORKMASTER_INPLACE_STATE\" ]; then kill -TERM $$; fi\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\nif [ -n \"$FORKMASTER_INPLACE_STATE\" ]; then {step}; fi\nexec '{}' \"$@\"\n",
             forkmaster()
         ),
     )
@@ -218,13 +215,59 @@ fn term_during_the_exec_stops_the_master_cleanly() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut master = app
-        .fixture()
+    app.fixture()
         .setup(move |cmd| {
             use std::os::unix::process::CommandExt;
             cmd.arg0("forkmaster").env("PATH", path);
         })
-        .start();
+        .start()
+}
+
+#[test]
+fn a_config_broken_after_the_check_leaves_the_old_workers_serving() {
+    let app = App::new(2, IN_PLACE);
+    // Broken once, between the check and the new image's start.
+    let broken = app.dir.join("broken.yml");
+    std::fs::write(&broken, format!("{IN_PLACE}no_such_key: 1\n")).unwrap();
+    let mut master = start_wrapped(
+        &app,
+        &format!(
+            "[ -f '{0}' ] && mv '{0}' '{1}'",
+            broken.display(),
+            app.config.display()
+        ),
+    );
+    master.wait_ready();
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains("the new configuration"), "{out}");
+    assert!(out.contains("no_such_key"), "{out}");
+    let after = wait_serving_generation(&app, 2, 1);
+    assert_eq!(pids(&after), pids(&before), "the old workers serve on");
+    assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+
+    // The old workers are supervised with the old configuration.
+    let victim = pids(&before)[0];
+    send_signal(victim as i32, Signal::SIGKILL);
+    app.wait_status("the old worker replaced", secs(30), |s| {
+        s["ready"].as_u64() == Some(2) && !pids(s).contains(&victim)
+    });
+    app.write_config(2, IN_PLACE);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_master_running(&mut master);
+}
+
+#[test]
+fn term_during_the_exec_stops_the_master_cleanly() {
+    let app = App::new(2, IN_PLACE);
+    // The "new binary" signals itself TERM from within the exec (same pid:
+    // the master's), before the real binary's handlers exist; the old image
+    // blocked TERM, so it waits for them instead of killing the master.
+    let mut master = start_wrapped(&app, "kill -TERM $$");
     let workers = wait_serving_generation(&app, 2, 1);
 
     master.signal(Signal::SIGUSR2);
