@@ -427,11 +427,6 @@ impl Master {
         let Handover {
             state, mut pipes, ..
         } = handover;
-        // Our handlers are installed: signals that came during the exec
-        // (the old image blocked them) are delivered now, into the pipe the
-        // loop drains first.
-        let signals = handled_signals();
-        sys::reexec::unblock_signals(&signals);
         let old_config = match &config_failure {
             Some(_) => self.config.clone(),
             None => config::load_text(&self.launch.flags, &self.launch.command, state.config_text.clone())
@@ -557,6 +552,16 @@ impl Master {
                 self.pool.set_was_ready(w.pid, state::before(now, ms));
             }
         }
+    }
+}
+
+/// An in-place upgrade's new image, its handlers installed: the signals
+/// that came during the exec (the old image blocked them) are delivered
+/// now, into the pipe the loop drains first. Also when the handover could
+/// not be read: the mask must not stay.
+pub fn unblock_after_exec() {
+    if crate::inplace::is_inplace() {
+        sys::reexec::unblock_signals(&handled_signals());
     }
 }
 

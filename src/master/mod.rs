@@ -266,6 +266,7 @@ impl Master {
             }
         };
         let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
+        inplace::unblock_after_exec();
         let pid = std::process::id() as i32;
         let invalid = |why| Error::Config(ConfigError::Invalid(why));
         let handed = resume.as_mut().map(Resume::take_fds);
