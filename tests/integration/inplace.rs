@@ -137,6 +137,30 @@ fn a_config_the_new_binary_refuses_fails_the_check_and_changes_nothing() {
 }
 
 #[test]
+fn a_missing_new_binary_fails_the_check_and_changes_nothing() {
+    let app = App::new(2, IN_PLACE);
+    let bin = app.dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let link = bin.join("forkmaster");
+    std::os::unix::fs::symlink(forkmaster(), &link).unwrap();
+    let mut master = app.start_program(&link);
+    let before = wait_serving_generation(&app, 2, 1);
+    std::fs::remove_file(&link).unwrap();
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(
+        out.contains(&format!(
+            "check {}: no such file or directory",
+            link.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+    assert_eq!(app.master_pid(), master.pid());
+    assert_master_running(&mut master);
+}
+
+#[test]
 fn a_new_generation_that_fails_rolls_back_to_the_old_workers() {
     let app = App::new(2, &format!("{IN_PLACE}ready_timeout: 1s\n"));
     let mut master = app.start();
