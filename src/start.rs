@@ -40,23 +40,9 @@ pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
         .map_err(Error::Config)
         .and_then(keeps_the_pid_file);
     let (config, resume, handover_error) = match (loaded, handover) {
-        (Ok(config), Some(Ok(handover))) => (
-            config,
-            Some(Resume {
-                handover,
-                config_failure: None,
-            }),
-            None,
-        ),
-        // In place, the old workers are ours: run on with their config.
-        (Err(e), Some(Ok(handover))) => {
-            let old = config::load_text(flags, command, handover.state.config_text.clone())
-                .map_err(Error::Config)?;
-            let resume = Resume {
-                handover,
-                config_failure: Some(e.to_string()),
-            };
-            (old, Some(resume), None)
+        (loaded, Some(Ok(handover))) => {
+            let (config, resume) = in_place(loaded, handover, flags, command)?;
+            (config, Some(resume), None)
         }
         (loaded, Some(Err(why))) => (loaded?, None, Some(why)),
         (loaded, None) => (loaded.inspect_err(report_to_old_master)?, None, None),
@@ -91,6 +77,46 @@ pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
         }
         report_to_old_master(e);
     })
+}
+
+/// In place: the configuration to start with, and what to resume. The
+/// old workers are ours: if the new configuration cannot be loaded, or
+/// would move the pid file, we run on with the one they were started with.
+fn in_place(
+    loaded: Result<Config>,
+    handover: crate::inplace::Handover,
+    flags: &MasterFlags,
+    command: &[OsString],
+) -> Result<(Config, Resume)> {
+    let old = config::load_text(flags, command, handover.state.config_text.clone());
+    let failure = match (&loaded, &old) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(new), Ok(old)) if new.pid_file != old.pid_file => Some(format!(
+            "pid: an upgrade keeps the pid file {}, but the configuration now says {}: \
+             to move the pid file, stop and start the service",
+            old.pid_file
+                .as_deref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string()),
+            new.pid_file
+                .as_deref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string()),
+        )),
+        _ => None,
+    };
+    let old = old.ok();
+    let config = match (loaded, &old) {
+        (Ok(new), _) if failure.is_none() => new,
+        (_, Some(old)) => old.clone(),
+        (Ok(new), None) => new,
+        // Neither loads: nothing to supervise the old workers with.
+        (Err(e), None) => return Err(e),
+    };
+    let resume = Resume {
+        handover,
+        old_config: old,
+        config_failure: failure,
+    };
+    Ok((config, resume))
 }
 
 /// A new master of an upgrade keeps its old master's pid file: the clients

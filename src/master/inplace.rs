@@ -15,7 +15,7 @@
 //! generation is stopped and the old configuration stays (`fail_rollout`).
 
 use super::{Master, Record, UpgradeRole};
-use crate::config;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::inplace::{self as state, Handover, State};
 use crate::spawn::WorkerTemplate;
@@ -93,6 +93,9 @@ fn parent_comm() -> Option<String> {
 /// then runs on).
 pub struct Resume {
     pub handover: Handover,
+    /// The configuration the old workers were started with, read from the
+    /// state (`None` if this binary cannot read it).
+    pub old_config: Option<Config>,
     pub config_failure: Option<String>,
 }
 
@@ -422,22 +425,18 @@ impl Master {
         let now = Instant::now();
         let Resume {
             handover,
+            old_config,
             config_failure,
         } = resume;
         let Handover {
             state, mut pipes, ..
         } = handover;
-        let old_config = match &config_failure {
-            Some(_) => self.config.clone(),
-            None => config::load_text(&self.launch.flags, &self.launch.command, state.config_text.clone())
-                .unwrap_or_else(|why| {
-                    log::warn!(
-                        "event=inplace-old-config error=\"{}\" action=\"old workers respawn with the new configuration\"",
-                        crate::logging::esc(why.to_string())
-                    );
-                    self.config.clone()
-                }),
-        };
+        let old_config = old_config.unwrap_or_else(|| {
+            log::warn!(
+                "event=inplace-old-config reason=\"unreadable by this binary\" action=\"old workers respawn with the new configuration\""
+            );
+            self.config.clone()
+        });
         let old_template = WorkerTemplate::new(
             &old_config,
             &self.listeners,

@@ -286,6 +286,22 @@ fn a_config_broken_after_the_check_leaves_the_old_workers_serving() {
 }
 
 #[test]
+fn an_upgrade_in_place_keeps_the_pid_file() {
+    let app = App::new(2, IN_PLACE);
+    let mut master = app.start();
+    let before = wait_serving_generation(&app, 2, 1);
+    let moved = app.dir.join("moved.pid");
+    app.write_config(2, &format!("{IN_PLACE}pid: {}\n", moved.display()));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains("an upgrade keeps the pid file"), "{out}");
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+    assert_eq!(app.master_pid(), master.pid());
+    assert_no_file(&moved);
+    assert_master_running(&mut master);
+}
+
+#[test]
 fn term_during_the_exec_stops_the_master_cleanly() {
     let app = App::new(2, IN_PLACE);
     // The "new binary" signals itself TERM from within the exec (same pid:
