@@ -302,6 +302,30 @@ fn an_upgrade_in_place_keeps_the_pid_file() {
 }
 
 #[test]
+fn a_worker_that_dies_during_the_exec_is_reaped_by_the_new_image() {
+    let app = App::new(2, IN_PLACE);
+    let victim_file = app.dir.join("victim");
+    let mut master = start_wrapped(
+        &app,
+        &format!("kill -KILL $(cat '{}')", victim_file.display()),
+    );
+    let before = wait_serving_generation(&app, 2, 1);
+    let victim = pids(&before)[0] as i32;
+    std::fs::write(&victim_file, victim.to_string()).unwrap();
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    let log = master.log();
+    assert!(
+        log.contains(&format!("pid={victim} event=exit signal=SIGKILL")),
+        "{log}"
+    );
+    assert!(!is_running(victim), "{victim} is left a zombie");
+    assert!(zombie_children_of(master.pid()).is_empty());
+    wait_serving_generation(&app, 2, 2);
+    assert_master_running(&mut master);
+}
+
+#[test]
 fn term_during_the_exec_stops_the_master_cleanly() {
     let app = App::new(2, IN_PLACE);
     // The "new binary" signals itself TERM from within the exec (same pid:
