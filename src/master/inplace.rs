@@ -332,6 +332,14 @@ impl Master {
             match sys::reexec::block_signals(&signals) {
                 Err(e) => format!("block signals: {}", e.desc()),
                 Ok(mask) => {
+                    // Signals already in the self-pipe (it closes at the
+                    // exec) are raised again: blocked, they stay pending for
+                    // the new image (or, if the exec fails, for us).
+                    for signal in self.signals.drain() {
+                        if let Ok(signal) = nix::sys::signal::Signal::try_from(signal.number()) {
+                            let _ = nix::sys::signal::raise(signal);
+                        }
+                    }
                     log::info!(
                         "event=upgrade-exec mode=in-place program={} workers={} generation={}",
                         crate::logging::esc(program_path.display()),
