@@ -302,6 +302,9 @@ fn upgrade(args: &WaitArgs) -> Step<Outcome> {
                     "pid {old} did not start an upgrade (see its log for why it refused)"
                 ))));
             }
+            if let Some(done) = in_place_outcome(&before, s, elapsed, &mut state) {
+                return Some(done);
+            }
         }
         let new = read_pid(&path).ok().flatten().filter(|p| *p != old);
         match new.and_then(|p| control::query(p).ok().map(|s| (p, s))) {
@@ -345,6 +348,40 @@ fn upgrade(args: &WaitArgs) -> Step<Outcome> {
         None
     });
     finish(result, &state, timeout)
+}
+
+/// An in-place upgrade (the pid stays): done once the master records the
+/// upgrade begun after our signal as done, with every worker ready and none
+/// of an older generation left. (A fork upgrade's old master never records
+/// one done: it exits.)
+fn in_place_outcome(
+    before: &Status,
+    s: &Status,
+    elapsed: Duration,
+    state: &mut String,
+) -> Option<Step<String>> {
+    if s.upgrade.attempts <= before.upgrade.attempts || s.upgrade.state != OperationState::Done {
+        return None;
+    }
+    let older = s
+        .workers
+        .iter()
+        .filter(|w| w.generation != s.generation)
+        .count();
+    *state = format!(
+        "upgraded in place: pid {}, generation {}, {}/{} workers ready, {older} of the old generation still stopping",
+        s.pid, s.generation, s.ready, s.target
+    );
+    (older == 0 && s.ready == s.target && s.phase == Phase::Running).then(|| {
+        Ok(format!(
+            "upgraded in place: pid {} (unchanged), generation {} -> {}, {} workers ready in {:.2}s",
+            s.pid,
+            before.generation,
+            s.generation,
+            s.ready,
+            elapsed.as_secs_f64()
+        ))
+    })
 }
 
 fn reload(args: &WaitArgs) -> Step<Outcome> {

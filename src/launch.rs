@@ -47,6 +47,7 @@ impl Launch {
                     && k != UPGRADE_VAR
                     && k != NOTIFY_VAR
                     && k != crate::protocol::UPGRADE_PID_FILE
+                    && k != crate::protocol::INPLACE_STATE
             })
             .cloned()
             .collect();

@@ -20,6 +20,7 @@ mod duration;
 mod error;
 mod files;
 mod handoff;
+mod inplace;
 mod ipc;
 mod launch;
 mod listen;

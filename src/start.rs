@@ -5,6 +5,11 @@
 //! A master started by an upgrade (USR2) inherits its listeners and runs
 //! where its old master put it; if it fails before its loop runs, it tells
 //! the old master why, for `forkmaster upgrade --wait`.
+//!
+//! A master re-executed by an in-place upgrade (same pid) takes its old
+//! image's handover first (`inplace`), before anything else may open an
+//! fd; if its new configuration fails to load, it runs on with the old one
+//! rather than leave the old workers without a master.
 
 use crate::cli::MasterFlags;
 use crate::config::{self, Config, ConfigError};
@@ -16,7 +21,7 @@ use crate::ipc::rundir::{self, RunDir};
 use crate::ipc::{notify, systemd};
 use crate::launch::Launch;
 use crate::listen::{Address, ListenSpec};
-use crate::master::Master;
+use crate::master::{Master, Resume};
 use crate::sockets::Listener;
 use crate::{daemon, logging, pidfile, protocol, sys};
 use nix::sys::stat::Mode;
@@ -30,14 +35,23 @@ use std::path::Path;
 /// launching process of `--daemonize` and an old master waiting on this
 /// upgrade have been told already.
 pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
-    let config = config::load(flags, command)
+    let handover = (!flags.check).then(crate::inplace::take_from_env).flatten();
+    let loaded = config::load(flags, command)
         .map_err(Error::Config)
-        .and_then(keeps_the_pid_file)
-        .inspect_err(report_to_old_master)?;
+        .and_then(keeps_the_pid_file);
+    let (config, resume, handover_error) = match (loaded, handover) {
+        (loaded, Some(Ok(handover))) => {
+            let (config, resume) = in_place(loaded, handover, flags, command)?;
+            (config, Some(resume), None)
+        }
+        (loaded, Some(Err(why))) => (loaded?, None, Some(why)),
+        (loaded, None) => (loaded.inspect_err(report_to_old_master)?, None, None),
+    };
     if flags.check {
         return check(&config);
     }
-    let upgrading = std::env::var_os(protocol::UPGRADE_FROM).is_some();
+    let upgrading =
+        std::env::var_os(protocol::UPGRADE_FROM).is_some() || crate::inplace::is_inplace();
     if config.daemonize && config.stderr_path.is_none() && !upgrading {
         eprintln!(
             "forkmaster: warning: --daemonize without --stderr-path: the log goes to /dev/null"
@@ -50,13 +64,59 @@ pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
     // A copy to report a failure with, once the master owns the original.
     let failure_report = report.as_ref().and_then(|r| r.try_clone().ok());
     logging::init(config.log_level.as_deref());
+    if let Some(why) = handover_error {
+        log::error!(
+            "event=inplace-handover-lost error=\"{}\"",
+            logging::esc(&why)
+        );
+    }
     let launch = Launch::capture(flags, command);
-    serve(launch, config, report).inspect_err(|e| {
+    serve(launch, config, report, resume).inspect_err(|e| {
         if let Some(report) = failure_report {
             let _ = nix::unistd::write(&report, format!("{e}\n").as_bytes());
         }
         report_to_old_master(e);
     })
+}
+
+/// In place: the configuration to start with, and what to resume. The
+/// old workers are ours: if the new configuration cannot be loaded, or
+/// would move the pid file, we run on with the one they were started with.
+fn in_place(
+    loaded: Result<Config>,
+    handover: crate::inplace::Handover,
+    flags: &MasterFlags,
+    command: &[OsString],
+) -> Result<(Config, Resume)> {
+    let old = config::load_text(flags, command, handover.state.config_text.clone());
+    let failure = match (&loaded, &old) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(new), Ok(old)) if new.pid_file != old.pid_file => Some(format!(
+            "pid: an upgrade keeps the pid file {}, but the configuration now says {}: \
+             to move the pid file, stop and start the service",
+            old.pid_file
+                .as_deref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string()),
+            new.pid_file
+                .as_deref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string()),
+        )),
+        _ => None,
+    };
+    let old = old.ok();
+    let config = match (loaded, &old) {
+        (Ok(new), _) if failure.is_none() => new,
+        (_, Some(old)) => old.clone(),
+        (Ok(new), None) => new,
+        // Neither loads: nothing to supervise the old workers with.
+        (Err(e), None) => return Err(e),
+    };
+    let resume = Resume {
+        handover,
+        old_config: old,
+        config_failure: failure,
+    };
+    Ok((config, resume))
 }
 
 /// A new master of an upgrade keeps its old master's pid file: the clients
@@ -145,7 +205,12 @@ fn check_paths(config: &Config) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<()> {
+fn serve(
+    launch: Launch,
+    mut config: Config,
+    report: Option<OwnedFd>,
+    resume: Option<Resume>,
+) -> Result<()> {
     if let Some(mask) = config.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
@@ -155,7 +220,8 @@ fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<
         &launch.env,
         config.pid_file.as_deref(),
     );
-    if let Some(path) = &config.pid_file {
+    // In place, the pid file names us already.
+    if let Some(path) = config.pid_file.as_ref().filter(|_| resume.is_none()) {
         let search = Search {
             bases: vec![base.clone()],
             uids: vec![nix::unistd::geteuid().as_raw()],
@@ -191,7 +257,7 @@ fn serve(launch: Launch, mut config: Config, report: Option<OwnedFd>) -> Result<
         },
         _ => Error::Config(ConfigError::Invalid(why)),
     })?;
-    let master = Master::new(launch, config, listeners, logs, report, rundir)?;
+    let master = Master::new(launch, config, listeners, logs, report, rundir, resume)?;
     if let Some(path) = &pid_file {
         pidfile::write_pid(path, std::process::id() as i32)?;
     }

@@ -25,6 +25,8 @@ pub enum Timer {
     SystemdWatchdog,
     /// `shutdown_delay` is over: the graceful stop begins.
     ShutdownDelay,
+    /// The new binary's `-t` of an in-place upgrade had until now.
+    UpgradePreflight,
 }
 
 #[derive(Default)]

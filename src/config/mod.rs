@@ -157,14 +157,38 @@ fn load_with(
     command: &[OsString],
     lookups: &resolve::Lookups,
 ) -> Result<Config, ConfigError> {
-    let file = match &flags.config {
-        Some(path) => read_file(path)?,
-        None => Layer::default(),
+    let text = match &flags.config {
+        Some(path) => Some(parse::read_text(path)?),
+        None => None,
+    };
+    resolve_with(flags, command, text, lookups)
+}
+
+/// As `load`, with the file's text given rather than read: the
+/// configuration an old image ran with, handed across an in-place upgrade.
+pub fn load_text(
+    flags: &MasterFlags,
+    command: &[OsString],
+    text: Option<String>,
+) -> Result<Config, ConfigError> {
+    resolve_with(flags, command, text, &resolve::SYSTEM)
+}
+
+fn resolve_with(
+    flags: &MasterFlags,
+    command: &[OsString],
+    text: Option<String>,
+    lookups: &resolve::Lookups,
+) -> Result<Config, ConfigError> {
+    let file = match (&flags.config, &text) {
+        (Some(path), Some(text)) => parse::parse_file_at(path, text)?,
+        _ => Layer::default(),
     };
     let mut over = Layer::from_flags(flags)?;
     over.command = (!command.is_empty()).then(|| command.to_vec());
-    let config = Layer::resolve(over, file, flags.config.clone(), lookups)?;
+    let mut config = Layer::resolve(over, file, flags.config.clone(), lookups)?;
     resolve::check_whole(&config)?;
+    config.config_text = text.filter(|_| flags.config.is_some());
     Ok(config)
 }
 

@@ -32,6 +32,20 @@ const CONFIG_FILE_LIMIT: u64 = 1 << 20;
 /// regular file (it is read again on every HUP, and opening a FIFO would
 /// block), at most 1 MiB.
 pub fn read_file(path: &Path) -> Result<Layer, ConfigError> {
+    let text = read_text(path)?;
+    parse_file_at(path, &text)
+}
+
+/// `text`, the file at `path`, parsed; errors name the file.
+pub fn parse_file_at(path: &Path, text: &str) -> Result<Layer, ConfigError> {
+    parse_file(text).map_err(|message| ConfigError::File {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Reads a config file's text (see `read_file`); errors name the file.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
     let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -48,13 +62,9 @@ pub fn read_file(path: &Path) -> Result<Layer, ConfigError> {
             e.to_string(),
         )),
     })?;
-    let text = String::from_utf8(bytes).map_err(|_| ConfigError::File {
+    String::from_utf8(bytes).map_err(|_| ConfigError::File {
         path: path.to_path_buf(),
         message: "not UTF-8 text".into(),
-    })?;
-    parse_file(&text).map_err(|message| ConfigError::File {
-        path: path.to_path_buf(),
-        message,
     })
 }
 

@@ -14,7 +14,7 @@ use super::{describe, shell_words, Account, ConfigError, Group, ReadyMode, Retir
 use crate::duration::{parse_duration, Human};
 use crate::ipc::health::{parse_addr, HealthAddr};
 use crate::listen::{parse_mode, ListenSpec, WrittenListen};
-use crate::master::Term;
+use crate::master::{Term, UpgradeMode};
 use clap::Args;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
@@ -61,6 +61,9 @@ macro_rules! settings {
         #[derive(Clone, Debug, PartialEq)]
         pub struct Config {
             pub config_path: Option<PathBuf>,
+            /// The file's text as read: what an in-place upgrade hands on, so
+            /// the new image can keep running the old workers as they were.
+            pub config_text: Option<String>,
             $(pub $field: $config_ty,)*
         }
 
@@ -94,6 +97,7 @@ macro_rules! settings {
                             .map_err(|why| ConfigError::at(source, stringify!($key), path.as_deref(), why))?
                     },)*
                     config_path: path,
+                    config_text: None,
                 })
             }
         }
@@ -230,6 +234,13 @@ settings! {
     spawn_timeout: Duration = Duration::from_secs(10) => spawn_timeout: Duration,
         flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
         show |v| Some(Human(*v));
+    /// How USR2 upgrades: `in-place` (the master execs the new binary itself and keeps
+    /// its pid and workers: PID 1 of a container), `fork` (a new master, a new pid, the
+    /// pid file's .oldbin handoff), or `auto`: in-place as PID 1 or under a single-child
+    /// init (tini, dumb-init, docker-init, catatonit), fork otherwise [default: auto].
+    #[arg(long, value_name = "MODE")]
+    upgrade_mode: UpgradeMode = UpgradeMode::Auto => upgrade_mode: UpgradeMode,
+        flag Option<String> = p::text(upgrade_mode), yaml String = p::string(upgrade_mode), show |v| Some(v);
     /// Replacement workers booting at once during a HUP rolling restart [default: 1].
     #[arg(long, value_name = "N")]
     max_surge: usize = 1 => max_surge: usize,
@@ -279,6 +290,16 @@ fn reopen_signal(text: &str) -> Result<Option<Signal>, String> {
     }
 }
 
+/// `upgrade_mode`: `in-place`, `fork` or `auto`.
+fn upgrade_mode(text: &str) -> Result<UpgradeMode, String> {
+    match text {
+        "in-place" => Ok(UpgradeMode::InPlace),
+        "fork" => Ok(UpgradeMode::Fork),
+        "auto" => Ok(UpgradeMode::Auto),
+        _ => Err(format!("{text:?}: expected in-place, fork or auto")),
+    }
+}
+
 /// `term`: `quick` or `graceful`.
 fn term(text: &str) -> Result<Term, String> {
     match text {
@@ -291,6 +312,14 @@ fn term(text: &str) -> Result<Term, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrade_mode_is_in_place_fork_or_auto() {
+        assert_eq!(upgrade_mode("in-place"), Ok(UpgradeMode::InPlace));
+        assert_eq!(upgrade_mode("fork"), Ok(UpgradeMode::Fork));
+        assert_eq!(upgrade_mode("auto"), Ok(UpgradeMode::Auto));
+        assert!(upgrade_mode("inplace").is_err());
+    }
 
     #[test]
     fn term_is_quick_or_graceful() {

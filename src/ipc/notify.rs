@@ -107,6 +107,19 @@ impl NotifySocket {
         Ok(notify)
     }
 
+    /// The socket an old image handed over across an in-place upgrade,
+    /// still bound at `path` (credentials passing stays on).
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> NotifySocket {
+        let socket = UnixDatagram::from(fd);
+        let _ = socket.set_nonblocking(true);
+        NotifySocket {
+            socket,
+            path: path.to_path_buf(),
+            inode: rundir::socket_inode(path),
+            env_value: path.display().to_string(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -448,6 +448,30 @@ impl LogFiles {
         }
     }
 
+    /// Every pipe's read end (handed over across an in-place upgrade).
+    pub fn read_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.poll_fds()
+    }
+
+    /// A worker's stdout and stderr read ends, by number, for the handover.
+    pub fn read_fds_of(&self, pid: i32) -> [Option<RawFd>; 2] {
+        match self.workers.get(&pid) {
+            Some(c) => [STDOUT, STDERR].map(|s| c.pipes[s].as_ref().map(|p| p.read.as_raw_fd())),
+            None => [None, None],
+        }
+    }
+
+    /// Takes a worker's pipes' read ends handed over by an in-place upgrade.
+    pub fn adopt(&mut self, pid: i32, read: [Option<OwnedFd>; 2]) {
+        self.attach(
+            pid,
+            WorkerPipes {
+                read,
+                write: [None, None],
+            },
+        );
+    }
+
     /// Gives the files to `uid`/`gid` (workers' user), so rotation tools that
     /// copy ownership keep it sensible.
     pub fn chown(&mut self, uid: Option<u32>, gid: Option<u32>) {

@@ -13,6 +13,7 @@
 //! and CPU figures `status` shows; `preload` runs each generation's
 //! preloader with `--preload`.
 
+mod inplace;
 mod pool;
 mod preload;
 mod reload;
@@ -49,6 +50,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+pub use inplace::{Resume, UpgradeMode};
 use pool::Pool;
 pub use reload::Rollout;
 use strays::Strays;
@@ -249,7 +251,9 @@ pub struct Master {
 impl Master {
     /// Takes over bound listeners; installs signal handling, the notify and
     /// control sockets (in `rundir`, the notify socket given to the workers'
-    /// user when they run as another one).
+    /// user when they run as another one). `resume`: what the old image of
+    /// an in-place upgrade handed over (the notify socket, the exec-error
+    /// pipe, the workers).
     pub fn new(
         launch: Launch,
         config: Config,
@@ -257,6 +261,7 @@ impl Master {
         logs: LogFiles,
         ready_report: Option<OwnedFd>,
         rundir: RunDir,
+        mut resume: Option<Resume>,
     ) -> Result<Master> {
         let io_err = |call| {
             move |e: std::io::Error| Error::Sys {
@@ -265,10 +270,19 @@ impl Master {
             }
         };
         let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
+        inplace::unblock_after_exec();
         let pid = std::process::id() as i32;
         let invalid = |why| Error::Config(ConfigError::Invalid(why));
-        rundir.prepare(pid).map_err(invalid)?;
-        let notify = bind_notify(&rundir, pid, &config).map_err(invalid)?;
+        let handed = resume.as_mut().map(Resume::take_fds);
+        // Our own socket files live on across an in-place upgrade.
+        if handed.is_none() {
+            rundir.prepare(pid).map_err(invalid)?;
+        }
+        let (handed_notify, handed_errors) = handed.unwrap_or((None, None));
+        let notify = match handed_notify {
+            Some(fd) => NotifySocket::adopt(fd, &rundir.notify_path(pid)),
+            None => bind_notify(&rundir, pid, &config).map_err(invalid)?,
+        };
         let control = ControlSocket::bind(&rundir.control_path(pid)).map_err(invalid)?;
         let mut health_retry = None;
         let health = match &config.health_listen {
@@ -277,7 +291,7 @@ impl Master {
                 Ok(server) => Some(server),
                 // The old master still holds it during an upgrade: serve
                 // without (retrying) rather than fail the upgrade.
-                Err(why) if launch.predecessor.is_some() => {
+                Err(why) if launch.predecessor.is_some() || resume.is_some() => {
                     log::warn!("event=health-unavailable error=\"{why}\" action=retry");
                     health_retry = Some(Instant::now() + HEALTH_RETRY);
                     None
@@ -285,11 +299,13 @@ impl Master {
                 Err(why) => return Err(invalid(why)),
             },
         };
-        let (exec_errors, exec_errors_write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(|source| Error::Sys {
+        let (exec_errors, exec_errors_write) = match handed_errors {
+            Some(pair) => pair,
+            None => pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|source| Error::Sys {
                 call: "pipe",
                 source,
-            })?;
+            })?,
+        };
         let predecessor = launch.predecessor;
         let systemd = Notifier::from_env(&launch.env, &[pid, predecessor.map_or(pid, |p| p.pid)]);
         let generation = predecessor.map_or(1, |p| p.generation + 1);
@@ -312,7 +328,7 @@ impl Master {
             Some(_) => Record::started_by_upgrade(now),
             None => Record::default(),
         };
-        Ok(Master {
+        let mut master = Master {
             launch,
             config,
             listeners,
@@ -350,7 +366,11 @@ impl Master {
             usage_readings: usage::Readings::default(),
             counters: Counters::default(),
             preload: preload::Preloaders::default(),
-        })
+        };
+        if let Some(resume) = resume {
+            master.resume(resume)?;
+        }
+        Ok(master)
     }
 
     /// Runs until stopped. `Err` if the workers could not start at all.

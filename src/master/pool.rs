@@ -364,6 +364,30 @@ impl Pool {
         }
     }
 
+    /// Sets a slot's history as an old image of an in-place upgrade kept it.
+    pub fn restore_history(
+        &mut self,
+        slot: usize,
+        failures: u32,
+        restarts: u32,
+        last_exit: Option<String>,
+    ) {
+        if self.slots.len() <= slot {
+            self.slots.resize(slot + 1, Slot::default());
+        }
+        let s = &mut self.slots[slot];
+        s.failures = failures;
+        s.restarts = restarts;
+        s.last_exit = last_exit;
+    }
+
+    /// Sets when a worker was first ready (an in-place upgrade's restore).
+    pub fn set_was_ready(&mut self, pid: i32, at: Instant) {
+        if let Some(worker) = self.workers.get_mut(&pid) {
+            worker.was_ready = Some(at);
+        }
+    }
+
     /// The replacements booting now.
     pub fn incoming_pids(&self) -> Vec<i32> {
         self.slots.iter().filter_map(|s| s.incoming).collect()

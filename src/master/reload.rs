@@ -21,6 +21,9 @@ pub struct Rollout {
     /// What to go back to if a replacement fails; `None` while rolling
     /// back (a failure then just stops).
     previous: Option<(Config, WorkerTemplate, u32)>,
+    /// The new generation of an in-place upgrade (USR2): every slot at
+    /// once, and the outcome recorded as the upgrade's.
+    pub upgrade: bool,
 }
 
 impl Master {
@@ -45,7 +48,7 @@ impl Master {
         self.reloads.begin(now);
         self.notify_reloading("reloading (HUP)");
         match reloaded {
-            Ok((config, template)) => self.start_rollout(config, template, now),
+            Ok((config, template)) => self.start_rollout(config, template, false, now),
             Err(why) => {
                 log::error!(
                     "event=reload-failed reason=\"{why}\" action=\"nothing changed\"",
@@ -96,7 +99,13 @@ impl Master {
         Ok((config, template))
     }
 
-    fn start_rollout(&mut self, config: Config, template: WorkerTemplate, now: Instant) {
+    pub(super) fn start_rollout(
+        &mut self,
+        config: Config,
+        template: WorkerTemplate,
+        upgrade: bool,
+        now: Instant,
+    ) {
         // As Unicorn's HUP: the file's worker count wins over TTIN/TTOU/WINCH.
         let running = self.pool.target();
         if running != self.config.workers && running != config.workers {
@@ -118,15 +127,23 @@ impl Master {
             .filter(|(_, s)| s.active.is_some())
             .map(|(i, _)| i)
             .collect();
-        log::info!(
-            "event=reload-start generation={} workers={target} max_surge={}",
-            self.generation,
-            self.config.max_surge
-        );
+        if upgrade {
+            log::info!(
+                "event=upgrade-start mode=in-place generation={} workers={target}",
+                self.generation
+            );
+        } else {
+            log::info!(
+                "event=reload-start generation={} workers={target} max_surge={}",
+                self.generation,
+                self.config.max_surge
+            );
+        }
         self.rollout = Some(Rollout {
             total: queue.len(),
             queue,
             previous: Some(previous),
+            upgrade,
         });
         self.advance_rollout(now);
     }
@@ -153,7 +170,11 @@ impl Master {
         // With `--preload`, replacements asked of the preloader boot too.
         let mut booting = self.pool.booting_replacements() + self.preload.pending_incoming();
         let mut starts = Vec::new();
-        while booting < self.config.max_surge {
+        let surge = match rollout.upgrade {
+            true => usize::MAX,
+            false => self.config.max_surge,
+        };
+        while booting < surge {
             let Some(slot) = rollout.queue.pop_front() else {
                 break;
             };
@@ -174,7 +195,14 @@ impl Master {
             return;
         }
         if let Some(rollout) = self.rollout.take() {
-            if rollout.previous.is_some() {
+            if rollout.previous.is_some() && rollout.upgrade {
+                self.upgrades.end(None);
+                log::info!(
+                    "event=upgrade-done mode=in-place generation={} workers={}",
+                    self.generation,
+                    self.pool.target()
+                );
+            } else if rollout.previous.is_some() {
                 self.reloads.end(None);
                 log::info!(
                     "event=reload-done generation={} workers={}",
@@ -205,8 +233,12 @@ impl Master {
             );
             return;
         };
+        let what = match rollout.upgrade {
+            true => "upgrade-failed mode=in-place",
+            false => "reload-failed",
+        };
         log::error!(
-            "event=reload-failed reason=\"{reason}\" action=\"back to generation {generation}\"",
+            "event={what} reason=\"{reason}\" action=\"back to generation {generation}\"",
             reason = crate::logging::esc(&reason)
         );
         let abandoned = self.generation;
@@ -214,7 +246,10 @@ impl Master {
         self.template = template;
         self.generation = generation;
         self.change_target(self.config.workers);
-        self.reloads.end(Some(reason));
+        match rollout.upgrade {
+            true => self.upgrades.end(Some(reason)),
+            false => self.reloads.end(Some(reason)),
+        }
         self.notify_ready();
         let queue: VecDeque<usize> = (self.pool.slots().iter().enumerate())
             .filter(|(_, s)| {
@@ -229,6 +264,7 @@ impl Master {
                 total: queue.len(),
                 queue,
                 previous: None,
+                upgrade: false,
             });
         }
         self.dirty = true;
@@ -251,8 +287,10 @@ impl Master {
             why = crate::logging::esc(&why)
         );
         self.stop_incoming(now);
-        if rollout.previous.is_some() {
-            self.reloads.end(Some(format!("abandoned: {why}")));
+        match (rollout.previous.is_some(), rollout.upgrade) {
+            (true, true) => self.upgrades.end(Some(format!("abandoned: {why}"))),
+            (true, false) => self.reloads.end(Some(format!("abandoned: {why}"))),
+            (false, _) => {}
         }
     }
 

@@ -9,6 +9,9 @@
 //! The new master retires the old one as its own workers become ready:
 //! `retire: gradual` sends TTOU per ready worker and QUIT when all are,
 //! `all` sends QUIT when all are, `manual` leaves it to the operator.
+//!
+//! With `upgrade_mode: in-place` (or `auto` as PID 1) USR2 goes to
+//! `inplace` instead: the master execs the new binary itself.
 
 use super::workers::ExitStatus;
 use super::{Master, Phase};
@@ -36,6 +39,8 @@ pub enum UpgradeRole {
         old: Predecessor,
         quit_sent: bool,
     },
+    /// An in-place upgrade checks the new binary (`-t`) before the exec.
+    Preflight(super::inplace::Preflight),
 }
 
 /// The new master we started.
@@ -63,6 +68,22 @@ impl UpgradeRole {
         }
     }
 
+    /// The pid of the in-place upgrade's `-t` check, while it runs.
+    pub fn preflight(&self) -> Option<i32> {
+        match self {
+            UpgradeRole::Preflight(check) => Some(check.pid),
+            _ => None,
+        }
+    }
+
+    /// When the in-place upgrade's `-t` check must have answered.
+    pub fn preflight_deadline(&self) -> Option<Instant> {
+        match self {
+            UpgradeRole::Preflight(check) => Some(check.deadline),
+            _ => None,
+        }
+    }
+
     /// The old master that started us.
     pub fn old_master(&self) -> Option<Predecessor> {
         match self {
@@ -85,8 +106,9 @@ impl Master {
     /// are the new master and not all our workers are ready yet.
     pub(super) fn upgrade_in_progress(&self) -> bool {
         match self.role {
-            UpgradeRole::None => false,
-            UpgradeRole::Old(_) => true,
+            // An in-place upgrade rolling its new generation in.
+            UpgradeRole::None => self.rollout.as_ref().is_some_and(|r| r.upgrade),
+            UpgradeRole::Old(_) | UpgradeRole::Preflight(_) => true,
             UpgradeRole::New { .. } => self.upgrades.state == OperationState::InProgress,
         }
     }
@@ -97,6 +119,10 @@ impl Master {
                 "event=upgrade-refused reason=\"{why}\"",
                 why = crate::logging::esc(&why)
             );
+            return;
+        }
+        if let Some(reason) = self.upgrade_in_place() {
+            self.begin_in_place(reason, now);
             return;
         }
         self.upgrades.begin(now);
@@ -142,8 +168,14 @@ impl Master {
                 old.pid
             ));
         }
-        if self.rollout.is_some() {
-            return Some("a rolling restart (HUP) is in progress".into());
+        if self.role.preflight().is_some() {
+            return Some("an in-place upgrade is checking the new binary".into());
+        }
+        if let Some(rollout) = &self.rollout {
+            return Some(match rollout.upgrade {
+                true => "an in-place upgrade is in progress".into(),
+                false => "a rolling restart (HUP) is in progress".into(),
+            });
         }
         let oldbin = self.config.pid_file.as_deref().map(pidfile::oldbin_path)?;
         match pidfile::read_pid(&oldbin) {

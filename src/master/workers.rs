@@ -380,6 +380,8 @@ impl Master {
             let exec_failure = self.exec_failures.remove(&pid);
             if self.role.new_master() == Some(pid) {
                 self.on_new_master_exit(status, exec_failure, now);
+            } else if self.role.preflight() == Some(pid) {
+                self.on_preflight_exit(status);
             } else if self.pool.get(pid).is_some() {
                 self.on_worker_exit(pid, status, exec_failure, now);
             } else if self.preload.owns(pid) {
@@ -534,6 +536,7 @@ impl Master {
             Timer::Respawn(slot) => (self.pool.retry_at(slot)? == at).then_some(at),
             Timer::SystemdWatchdog => Some(at),
             Timer::ShutdownDelay => (self.phase == (Phase::Draining { until: at })).then_some(at),
+            Timer::UpgradePreflight => self.role.preflight_deadline().filter(|d| *d == at),
         }
     }
 
@@ -587,6 +590,7 @@ impl Master {
                     self.dirty = true;
                 }
                 Timer::ShutdownDelay => self.end_shutdown_delay(now),
+                Timer::UpgradePreflight => self.on_preflight_timeout(),
                 Timer::SystemdWatchdog => {
                     if let Some(systemd) = &self.systemd {
                         systemd.send("WATCHDOG=1\n");

@@ -28,6 +28,8 @@ pub enum NotAdoptable {
     /// of ours (every descriptor we create is close-on-exec), or adopted.
     NotInherited,
     AdoptedAlready,
+    /// Not the kind of descriptor (pipe, socket, file) it was handed as.
+    WrongKind,
 }
 
 impl fmt::Display for NotAdoptable {
@@ -39,6 +41,7 @@ impl fmt::Display for NotAdoptable {
             NotAdoptable::NotListening => f.write_str("not a listening socket"),
             NotAdoptable::NotInherited => f.write_str("not inherited (close-on-exec is set)"),
             NotAdoptable::AdoptedAlready => f.write_str("adopted already"),
+            NotAdoptable::WrongKind => f.write_str("not the kind of descriptor handed"),
         }
     }
 }
@@ -79,6 +82,65 @@ pub fn adopt_inherited(fd: RawFd) -> Result<OwnedFd, NotAdoptable> {
     // SAFETY: see above: open, inherited, a listening socket, and recorded
     // as adopted (under the lock) so that this happens once per number.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What a descriptor handed across an in-place upgrade must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandedKind {
+    /// A pipe end (a worker's output, the exec-error pipe).
+    Pipe,
+    /// A socket (the notify socket).
+    Socket,
+    /// A regular file (the memfd holding the state).
+    File,
+}
+
+/// Takes a descriptor our own previous image handed us across an in-place
+/// upgrade (`FORKMASTER_INPLACE_STATE`): an open pipe, socket or file as
+/// `kind` says, close-on-exec clear, never adopted before. Sound for the
+/// same reasons as `adopt_inherited`: open (checked), owned by nothing in
+/// this process (it came through exec), and recorded so it is taken once.
+pub fn adopt_handed(fd: RawFd, kind: HandedKind) -> Result<OwnedFd, NotAdoptable> {
+    let mut adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
+    let flags = fd_flags(fd).ok_or(NotAdoptable::NotOpen)?;
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Err(NotAdoptable::NotInherited);
+    }
+    if adopted.contains(&fd) {
+        return Err(NotAdoptable::AdoptedAlready);
+    }
+    // SAFETY: `fd` is open and owned by nothing in this process (checked
+    // just now, under the lock); the borrow ends with this statement.
+    let stat = fstat(unsafe { BorrowedFd::borrow_raw(fd) }).map_err(NotAdoptable::Unreadable)?;
+    let wanted = match kind {
+        HandedKind::Pipe => SFlag::S_IFIFO,
+        HandedKind::Socket => SFlag::S_IFSOCK,
+        HandedKind::File => SFlag::S_IFREG,
+    };
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != wanted {
+        return Err(NotAdoptable::WrongKind);
+    }
+    adopted.insert(fd);
+    // SAFETY: open, inherited through exec, of the kind expected, and
+    // recorded as adopted under the lock, so this happens once per number.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Ours now: no later child may inherit it.
+    let _ = nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    Ok(owned)
+}
+
+/// Clears close-on-exec on `fd` so that an exec of this process keeps it
+/// (an in-place upgrade), or sets it again if the exec failed.
+pub fn set_inherited(fd: BorrowedFd<'_>, inherited: bool) -> nix::Result<()> {
+    let flags = if inherited {
+        nix::fcntl::FdFlag::empty()
+    } else {
+        nix::fcntl::FdFlag::FD_CLOEXEC
+    };
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags)).map(|_| ())
 }
 
 /// Checks `fd` is open, without close-on-exec, not in `adopted`, and a

@@ -11,6 +11,7 @@
 //! | `process` | forking to daemonize; whether stdin is a terminal; subreaper, children |
 //! | `preload` | the preloader's inherited socket end; is a pid our own child |
 //! | `tcp`     | `TCP_INFO` of a socket (a listener's accept queue)          |
+//! | `reexec`  | an in-place upgrade: signal mask, memfd, `execve` of itself |
 //!
 //! Everything outside holds `OwnedFd`/`BorrowedFd`; raw fd numbers appear only
 //! in environment values and between fork and exec.
@@ -21,6 +22,7 @@ mod child;
 pub mod fd;
 pub mod preload;
 pub mod process;
+pub mod reexec;
 mod signals;
 mod spawn;
 pub mod tcp;

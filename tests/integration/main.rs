@@ -17,6 +17,7 @@ mod faults;
 mod fleet;
 mod health;
 mod init_script;
+mod inplace;
 mod listeners;
 mod log_files;
 mod metrics;

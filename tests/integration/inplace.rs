@@ -1,0 +1,385 @@
+//! USR2 in place (`upgrade_mode: in-place`, or `auto` as PID 1): the master
+//! execs the new binary itself and keeps its pid, its pid file and its
+//! workers, which the new image rolls over to the new generation.
+
+use crate::fixture::Fixture;
+use crate::support::*;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const IN_PLACE: &str = "upgrade_mode: in-place\n";
+
+/// `forkmaster upgrade -p PIDFILE --wait`: (exit code, stdout + stderr).
+fn upgrade_wait(app: &App) -> (i32, String) {
+    let pid_file = app.pid_file.to_str().unwrap();
+    let (code, out, err) = client(&["upgrade", "-p", pid_file, "--wait"], secs(120));
+    (code, format!("{out}{err}"))
+}
+
+/// The workers' pids, sorted.
+fn pids(status: &Value) -> Vec<i64> {
+    let mut pids: Vec<i64> = App::worker_pids(status)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    pids.sort();
+    pids
+}
+
+fn generations(status: &Value) -> Vec<u64> {
+    status["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| w["generation"].as_u64().unwrap())
+        .collect()
+}
+
+/// Waits until the master serves with `n` ready workers, all of `generation`.
+fn wait_serving_generation(app: &App, n: usize, generation: u64) -> Value {
+    app.wait_status("every worker ready in one generation", secs(30), |s| {
+        s["ready"].as_u64() == Some(n as u64)
+            && s["phase"] == "running"
+            && generations(s) == vec![generation; n]
+    })
+}
+
+#[test]
+fn usr2_in_place_under_load_keeps_the_pid_and_fails_no_request() {
+    let app = App::new(3, IN_PLACE);
+    let mut master = app.start();
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 3, 1);
+    let old_workers = pids(&before);
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(20);
+    app.set_token("in-place-1");
+
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    assert!(
+        out.starts_with(&format!(
+            "upgraded in place: pid {pid} (unchanged), generation 1 -> 2"
+        )),
+        "{out}"
+    );
+    load.wait_answers(20);
+    let answers = load.finish_without_failures();
+    assert!(
+        answers.contains_key("2"),
+        "no answer from generation 2: {answers:?}"
+    );
+
+    assert_eq!(app.master_pid(), pid, "the pid file still names the master");
+    assert_no_file(&app.oldbin());
+    let after = app.status();
+    assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+    assert_eq!(after["generation"].as_u64(), Some(2));
+    assert_eq!(generations(&after), vec![2; 3]);
+    assert_eq!(after["upgrade"]["state"], "done");
+    for old in &old_workers {
+        assert!(!is_running(*old as i32), "old worker {old} still runs");
+    }
+    assert_eq!(app.token_served(), "in-place-1");
+    assert!(zombie_children_of(pid).is_empty());
+    let log = master.log();
+    assert!(
+        log.contains("event=upgrade mode=in-place reason=configured"),
+        "{log}"
+    );
+    assert_no_event(&log, "upgrade-failed");
+    assert_master_running(&mut master);
+
+    // And again: the new image upgrades in place as the old one did, and
+    // hands over no more fds than it took.
+    let fds = fd_count(pid);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    assert!(out.contains("generation 2 -> 3"), "{out}");
+    wait_serving_generation(&app, 3, 3);
+    assert_eq!(fd_count(pid), fds, "the master's fd count changed");
+}
+
+#[test]
+fn a_config_the_new_binary_refuses_fails_the_check_and_changes_nothing() {
+    let app = App::new(2, IN_PLACE);
+    let mut master = app.start();
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+
+    app.write_config(2, &format!("{IN_PLACE}no_such_key: 1\n"));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(
+        out.contains("upgrade failed: check of the new binary"),
+        "{out}"
+    );
+    assert!(out.contains("no_such_key"), "{out}");
+    let after = wait_serving_generation(&app, 2, 1);
+    assert_eq!(pids(&after), pids(&before), "the old workers serve on");
+    assert_eq!(after["upgrade"]["state"], "failed");
+    assert_no_event(&master.log(), "upgrade-exec");
+
+    // A missing app binary is refused by the same check.
+    app.write_config(2, &format!("{IN_PLACE}command: ['/nonexistent/app']\n"));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/nonexistent/app"), "{out}");
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+
+    // Fixed: the next upgrade goes through.
+    app.write_config(2, IN_PLACE);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_eq!(app.master_pid(), pid);
+    assert_master_running(&mut master);
+}
+
+#[test]
+fn a_missing_new_binary_fails_the_check_and_changes_nothing() {
+    let app = App::new(2, IN_PLACE);
+    let bin = app.dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let link = bin.join("forkmaster");
+    std::os::unix::fs::symlink(forkmaster(), &link).unwrap();
+    let mut master = app.start_program(&link);
+    let before = wait_serving_generation(&app, 2, 1);
+    std::fs::remove_file(&link).unwrap();
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(
+        out.contains(&format!(
+            "check {}: no such file or directory",
+            link.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+    assert_eq!(app.master_pid(), master.pid());
+    assert_master_running(&mut master);
+}
+
+#[test]
+fn a_new_generation_that_fails_rolls_back_to_the_old_workers() {
+    let app = App::new(2, &format!("{IN_PLACE}ready_timeout: 1s\n"));
+    let mut master = app.start();
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+
+    // Never ready (yet serving: no load here, the requests it took die
+    // with it): killed at the ready timeout, after the exec.
+    app.write_config(
+        2,
+        &format!(
+            "{IN_PLACE}ready_timeout: 1s\n{}",
+            app.env_line(&[("DEMO_NO_READY", "1")])
+        ),
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains("upgrade failed"), "{out}");
+    assert!(out.contains(&format!("pid {pid} keeps serving")), "{out}");
+    let after = wait_serving_generation(&app, 2, 1);
+    assert_eq!(pids(&after), pids(&before), "the old workers serve on");
+    assert!(master.log().contains("event=upgrade-exec mode=in-place"));
+
+    // Crashing at boot: the same, and not one request fails meanwhile.
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(10);
+    app.write_config(
+        2,
+        &format!("{IN_PLACE}ready_timeout: 1s\ncommand: ['/bin/false']\n"),
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+    load.wait_answers(10);
+    load.finish_without_failures();
+
+    // An old worker that dies is respawned with the old configuration (the
+    // demo app, ready), not the failed one.
+    let victim = pids(&before)[0];
+    send_signal(victim as i32, Signal::SIGKILL);
+    app.wait_status("the old worker replaced", secs(30), |s| {
+        s["ready"].as_u64() == Some(2) && !pids(s).contains(&victim)
+    });
+
+    app.write_config(2, &format!("{IN_PLACE}ready_timeout: 1s\n"));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    let done = app.status();
+    assert_eq!(done["pid"].as_i64(), Some(pid as i64));
+    assert_eq!(
+        generations(&done),
+        vec![done["generation"].as_u64().unwrap(); 2]
+    );
+    assert_master_running(&mut master);
+}
+
+/// Starts the master as `forkmaster` found on PATH, a script that runs
+/// `step` when exec'd by an in-place upgrade (not for its `-t`), then execs
+/// the real binary: a hook inside the exec, at the master's own pid.
+fn start_wrapped(app: &App, step: &str) -> Master {
+    let bin = app.dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let wrapper = bin.join("forkmaster");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -n \"$FORKMASTER_INPLACE_STATE\" ]; then {step}; fi\nexec '{}' \"$@\"\n",
+            forkmaster()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    app.fixture()
+        .setup(move |cmd| {
+            use std::os::unix::process::CommandExt;
+            cmd.arg0("forkmaster").env("PATH", path);
+        })
+        .start()
+}
+
+#[test]
+fn a_config_broken_after_the_check_leaves_the_old_workers_serving() {
+    let app = App::new(2, IN_PLACE);
+    // Broken once, between the check and the new image's start.
+    let broken = app.dir.join("broken.yml");
+    std::fs::write(&broken, format!("{IN_PLACE}no_such_key: 1\n")).unwrap();
+    let mut master = start_wrapped(
+        &app,
+        &format!(
+            "[ -f '{0}' ] && mv '{0}' '{1}'",
+            broken.display(),
+            app.config.display()
+        ),
+    );
+    master.wait_ready();
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains("the new configuration"), "{out}");
+    assert!(out.contains("no_such_key"), "{out}");
+    let after = wait_serving_generation(&app, 2, 1);
+    assert_eq!(pids(&after), pids(&before), "the old workers serve on");
+    assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+
+    // The old workers are supervised with the old configuration.
+    let victim = pids(&before)[0];
+    send_signal(victim as i32, Signal::SIGKILL);
+    app.wait_status("the old worker replaced", secs(30), |s| {
+        s["ready"].as_u64() == Some(2) && !pids(s).contains(&victim)
+    });
+    app.write_config(2, IN_PLACE);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_master_running(&mut master);
+}
+
+#[test]
+fn an_upgrade_in_place_keeps_the_pid_file() {
+    let app = App::new(2, IN_PLACE);
+    let mut master = app.start();
+    let before = wait_serving_generation(&app, 2, 1);
+    let moved = app.dir.join("moved.pid");
+    app.write_config(2, &format!("{IN_PLACE}pid: {}\n", moved.display()));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains("an upgrade keeps the pid file"), "{out}");
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+    assert_eq!(app.master_pid(), master.pid());
+    assert_no_file(&moved);
+    assert_master_running(&mut master);
+}
+
+#[test]
+fn a_worker_that_dies_during_the_exec_is_reaped_by_the_new_image() {
+    let app = App::new(2, IN_PLACE);
+    let victim_file = app.dir.join("victim");
+    let mut master = start_wrapped(
+        &app,
+        &format!("kill -KILL $(cat '{}')", victim_file.display()),
+    );
+    let before = wait_serving_generation(&app, 2, 1);
+    let victim = pids(&before)[0] as i32;
+    std::fs::write(&victim_file, victim.to_string()).unwrap();
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    let log = master.log();
+    assert!(
+        log.contains(&format!("pid={victim} event=exit signal=SIGKILL")),
+        "{log}"
+    );
+    assert!(!is_running(victim), "{victim} is left a zombie");
+    assert!(zombie_children_of(master.pid()).is_empty());
+    wait_serving_generation(&app, 2, 2);
+    assert_master_running(&mut master);
+}
+
+#[test]
+fn term_during_the_exec_stops_the_master_cleanly() {
+    let app = App::new(2, IN_PLACE);
+    // The "new binary" signals itself TERM from within the exec (same pid:
+    // the master's), before the real binary's handlers exist; the old image
+    // blocked TERM, so it waits for them instead of killing the master.
+    let mut master = start_wrapped(&app, "kill -TERM $$");
+    let workers = wait_serving_generation(&app, 2, 1);
+
+    master.signal(Signal::SIGUSR2);
+    let status = master.wait_exit(secs(30));
+    let log = master.log();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("event=upgrade-exec mode=in-place"), "{log}");
+    assert!(log.contains("event=stop mode=quick signal=TERM"), "{log}");
+    for pid in pids(&workers) {
+        assert!(!is_running(pid as i32), "worker {pid} outlived the master");
+    }
+    assert_no_file(&app.pid_file);
+}
+
+#[test]
+fn auto_upgrades_in_place_as_pid_1() {
+    if !is_root() {
+        skip_unless_required("auto_upgrades_in_place_as_pid_1 needs root for unshare --pid");
+        return;
+    }
+    let dir = TempDir::new();
+    let socket = dir.join("app.sock");
+    let mut master = Fixture::new(&dir)
+        .workers(2)
+        .unix("app.sock")
+        .through_shell("exec unshare --pid --fork --mount-proc \"$0\" \"$@\"")
+        .start();
+    master.wait_log("event=all-ready workers=2 generation=1", secs(30));
+    let target = Target::unix(&socket);
+    let master_pid = wait_for("the master, PID 1 of its namespace", secs(10), || {
+        master.children().first().copied()
+    });
+    master.guard().watch_pid(master_pid);
+    let load = Load::start(&target, 2);
+    load.wait_answers(10);
+
+    send_signal(master_pid, Signal::SIGUSR2);
+    let log = master.wait_log("event=upgrade-done mode=in-place generation=2", secs(30));
+    assert!(
+        log.contains("event=upgrade mode=in-place reason=pid1"),
+        "{log}"
+    );
+    load.wait_answers(10);
+    let answers = load.finish_without_failures();
+    assert!(answers.contains_key("2"), "{answers:?}");
+    assert!(is_running(master_pid));
+    assert_eq!(master.children(), vec![master_pid], "the same PID 1 serves");
+    assert_eq!(get(&target, "/").unwrap().fields()["generation"], "2");
+    let nspid = proc_status(master_pid, "NSpid").unwrap_or_default();
+    assert!(nspid.ends_with("\t1"), "NSpid: {nspid}");
+}
