@@ -22,6 +22,7 @@ mod log_files;
 mod metrics;
 mod operators;
 mod output;
+mod pid1;
 mod pidfile;
 mod privileges;
 mod real_servers;
