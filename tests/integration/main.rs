@@ -9,6 +9,7 @@ mod support;
 
 mod clients;
 mod config_errors;
+mod contrib;
 mod daemon;
 mod descendants;
 mod edges;
