@@ -24,6 +24,7 @@ mod metrics;
 mod operators;
 mod output;
 mod pid1;
+mod pods;
 mod pidfile;
 mod privileges;
 mod real_servers;
