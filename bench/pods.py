@@ -82,12 +82,13 @@ def http_get(port, path, timeout):
     return int(parts[1]), body.decode(errors="replace")
 
 
-def nspid_line(pid):
+def ns_pid(pid):
+    """The pid of host pid `pid` in its own pid namespace, as text."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("NSpid:"):
-                    return line.split()[1:]
+                    return line.split()[-1]
     except OSError:
         pass
     return None
@@ -201,10 +202,13 @@ class Pod:
 
     def inside(self, *command):
         """Runs a command inside the pod (`kubectl exec`): (rc, output)."""
-        out = subprocess.run(
-            ["nsenter", "-t", str(self.host_pid), "-p", "-m", "--", *command],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
-        )
+        try:
+            out = subprocess.run(
+                ["nsenter", "-t", str(self.host_pid), "-p", "-m", "--", *command],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+            )
+        except subprocess.TimeoutExpired:
+            return 124, f"{command[1]} did not return within 180 s"
         return out.returncode, (out.stdout + out.stderr).strip()
 
     def delete(self):
@@ -375,15 +379,19 @@ class Harness:
     def run_upgrades(self, pod, n):
         self.upgrade_pids = []
         for i in range(n):
-            before = (pod.host_pid, nspid_line(pod.host_pid))
+            before = (pod.host_pid, ns_pid(pod.host_pid))
             rc, out = pod.inside(self.forkmaster, "upgrade", "--wait", "-c", pod.config)
-            alive = pod.proc.poll() is None
-            after = (pod.host_pid, nspid_line(pod.host_pid)) if alive else (None, None)
-            self.upgrade_pids.append((before, after, rc))
-            log(f"upgrade {i + 1}: rc={rc} master host pid {before[0]} (ns {before[1]}) -> "
-                f"{after[0]} (ns {after[1]}): {out}")
-            if rc != 0 or not alive or before[0] != after[0]:
-                self.fail(f"upgrade {i + 1}: rc={rc} pod alive={alive} pid {before} -> {after}: {out}")
+            # In place, the master keeps its pid (1 inside, the same outside)
+            # and the pod lives on; an upgrade that forked a new master and
+            # let PID 1 exit has ended the pod (the kernel killed the rest).
+            after = (pod.host_pid, ns_pid(pod.host_pid))
+            alive = (after[1] == "1" and proc_state(pod.host_pid) not in (None, "Z")
+                     and pod.proc.poll() is None)
+            self.upgrade_pids.append((before, after if alive else (None, None), rc))
+            log(f"upgrade {i + 1}: rc={rc} master pid {before[0]} (1 inside) -> "
+                f"{after[0] if alive else 'gone'}: {out}")
+            if rc != 0 or not alive:
+                self.fail(f"upgrade {i + 1}: rc={rc}, pod alive: {alive}: {out}")
                 if not alive:
                     break
             time.sleep(self.args.gap)
@@ -453,8 +461,8 @@ class Harness:
                 print(f"old pods stopped on TERM: {len(secs)} in {secs[0]:.2f}-{secs[-1]:.2f}s "
                       f"(grace {self.args.grace}s), SIGKILLed at the deadline: {killed}")
         for before, after, rc in getattr(self, "upgrade_pids", []):
-            print(f"upgrade: rc={rc} master host pid {before[0]} ns pid {before[1]} -> "
-                  f"host pid {after[0]} ns pid {after[1]}")
+            print(f"upgrade: rc={rc} master host pid {before[0]} (pid {before[1]} inside) -> "
+                  f"{after[0] or 'gone'} (pid {after[1] or '-'} inside)")
         print(f"pods: {len(self.pods)}, zombies seen in a pod's namespace: "
               f"{self.transient_zombies} (all reaped), lingering > {self.args.linger}s: "
               f"{len(self.lingering)}")
