@@ -194,16 +194,11 @@ fn master_in(path: &Path, pid_file: &Path) -> Step<(i32, Status)> {
                 .join(", ")
         ))),
         Err(QueryError::Unverified(why)) => Err(Outcome::NotRunning(format!(
-            "refusing pid {pid} from {}: {why}; nothing was signalled ({IN_NAMESPACE})",
+            "refusing pid {pid} from {}: {why}; nothing was signalled",
             path.display()
         ))),
     }
 }
-
-/// A pid file written inside a container names a pid of the container's pid
-/// namespace (1 for its main process), which is another process outside:
-/// the client must run where that pid means the master.
-const IN_NAMESPACE: &str = "a master in a container or another pid namespace is reached from inside it: docker exec, kubectl exec, or nsenter -t HOST_PID -p -m forkmaster ...";
 
 /// Whether `status` is that of the master of `pid_file`: its pid file is
 /// `pid_file`, or `pid_file` is that pid file's `.oldbin` (an old master
