@@ -286,7 +286,10 @@ fn a_client_outside_the_namespace_refuses_the_pid_written_inside() {
             stderr.contains("refusing pid 1") && stderr.contains("nothing was signalled"),
             "{command}: {stderr}"
         );
-        assert!(stderr.contains("another pid namespace"), "{command}: {stderr}");
+        assert!(
+            stderr.contains("another pid namespace"),
+            "{command}: {stderr}"
+        );
     }
     assert_no_event(&pod.master.log(), "stop");
     assert_no_event(&pod.master.log(), "reload");
