@@ -107,6 +107,7 @@ impl Pod {
 
     /// Sends `signal` and waits until the log holds `effect` once more.
     fn expect(&self, signal: Signal, from: From, effect: &str) {
+        let effect = in_source(effect);
         let before = self.master.log().matches(effect).count();
         self.send(signal, from);
         self.master.wait_log_count(effect, before + 1, secs(20));
