@@ -88,8 +88,12 @@ impl Pod {
             From::Inside => {
                 let name = signal.as_str().trim_start_matches("SIG");
                 let out = run_command(self.inside(&["kill", &format!("-{name}"), "1"]), secs(10));
+                // When the signal stops the master, the kernel may kill
+                // `kill` (inside the namespace) as its PID 1 exits.
+                use std::os::unix::process::ExitStatusExt;
+                let ended_with_pid1 = out.status.signal() == Some(libc::SIGKILL);
                 assert!(
-                    out.status.success(),
+                    out.status.success() || ended_with_pid1,
                     "kill -{name} 1 inside the namespace: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
@@ -179,7 +183,10 @@ fn signals_without_meaning_are_logged_as_pid1_not_dropped() {
     // Still serving, neither ended nor stopped by them.
     pod.expect(Signal::SIGTTIN, From::Inside, "event=scale signal=TTIN");
     let state = proc_stat(pod.host_pid).map(|s| s.0);
-    assert_eq!(state, Some('S'), "the master should sleep in its loop");
+    assert!(
+        matches!(state, Some('S' | 'R')),
+        "TSTP must not stop the master: state {state:?}"
+    );
 }
 
 #[test]
@@ -302,14 +309,17 @@ fn a_client_outside_the_namespace_refuses_the_pid_written_inside() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("pid=1 "), "{stdout}");
-    // And stops it. Not `stop --wait`: a process inside the namespace is
-    // killed by the kernel when its PID 1 exits, the waiting client too.
+    // And stops it. A process inside the namespace is killed by the kernel
+    // when its PID 1 exits: a client still there at that moment too (so
+    // not `stop --wait`).
+    use std::os::unix::process::ExitStatusExt;
     let mut pod = pod;
     let out = run_command(
         pod.inside(&[forkmaster(), "stop", "-p", &pid_arg]),
         secs(10),
     );
-    assert!(out.status.success(), "{out:?}");
+    let ended_with_pid1 = out.status.signal() == Some(libc::SIGKILL);
+    assert!(out.status.success() || ended_with_pid1, "{out:?}");
     let status = pod.master.wait_exit(secs(30));
     assert!(status.success(), "{status}");
     assert!(!pod.pid_file.exists(), "the pid file was left");
