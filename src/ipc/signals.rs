@@ -26,8 +26,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Signals with no meaning for forkmaster whose default action would end or
 /// stop a process, logged and ignored when the master is PID 1 (the kernel
-/// would drop them silently). Faults (`SEGV`, `BUS`, `ILL`, `FPE`, `ABRT`,
-/// `TRAP`, `SYS`) are left alone: the kernel forces those even on an init.
+/// would drop them silently). Faults (`SEGV`, `BUS`, `ILL`, `FPE`, `TRAP`,
+/// `SYS`) are left alone: the kernel forces those even on an init, and
+/// `ABRT` is our own `abort()`, which must end the process.
 pub const IGNORED_AS_PID1: [libc::c_int; 9] = [
     libc::SIGALRM,
     libc::SIGVTALRM,
@@ -165,5 +166,18 @@ fn log_ignored(number: libc::c_int) {
 impl AsFd for SignalPipe {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.read.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signals_ignored_as_pid1_are_none_we_obey_and_fit_the_overflow_mask() {
+        for n in IGNORED_AS_PID1 {
+            assert!(Signal::from_number(n).is_none(), "signal {n} has a meaning");
+            assert!((1..64).contains(&n), "signal {n} does not fit the mask");
+        }
     }
 }
