@@ -9,6 +9,7 @@ mod support;
 
 mod clients;
 mod config_errors;
+mod contrib;
 mod daemon;
 mod descendants;
 mod edges;
@@ -23,8 +24,10 @@ mod log_files;
 mod metrics;
 mod operators;
 mod output;
+mod pid1;
 mod pidfile;
 mod preload;
+mod pods;
 mod privileges;
 mod real_servers;
 mod reloads;
