@@ -23,6 +23,7 @@ mod metrics;
 mod operators;
 mod output;
 mod pidfile;
+mod preload_conformance;
 mod privileges;
 mod real_servers;
 mod reloads;
