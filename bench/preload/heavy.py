@@ -78,8 +78,12 @@ def notify_ready():
         return
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(b"READY=1", addr)
+    # Best effort, as sd_notify(3): no listener is not this app's failure.
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"READY=1", addr)
+    except OSError:
+        pass
 
 
 def serve_http():

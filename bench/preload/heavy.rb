@@ -65,6 +65,8 @@ module Heavy
     addr = "\0#{addr[1..]}" if addr.start_with?('@')
     sock = Socket.new(:UNIX, :DGRAM)
     sock.send('READY=1', 0, Socket.pack_sockaddr_un(addr))
+  rescue SystemCallError
+    nil # best effort, as sd_notify(3): no listener is not this app's failure
   ensure
     sock&.close
   end
