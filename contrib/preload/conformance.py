@@ -10,7 +10,9 @@ with a listener (127.0.0.1, an ephemeral port) at fd 3 and the preloader's
 environment, waits for `hello`, sends `spawn` requests with two pipes each,
 and checks what the workers and the preloader do, from outside (/proc) and
 from the report each worker of the conformance app prints on its stdout.
-Finally it closes the socket and expects the preloader to exit 0.
+Then it closes the socket and expects the preloader to exit 0. Last, a
+child of it plays a second master, is SIGKILLed once its worker is up, and
+the worker must die of SIGKILL (the parent-death signal, seen from outside).
 
 Prints one line per check, `PASS name: detail`, `FAIL name: detail` or, for
 checks of behaviour the protocol leaves open, `WARN name: detail`; then
@@ -459,6 +461,70 @@ def check_ending(checks, master, workers, timeout):
                  f"workers alive after the preloader's exit: {survivors} of {expected}")
 
 
+def run_doomed_master(command, log, timeout, report_fd):
+    """In a child: a master of its own for one worker; writes the worker's
+    pid to `report_fd` once it is set up, then waits to be killed."""
+    become_subreaper()
+    master = Master(command, 1, log)
+    master.exec_preloader()
+    hello = master.receive(timeout)
+    if not isinstance(hello, dict) or hello.get("type") != "hello":
+        return
+    worker = Worker(0, 1)
+    worker.send(master)
+    answer = master.wait_message(lambda m: isinstance(m, dict) and m.get("id") == 1, timeout)
+    if not isinstance(answer, dict) or not isinstance(answer.get("pid"), int):
+        return
+    pid = answer["pid"]
+    # Its report comes after step 3: the parent-death signal is set by then.
+    if wait_for(lambda: proc_ppid(pid) == os.getpid(), timeout) and worker.read_line(worker.out_r, timeout):
+        os.write(report_fd, b"%d\n" % pid)
+        time.sleep(timeout * 10)
+
+
+def check_parent_death(checks, command, log, timeout):
+    """A worker dies with its master: a child of ours plays a master, is
+    SIGKILLed once its worker is up, and the worker (then reparented to us,
+    a subreaper) must have been killed by SIGKILL."""
+    r, w = os.pipe()
+    doomed = os.fork()
+    if doomed == 0:
+        try:
+            os.close(r)
+            run_doomed_master(command, log, timeout, w)
+        finally:
+            os._exit(0)
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], timeout * 2)
+    line = os.read(r, 64).decode().strip() if ready else ""
+    os.close(r)
+    os.kill(doomed, signal.SIGKILL)
+    os.waitpid(doomed, 0)
+    if not checks.check("pdeathsig.setup", line.isdigit(), "a second master got a worker up"
+                        if line.isdigit() else "a second master could not get a worker up"):
+        return
+    pid = int(line)
+
+    def reaped():
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not reparented to us yet
+            return None
+        return status if got == pid else None
+
+    status = wait_for(reaped, timeout)
+    if status is None:
+        checks.check("pdeathsig.killed", False, f"worker {pid} still running {timeout}s after its master died")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        return
+    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == SIGKILL
+    checks.check("pdeathsig.killed", killed, f"worker {pid} ended with wait status {status:#x} "
+                 f"when its master was SIGKILLed (expected death by SIGKILL)")
+
+
 def stop_everything(master, workers):
     for worker in workers:
         if worker.pid:
@@ -496,10 +562,12 @@ def main(argv):
     with tempfile.TemporaryDirectory(prefix="forkmaster-conformance.") as tmp:
         master = Master(command, args.workers, os.path.join(tmp, "preloader.log"))
         workers = [Worker(slot, 10 + slot) for slot in range(args.workers)]
+        hello_ok = False
         try:
             master.exec_preloader()
             print(f"# preloader pid {master.pid}: {shlex.join(command)}", flush=True)
-            if check_hello(checks, master, args.hello_timeout):
+            hello_ok = check_hello(checks, master, args.hello_timeout)
+            if hello_ok:
                 spawned = [w for w in workers if check_spawn(checks, master, w, args.timeout)]
                 for worker in spawned:
                     check_worker(checks, master, worker, master.pid, args.timeout)
@@ -517,9 +585,13 @@ def main(argv):
             stop_everything(master, workers)
             for worker in workers:
                 worker.close()
+        if hello_ok:
+            check_parent_death(checks, command, os.path.join(tmp, "preloader-2.log"), args.timeout)
+            # Its preloader, reparented to us, exits at EOF: reap it.
+            wait_for(lambda: master.reap() is None and not proc_children(os.getpid()), args.timeout)
         if checks.failed:
             log = master.preloader_log().splitlines()[-30:]
-            print("# the preloader's output (last 30 lines):")
+            print("# the preloader's output (last 30 lines):" if log else "# the preloader wrote nothing")
             for line in log:
                 print(f"#   {line}")
     print(f"{checks.passed} passed, {checks.failed} failed, {checks.warned} warnings")
