@@ -222,7 +222,7 @@ start_server() {
     SRV_PIDFILE="$TMP/$name.pid" SRV_READY="$TMP/$name.ready" SRV_LOG="$TMP/$name.log"
     rm -f "$SRV_PIDFILE" "$SRV_READY"
     local fm=("$FM" --listen "$HOST:$SRV_PORT" --workers "$WORKERS" --pid "$SRV_PIDFILE"
-        --ready notify --graceful-timeout 20s)
+        --ready notify --ready-timeout 5m --graceful-timeout 60s)
     case $mode in
         fm-exec-py) cmd=("${fm[@]}" -- python3 "$APPS/heavy.py") ;;
         fm-preload-py) cmd=("${fm[@]}" --preload -- python3 "$APPS/heavy.py") ;;
@@ -232,7 +232,7 @@ start_server() {
             # gunicorn's own pid file (.gpid): lib.sh reads *.pid as forkmaster's.
             SRV_PIDFILE="$TMP/$name.gpid"
             cmd=(gunicorn --preload -c "$APPS/gunicorn.conf.py" --chdir "$APPS" -w "$WORKERS"
-                -b "$HOST:$SRV_PORT" --pid "$SRV_PIDFILE" --graceful-timeout 20 heavy:app) ;;
+                -b "$HOST:$SRV_PORT" --pid "$SRV_PIDFILE" --graceful-timeout 60 heavy:app) ;;
         unicorn)
             SRV_PIDFILE="$TMP/$name.upid"
             cmd=(env HEAVY_WORKERS="$WORKERS" HEAVY_LISTEN="$HOST:$SRV_PORT" HEAVY_PID_FILE="$SRV_PIDFILE"
@@ -354,6 +354,8 @@ bench_mode() {
         stop_server "$mode"
     done
     ROWS+=("$mode|$(printf '%s' "$starts" | stats)|$(printf '%s' "$psses" | stats)|$(printf '%s' "$ups" | stats)|$ok/$tried")
+    say "$mode: start ms, Pss kB, upgrade ms (median min max): $(printf '%s' "$starts" | stats);" \
+        "$(printf '%s' "$psses" | stats); $(printf '%s' "$ups" | stats); upgrades $ok/$tried"
 }
 
 # ---------------------------------------------------------------- part 4

@@ -15,6 +15,7 @@ and exits. Answers `pid=PID items=N`.
 """
 
 import os
+import select
 import signal
 import socket
 import sys
@@ -113,13 +114,18 @@ def serve_http():
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGQUIT, lambda *_: stopping.append(True))
-    server.timeout = 0.2
+    # EPOLLEXCLUSIVE: a connection wakes one of the workers polling the
+    # listener, not all of them (a thundering herd of Python processes eats
+    # the CPU that booting workers need). The 0.2 s timeout lets a stop
+    # signal be seen; server_close() then waits for the requests in flight.
+    poller = select.epoll()
+    poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
     mark_ready()
     notify_ready()
-    # handle_request() returns at least every 0.2 s, so a stop signal is
-    # seen promptly; server_close() then waits for the requests in flight.
     while not stopping:
-        server.handle_request()
+        if poller.poll(0.2):
+            server._handle_request_noblock()
+    poller.close()
     server.server_close()
 
 
