@@ -139,10 +139,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Children of $1 (from /proc, one pid a line).
+# Children of $1, one pid a line (ps: processes may vanish while it reads).
 children_of() {
-    awk -v p="$1" '{ line = $0; sub(/.*\) /, "", line); split(line, f, " "); if (f[2] == p) print FILENAME }' \
-        /proc/[0-9]*/stat 2>/dev/null | sed 's|/proc/||; s|/stat||'
+    ps -e -o pid=,ppid= | awk -v p="$1" '$2 == p { print $1 }'
 }
 
 # $1 and all its descendants.
