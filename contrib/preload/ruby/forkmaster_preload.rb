@@ -63,7 +63,7 @@ module ForkmasterPreload
   # Bad input from the master, or a step of the protocol that cannot go on.
   class ProtocolError < StandardError; end
 
-  # Closes its IOs when the block ends, whatever happens.
+  # Closes each IO, going on past any that fails to close.
   def self.close_all(ios)
     ios.each do |io|
       io.close unless io.closed?
@@ -78,7 +78,6 @@ module ForkmasterPreload
     PR_SET_PDEATHSIG = 1
 
     def initialize(fd, hooks, compact:)
-      @fd = fd
       @hooks = hooks
       @compact = compact
       @master_pid = Integer(ENV.fetch(MASTER_PID_VAR, ''), 10)
@@ -86,8 +85,10 @@ module ForkmasterPreload
       @prctl = Fiddle::Function.new(Fiddle::Handle::DEFAULT['prctl'],
                                     [Fiddle::TYPE_INT, Fiddle::TYPE_VARIADIC], Fiddle::TYPE_INT)
       @sock = Socket.for_fd(fd)
-    rescue ArgumentError, KeyError => e
-      raise ProtocolError, "#{MASTER_PID_VAR} and #{PRELOAD_FD_VAR} must be pids and fds: #{e.message}"
+    rescue ArgumentError => e
+      raise ProtocolError, "#{MASTER_PID_VAR} must be a pid: #{e.message}"
+    rescue SystemCallError => e
+      raise ProtocolError, "#{PRELOAD_FD_VAR}=#{fd}: #{e.message}"
     end
 
     # Returns only in a worker (true); exits 0 in the preloader at EOF.
