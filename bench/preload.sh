@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Preload benchmark: one heavy app, four ways to fork it, run from the repo root:
 #
-#     bash bench/preload.sh                     # every mode, about 10 minutes on 2 cores
+#     bash bench/preload.sh                     # every mode, 15-20 minutes on 2 cores
 #     BENCH_QUICK=1 bash bench/preload.sh       # smoke run
 #     bash bench/preload.sh fm-exec-py gunicorn # only these modes
 #
