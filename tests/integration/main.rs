@@ -28,6 +28,7 @@ mod pid1;
 mod pidfile;
 mod preload;
 mod pods;
+mod preload_conformance;
 mod privileges;
 mod real_servers;
 mod reloads;
