@@ -43,6 +43,12 @@ pub fn memory(pid: i32) -> Option<Memory> {
     parse_smaps_rollup(&read_bounded(&format!("/proc/{pid}/smaps_rollup"))?)
 }
 
+/// The private memory of `pid` (`Private_Clean + Private_Dirty`): what
+/// it does not share copy-on-write with its siblings. `None` as `memory`.
+pub fn private_bytes(pid: i32) -> Option<u64> {
+    memory(pid).map(|m| m.private)
+}
+
 /// The CPU time `pid` has used, user and system, in seconds; `None` if it
 /// is gone.
 pub fn cpu_secs(pid: i32) -> Option<f64> {

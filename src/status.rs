@@ -139,8 +139,9 @@ pub struct Status {
     /// The master's own memory and CPU.
     #[serde(flatten)]
     pub usage: Usage,
-    /// What this master counted over its life (reset at an upgrade: a new
-    /// master starts from zero). Zero in an older master's answer.
+    /// What this master counted over its life, and before it the masters
+    /// it upgraded from (each passes its totals on at a USR2). Zero in an
+    /// older master's answer.
     #[serde(default)]
     pub counters: Counters,
     /// The listeners and, for TCP, their accept queues, read when the
@@ -165,16 +166,20 @@ pub enum ExitReason {
     Watchdog,
     /// Its setup or exec failed in the child (the command not found, ...).
     ExecFailed,
+    /// Stopped once its replacement was ready: over `max_worker_memory`
+    /// or `max_worker_age`.
+    Recycled,
 }
 
 impl ExitReason {
-    pub const ALL: [ExitReason; 6] = [
+    pub const ALL: [ExitReason; 7] = [
         ExitReason::Stopped,
         ExitReason::Crash,
         ExitReason::Exit,
         ExitReason::ReadyTimeout,
         ExitReason::Watchdog,
         ExitReason::ExecFailed,
+        ExitReason::Recycled,
     ];
 
     pub fn name(self) -> &'static str {
@@ -185,68 +190,12 @@ impl ExitReason {
             ExitReason::ReadyTimeout => "ready_timeout",
             ExitReason::Watchdog => "watchdog",
             ExitReason::ExecFailed => "exec_failed",
+            ExitReason::Recycled => "recycled",
         }
     }
 }
 
-/// Worker exits by reason.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct ExitCounts {
-    pub stopped: u64,
-    pub crash: u64,
-    pub exit: u64,
-    pub ready_timeout: u64,
-    pub watchdog: u64,
-    pub exec_failed: u64,
-}
-
-impl ExitCounts {
-    fn field(&mut self, reason: ExitReason) -> &mut u64 {
-        match reason {
-            ExitReason::Stopped => &mut self.stopped,
-            ExitReason::Crash => &mut self.crash,
-            ExitReason::Exit => &mut self.exit,
-            ExitReason::ReadyTimeout => &mut self.ready_timeout,
-            ExitReason::Watchdog => &mut self.watchdog,
-            ExitReason::ExecFailed => &mut self.exec_failed,
-        }
-    }
-
-    pub fn count(&mut self, reason: ExitReason) {
-        *self.field(reason) += 1;
-    }
-
-    pub fn get(&self, reason: ExitReason) -> u64 {
-        match reason {
-            ExitReason::Stopped => self.stopped,
-            ExitReason::Crash => self.crash,
-            ExitReason::Exit => self.exit,
-            ExitReason::ReadyTimeout => self.ready_timeout,
-            ExitReason::Watchdog => self.watchdog,
-            ExitReason::ExecFailed => self.exec_failed,
-        }
-    }
-}
-
-/// Upgrades or reloads that ended, by outcome.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct Outcomes {
-    pub done: u64,
-    pub failed: u64,
-}
-
-/// Counters over a master's life.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct Counters {
-    pub worker_exits: ExitCounts,
-    /// Respawns scheduled: after a worker died unasked, or failed to spawn.
-    pub respawns: u64,
-    pub upgrades: Outcomes,
-    pub reloads: Outcomes,
-}
+pub use crate::master::counters::{Counters, Outcomes};
 
 /// A listening socket and, for TCP, its accept queue (`TCP_INFO`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -296,6 +245,27 @@ impl WorkerRollout {
         match self {
             WorkerRollout::Incoming => "incoming",
             WorkerRollout::Replaced => "replaced",
+        }
+    }
+}
+
+/// Why a worker is being recycled: replaced, its replacement ready first.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecycleReason {
+    /// Its private memory went over `max_worker_memory`.
+    Memory,
+    /// It reached its `max_worker_age`.
+    Age,
+}
+
+impl RecycleReason {
+    pub const ALL: [RecycleReason; 2] = [RecycleReason::Memory, RecycleReason::Age];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RecycleReason::Memory => "memory",
+            RecycleReason::Age => "age",
         }
     }
 }
@@ -354,6 +324,10 @@ pub struct WorkerStatus {
     /// Its part in a rolling restart in progress, if any.
     #[serde(default)]
     pub rollout: Option<WorkerRollout>,
+    /// Being recycled (`rollout` says whether as the old worker or its
+    /// replacement), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle: Option<RecycleReason>,
     #[serde(flatten)]
     pub usage: Usage,
 }
@@ -420,21 +394,21 @@ impl Status {
         // The history columns are the slot's: a new worker inherits them.
         out.push_str(
             "SLOT  PID      STATE     GEN  UPTIME    RSS      PSS      PRIVATE  SHARED   \
-             CPU      CPU%    ROLLOUT   SLOT-RESTARTS  SLOT-LAST-EXIT\n",
+             CPU      CPU%    ROLLOUT          SLOT-RESTARTS  SLOT-LAST-EXIT\n",
         );
         let mut rows: Vec<(usize, i32, String)> = self
             .workers
             .iter()
             .map(|w| {
                 let row = format!(
-                    "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<9} {:<14} {}\n",
+                    "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<16} {:<14} {}\n",
                     w.slot,
                     w.pid,
                     w.state.name(),
                     w.generation,
                     secs(w.uptime_secs),
                     w.usage.cells(),
-                    w.rollout.map_or("-", WorkerRollout::name),
+                    w.rollout_cell(),
                     w.restarts,
                     w.last_exit.as_deref().unwrap_or("-")
                 );
@@ -447,7 +421,7 @@ impl Status {
                 last.push_str(&format!(" (retry in {})", secs(retry)));
             }
             let row = format!(
-                "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<9} {:<14} {last}\n",
+                "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<16} {:<14} {last}\n",
                 s.slot,
                 "-",
                 s.state.name(),
@@ -478,6 +452,20 @@ impl Status {
             }
         }
         out
+    }
+}
+
+impl WorkerStatus {
+    /// The ROLLOUT cell: `incoming` or `replaced` in a rolling restart;
+    /// `recycling:memory` for a worker being recycled, its replacement
+    /// `incoming:memory`.
+    fn rollout_cell(&self) -> String {
+        match (self.rollout, self.recycle) {
+            (None, _) => "-".into(),
+            (Some(r), None) => r.name().into(),
+            (Some(WorkerRollout::Replaced), Some(why)) => format!("recycling:{}", why.name()),
+            (Some(WorkerRollout::Incoming), Some(why)) => format!("incoming:{}", why.name()),
+        }
     }
 }
 

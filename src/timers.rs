@@ -25,6 +25,10 @@ pub enum Timer {
     SystemdWatchdog,
     /// `shutdown_delay` is over: the graceful stop begins.
     ShutdownDelay,
+    /// This worker reached its `max_worker_age` (or its recycle is retried).
+    WorkerAge(i32),
+    /// Time to read the ready workers' private memory (`max_worker_memory`).
+    MemoryCheck,
 }
 
 #[derive(Default)]

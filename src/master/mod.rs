@@ -10,9 +10,12 @@
 //! supervises them; `strays` stops what they leave behind; `reload` is the
 //! HUP rolling restart; `upgrade` is both sides of the USR2 re-exec, with
 //! this master's part in it as an `UpgradeRole`; `usage` reads the memory
-//! and CPU figures `status` shows.
+//! and CPU figures `status` shows; `recycle` replaces workers over their
+//! memory or age limit; `counters` are the totals `metrics` shows.
 
+pub(crate) mod counters;
 mod pool;
+mod recycle;
 mod reload;
 mod strays;
 mod upgrade;
@@ -237,9 +240,11 @@ pub struct Master {
     notify_log_budget: crate::ratelimit::LogBudget,
     /// Each process's memory and CPU as last read for a status request.
     usage_readings: usage::Readings,
-    /// Worker exits by reason and respawns, for `metrics`; the upgrades
-    /// and reloads are counted by their `Record`.
+    /// Worker exits by reason, respawns and recycles, for `metrics`; the
+    /// upgrades and reloads are counted by their `Record`.
     counters: Counters,
+    /// Workers over their memory or age limit, being replaced.
+    recycler: recycle::Recycler,
 }
 
 impl Master {
@@ -304,9 +309,19 @@ impl Master {
         }
         let role = predecessor.map_or(UpgradeRole::None, UpgradeRole::new_master_of);
         let now = Instant::now();
-        let upgrades = match predecessor {
+        // The old master's totals go on (`FORKMASTER_UPGRADE_COUNTERS`).
+        let counters = match predecessor {
+            Some(_) => Counters::inherited(&launch.env),
+            None => Counters::default(),
+        };
+        let mut upgrades = match predecessor {
             Some(_) => Record::started_by_upgrade(now),
             None => Record::default(),
+        };
+        upgrades.outcomes = counters.upgrades;
+        let reloads = Record {
+            outcomes: counters.reloads,
+            ..Record::default()
         };
         Ok(Master {
             launch,
@@ -338,13 +353,14 @@ impl Master {
             role,
             upgrades,
             rollout: None,
-            reloads: Record::default(),
+            reloads,
             systemd,
             logs,
             ready_report,
             notify_log_budget: crate::ratelimit::LogBudget::new(20, 5),
             usage_readings: usage::Readings::default(),
-            counters: Counters::default(),
+            counters,
+            recycler: recycle::Recycler::default(),
         })
     }
 
@@ -382,6 +398,7 @@ impl Master {
                 self.scale_workers(now);
                 self.advance_rollout(now);
             }
+            self.advance_recycles(now);
             self.serve_status();
             self.retry_health(now);
             self.serve_health(Instant::now());
@@ -750,6 +767,7 @@ impl Master {
                     restarts: slot.map_or(0, |s| s.restarts),
                     last_exit: slot.and_then(|s| s.last_exit.clone()),
                     rollout,
+                    recycle: self.recycler.reason_of(w.pid),
                     usage: sampling.usage(w.pid, w.started),
                 }
             })
@@ -784,12 +802,17 @@ impl Master {
             slots: self.slot_statuses(now),
             strays: self.strays.statuses(now),
             usage,
-            counters: Counters {
-                upgrades: self.upgrades.outcomes,
-                reloads: self.reloads.outcomes,
-                ..self.counters.clone()
-            },
+            counters: self.counters_now(),
             listeners: self.listener_statuses(),
+        }
+    }
+
+    /// Every total this master counted, and those it inherited.
+    fn counters_now(&self) -> Counters {
+        Counters {
+            upgrades: self.upgrades.outcomes,
+            reloads: self.reloads.outcomes,
+            ..self.counters.clone()
         }
     }
 

@@ -97,6 +97,8 @@ impl Master {
     }
 
     fn start_rollout(&mut self, config: Config, template: WorkerTemplate, now: Instant) {
+        // Its replacements would take the slots of recycles booting.
+        self.cancel_recycles(now);
         // As Unicorn's HUP: the file's worker count wins over TTIN/TTOU/WINCH.
         let running = self.pool.target();
         if running != self.config.workers && running != config.workers {

@@ -25,6 +25,7 @@ mod output;
 mod pidfile;
 mod privileges;
 mod real_servers;
+mod recycle;
 mod reloads;
 mod serving;
 mod signals;
