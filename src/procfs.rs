@@ -3,12 +3,16 @@
 //!
 //! | figure | file | fields |
 //! |-|-|-|
+//! | rss (cheap) | `/proc/PID/statm` | `resident` (field 2), in pages |
 //! | rss, pss | `/proc/PID/smaps_rollup` | `Rss`, `Pss` |
 //! | private | `/proc/PID/smaps_rollup` | `Private_Clean` + `Private_Dirty` |
 //! | shared | `/proc/PID/smaps_rollup` | `Shared_Clean` + `Shared_Dirty` |
 //! | cpu time | `/proc/PID/stat` | `utime` + `stime` (fields 14, 15) |
 //!
-//! Read only when asked, never on a timer. Each read is one small file
+//! `statm` is cheap (the kernel keeps the counters); `smaps_rollup` walks
+//! every mapping of the process, about 70 us each, so `status` reads it
+//! within a budget (see `master::usage`). Read only when asked (a status,
+//! or the memory check of `max_worker_memory`). Each read is one small file
 //! with a size limit; /proc files are generated in memory, so a read waits
 //! on no disk, at most briefly on the process's memory-map lock (which
 //! `smaps_rollup` takes to walk its mappings). A process that vanished (or
@@ -43,10 +47,27 @@ pub fn memory(pid: i32) -> Option<Memory> {
     parse_smaps_rollup(&read_bounded(&format!("/proc/{pid}/smaps_rollup"))?)
 }
 
-/// The private memory of `pid` (`Private_Clean + Private_Dirty`): what
-/// it does not share copy-on-write with its siblings. `None` as `memory`.
-pub fn private_bytes(pid: i32) -> Option<u64> {
-    memory(pid).map(|m| m.private)
+/// The resident memory of `pid` from `statm`: the kernel's counters, no
+/// walk of its mappings. `None` if it is gone.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let pages = parse_statm_resident(&read_bounded(&format!("/proc/{pid}/statm"))?)?;
+    Some(pages.saturating_mul(page_size()))
+}
+
+fn page_size() -> u64 {
+    static PAGE_SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE_SIZE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(4096)
+    })
+}
+
+/// `size resident shared text lib data dt`, in pages: `resident`.
+fn parse_statm_resident(text: &str) -> Option<u64> {
+    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The CPU time `pid` has used, user and system, in seconds; `None` if it
@@ -154,10 +175,19 @@ Swap:                  0 kB
     }
 
     #[test]
+    fn statm_gives_resident_pages() {
+        assert_eq!(parse_statm_resident("2000 350 200 10 0 500 0\n"), Some(350));
+        assert_eq!(parse_statm_resident("2000"), None);
+    }
+
+    #[test]
     fn this_process_has_memory_and_cpu_time() {
         let pid = std::process::id() as i32;
         let m = memory(pid).expect("our own smaps_rollup");
         assert!(m.rss > 0 && m.pss <= m.rss, "{m:?}");
+        let rss = rss_bytes(pid).expect("our own statm");
+        // The same counters, a moment apart.
+        assert!(rss.abs_diff(m.rss) < m.rss / 2, "{rss} {m:?}");
         assert!(cpu_secs(pid).is_some());
     }
 
@@ -167,6 +197,7 @@ Swap:                  0 kB
         let pid = child.id() as i32;
         child.wait().unwrap();
         assert_eq!(memory(pid), None);
+        assert_eq!(rss_bytes(pid), None);
         assert_eq!(cpu_secs(pid), None);
     }
 }

@@ -209,10 +209,13 @@ pub struct ListenerStatus {
     pub backlog: Option<u32>,
 }
 
-/// A process's memory (from `/proc/PID/smaps_rollup`) and CPU (from
-/// `/proc/PID/stat`), read when the status is asked for, at most once a
-/// second (a request sooner after gets the same figures). Each is `None`
-/// when the process could not be read (gone, a zombie, or an older master).
+/// A process's memory and CPU, read from /proc when the status is asked
+/// for (see `master::usage`): RSS (`/proc/PID/statm`) and CPU
+/// (`/proc/PID/stat`) at most a second old; PSS, private and shared from
+/// `/proc/PID/smaps_rollup`, which costs far more to read, as old as
+/// `memory_age_secs` says (a status reads it within a time budget, stalest
+/// first). Each is `None` when the process could not be read (gone, a
+/// zombie, not read yet, or an older master).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Usage {
@@ -223,6 +226,9 @@ pub struct Usage {
     /// Pages others map too (`Shared_Clean + Shared_Dirty`): mostly what a
     /// worker still shares with the code and libraries of its siblings.
     pub shared_bytes: Option<u64>,
+    /// How long ago `pss_bytes`, `private_bytes` and `shared_bytes` were
+    /// read.
+    pub memory_age_secs: Option<f64>,
     /// User and system CPU time over the process's life.
     pub cpu_secs: Option<f64>,
     /// CPU used between the previous reading (at least a second back) and
@@ -437,6 +443,19 @@ impl Status {
         for (_, _, row) in rows {
             out.push_str(&row);
         }
+        // The costly figures may be older than the rest: say how old.
+        let oldest = (self.workers.iter().map(|w| &w.usage))
+            .chain([&self.usage])
+            .filter_map(|u| u.memory_age_secs)
+            .fold(None, |max: Option<f64>, age| {
+                Some(max.map_or(age, |m| m.max(age)))
+            });
+        if let Some(age) = oldest.filter(|age| *age >= 1.0) {
+            out.push_str(&format!(
+                "PSS, PRIVATE and SHARED read up to {} ago; RSS and CPU within 1s\n",
+                secs(age)
+            ));
+        }
         if !self.strays.is_empty() {
             out.push_str("STRAY PID  PGID     DEADLINE           OF\n");
             for s in &self.strays {
@@ -555,6 +574,7 @@ mod tests {
             "pss_bytes",
             "private_bytes",
             "shared_bytes",
+            "memory_age_secs",
             "cpu_secs",
             "cpu_percent",
         ];
@@ -653,6 +673,7 @@ mod tests {
             pss_bytes: Some(700 * 1024),
             private_bytes: Some(512),
             shared_bytes: Some(3 * 1024 * 1024 * 1024),
+            memory_age_secs: Some(4.0),
             cpu_secs: Some(90.0),
             cpu_percent: Some(12.25),
         };
@@ -691,6 +712,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(rows[1][5..12], ["-"; 7], "{text}");
+        assert!(
+            text.ends_with("PSS, PRIVATE and SHARED read up to 4.0s ago; RSS and CPU within 1s\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -744,7 +744,8 @@ impl Master {
     }
 
     /// The state as `status` shows it. Reads each worker's memory and CPU
-    /// from /proc (O(workers), at most once a second; see `usage`).
+    /// from /proc (O(workers), at most once a second, the costly figures
+    /// within a time budget; see `usage`).
     pub fn status(&self) -> Status {
         let now = Instant::now();
         let mut sampling = self.usage_readings.begin(now);
@@ -773,7 +774,7 @@ impl Master {
             })
             .collect();
         workers.sort_by_key(|w| (w.slot, w.pid));
-        let usage = sampling.usage(self.pid, self.started);
+        let usage = sampling.usage_in_full(self.pid, self.started);
         sampling.finish();
         Status {
             pid: self.pid,

@@ -205,7 +205,9 @@ impl Master {
 
     /// A worker reached its age limit (or the retry of its recycle).
     fn on_worker_age(&mut self, pid: i32) {
-        if self.recycler.deadlines.remove(&pid).is_some() {
+        // A reload may have lifted the limit since it was armed.
+        let armed = self.recycler.deadlines.remove(&pid).is_some();
+        if armed && self.config.max_worker_age.is_some() {
             let due = Due {
                 reason: RecycleReason::Age,
                 private: None,
@@ -232,9 +234,14 @@ impl Master {
             .filter(|pid| r.failures.get(pid).is_none_or(|(_, at)| *at <= now))
             .collect();
         for pid in candidates {
-            let Some(private) = procfs::private_bytes(pid) else {
+            let Some(memory) = procfs::memory(pid) else {
                 continue;
             };
+            // Read anyway: the next status shows them, at no cost of its own.
+            if let Some(started) = self.pool.get(pid).map(|w| w.started) {
+                self.usage_readings.note_memory(pid, started, memory, now);
+            }
+            let private = memory.private;
             if private > limit {
                 let due = Due {
                     reason: RecycleReason::Memory,

@@ -37,9 +37,12 @@ fn line_of(log: &str, needles: &[&str]) -> usize {
 
 #[test]
 fn a_worker_over_its_memory_limit_is_replaced_surge_first_under_load() {
-    let app = App::new(
+    let app = App::new(2, "");
+    // Replacements boot for a while: long enough to be seen in `status`.
+    let env = app.env_line(&[("DEMO_BOOT_DELAY", "2s")]);
+    app.write_config(
         2,
-        "max_worker_memory: 48M\nmemory_check_interval: 200ms\ngraceful_timeout: 10s\n",
+        &format!("{env}max_worker_memory: 48M\nmemory_check_interval: 200ms\n"),
     );
     let master = app.start();
     let load = Load::start(&app.target, 2);
@@ -48,6 +51,27 @@ fn a_worker_over_its_memory_limit_is_replaced_surge_first_under_load() {
     // One worker (whichever answers) grows past the limit.
     let grown = get(&app.target, "/alloc?mb=80").expect("GET /alloc");
     assert_eq!(grown.status, 200, "{}", grown.body);
+    let status = app.wait_status("a recycle in status", secs(30), |s| {
+        s["workers"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w["recycle"] == "memory"))
+    });
+    let mut marked: Vec<(&str, &str)> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["recycle"] == "memory")
+        .map(|w| (w["rollout"].as_str().unwrap(), w["state"].as_str().unwrap()))
+        .collect();
+    marked.sort();
+    assert_eq!(
+        marked,
+        [("incoming", "booting"), ("replaced", "ready")],
+        "{status:#}"
+    );
+    let (code, table, err) = client(&["status", "-c", app.cfg()], secs(10));
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("recycling:memory"), "{table}");
     let log = master.wait_log("event=recycle-ready", secs(30));
     let recycle = &master_events(&log, "recycle")[0];
     let old = event_pid(recycle);
