@@ -1007,17 +1007,20 @@ recycles_done() {
 
 fleet_recycled() { (( $(recycles_done) >= $1 )); }
 
-# $1 label, then master flags: wrk load while the master recycles until
-# FLEET_RECYCLES are done.
+# $1 label, $2 a header for wrk (or ""), then master flags: wrk load while
+# the master recycles until FLEET_RECYCLES are done.
 fleet_load_scenario() {
-    local label=$1 out="$TMP/wrk-fleet-${#FLEET_LOAD_ROWS[@]}.txt" rc=0 result t0 done_n
-    shift
+    local label=$1 header=$2 out="$TMP/wrk-fleet-${#FLEET_LOAD_ROWS[@]}.txt" rc=0 result t0 done_n
+    local wrk_args=()
+    [[ -z $header ]] || wrk_args=(-H "$header")
+    shift 2
     APP_PORT=$(pick_port)
     start_master fleet-load --listen "$HOST:$APP_PORT" --workers "$FLEET_LOAD_WORKERS" --ready notify \
         --graceful-timeout 10s "$@" -- "$DEMO"
     wait_all_ready "$STARTED_PID" "$TMP/fleet-load.log"
     say "$label: wrk -t$WRK_THREADS -c$WRK_CONNECTIONS on $HOST:$APP_PORT"
-    wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${WRK_MAX_SECS}s" "http://$HOST:$APP_PORT/" >"$out" 2>&1 &
+    wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${WRK_MAX_SECS}s" "${wrk_args[@]}" \
+        "http://$HOST:$APP_PORT/" >"$out" 2>&1 &
     WRK_PID=$!
     wait_until 10 load_connected || die "wrk did not connect within 10s: $(cat "$out")"
     t0=$(now_us)
@@ -1034,8 +1037,9 @@ fleet_load_scenario() {
 }
 
 bench_fleet_load() {
-    fleet_load_scenario "$FLEET_RECYCLES memory recycles, surge-first" --max-worker-memory 32M \
-        --memory-check-interval 100ms --max-surge 2 --env DEMO_ALLOC_MB=64
+    local flags=(--max-worker-memory 32M --memory-check-interval 100ms --max-surge 2 --env DEMO_ALLOC_MB=64)
+    fleet_load_scenario "$FLEET_RECYCLES memory recycles, keep-alive" "" "${flags[@]}"
+    fleet_load_scenario "$FLEET_RECYCLES memory recycles, Connection: close" "Connection: close" "${flags[@]}"
 }
 
 check_fleet() {

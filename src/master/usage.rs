@@ -8,12 +8,12 @@
 //! | figures | source | cost | read again when |
 //! |-|-|-|-|
 //! | RSS, CPU time, CPU % | `statm`, `stat` | a few us | older than `REFRESH` (1 s) |
-//! | PSS, private, shared | `smaps_rollup` | about 70 us (the kernel walks every mapping) | older than `MEMORY_REFRESH` (10 s), within `MEMORY_BUDGET` per request |
+//! | PSS, private, shared | `smaps_rollup` | about 70 us (the kernel walks every mapping) | older than `MEMORY_REFRESH` (10 s), within `MEMORY_BUDGET` (20 ms) a second |
 //!
 //! So a status of a thousand workers reads every worker's RSS and CPU but
-//! spends at most `MEMORY_BUDGET` on `smaps_rollup`, stalest first; the
-//! others show their last such figures with their age (`memory_age_secs`),
-//! or none yet. The memory check of `max_worker_memory` reads
+//! spends at most `MEMORY_BUDGET` on `smaps_rollup`, and only if no request
+//! had that budget within the last second; the others show their last
+//! such figures with their age (`memory_age_secs`), or none yet. The memory check of `max_worker_memory` reads
 //! `smaps_rollup` anyway: its figures are kept here too (`note_memory`).
 //! A client that polls (`reload --wait` asks every 50 ms) gets the figures
 //! of the last read meanwhile.
@@ -32,10 +32,12 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// How old `smaps_rollup` figures may be before a status request reads
 /// them again (budget permitting).
 const MEMORY_REFRESH: Duration = Duration::from_secs(10);
-/// The most one status request spends reading `smaps_rollup`: about 300
-/// processes' worth, so that a status of a thousand workers stays well
-/// under 50 ms.
+/// The most a status request spends reading `smaps_rollup`, once per
+/// `MEMORY_BUDGET_EVERY` (requests sooner get none): about 300 processes'
+/// worth, so that a status of a thousand workers stays well under 50 ms,
+/// and a client polling every 50 ms costs the master at most 2% of a core.
 const MEMORY_BUDGET: Duration = Duration::from_millis(20);
+const MEMORY_BUDGET_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the figures come from: /proc, or a test's fakes.
 #[derive(Clone, Copy)]
@@ -77,6 +79,8 @@ struct Reading {
 #[derive(Default)]
 pub struct Readings {
     last: RefCell<HashMap<i32, Reading>>,
+    /// When a request last had the `smaps_rollup` budget.
+    budget_given: std::cell::Cell<Option<Instant>>,
 }
 
 /// One status request's readings: takes the previous ones, and keeps only
@@ -92,12 +96,19 @@ pub struct Sampling<'a> {
 
 impl Readings {
     pub fn begin(&self, now: Instant) -> Sampling<'_> {
+        let budget = match self.budget_given.get() {
+            Some(at) if now.saturating_duration_since(at) < MEMORY_BUDGET_EVERY => Duration::ZERO,
+            _ => {
+                self.budget_given.set(Some(now));
+                MEMORY_BUDGET
+            }
+        };
         Sampling {
             readings: self,
             previous: self.last.take(),
             next: HashMap::new(),
             now,
-            memory_until: now + MEMORY_BUDGET,
+            memory_until: now + budget,
         }
     }
 
@@ -151,9 +162,13 @@ impl Sampling<'_> {
         let stale = previous_memory
             .is_none_or(|(at, _)| self.now.saturating_duration_since(at) >= MEMORY_REFRESH);
         let mut memory = previous_memory;
+        let mut rss = cheap.rss;
         if stale && (full || Instant::now() < self.memory_until) {
             if let Some(read) = (read.memory)(pid) {
                 memory = Some((self.now, read));
+                // Exact, and of the same moment as PSS, private and shared
+                // (statm's counters are the kernel's per-CPU estimates).
+                rss = Some(read.rss);
             }
         }
         self.next.insert(
@@ -165,7 +180,7 @@ impl Sampling<'_> {
             },
         );
         Usage {
-            rss_bytes: cheap.rss,
+            rss_bytes: rss,
             pss_bytes: memory.map(|(_, m)| m.pss),
             private_bytes: memory.map(|(_, m)| m.private),
             shared_bytes: memory.map(|(_, m)| m.shared),
@@ -237,7 +252,7 @@ mod tests {
     }
 
     const FAKE: Sources = Sources {
-        rss: |_| Some(10),
+        rss: |_| Some(12),
         cpu_secs: fake_cpu,
         memory: fake_memory,
     };
@@ -277,16 +292,31 @@ mod tests {
         let mut first = readings.begin(t0);
         let u = usage(&mut first, 7, t0, 0.0);
         assert_eq!((u.pss_bytes, u.memory_age_secs), (Some(5), Some(0.0)));
+        assert_eq!(u.rss_bytes, Some(10), "smaps_rollup's Rss, read with them");
         first.finish();
         let mut later = readings.begin(t0 + Duration::from_secs(4));
         let u = usage(&mut later, 7, t0, 0.0);
         assert_eq!((u.private_bytes, u.memory_age_secs), (Some(3), Some(4.0)));
-        assert_eq!(u.rss_bytes, Some(10));
+        assert_eq!(u.rss_bytes, Some(12), "statm's, read again");
         later.finish();
         assert_eq!(MEMORY_READS.get(), 1, "read once within MEMORY_REFRESH");
         let mut stale = readings.begin(t0 + MEMORY_REFRESH);
         assert_eq!(usage(&mut stale, 7, t0, 0.0).memory_age_secs, Some(0.0));
         assert_eq!(MEMORY_READS.get(), 2);
+    }
+
+    #[test]
+    fn the_budget_is_given_once_a_second() {
+        let readings = Readings::default();
+        let t0 = Instant::now();
+        let first = readings.begin(t0);
+        assert_eq!(first.memory_until, t0 + MEMORY_BUDGET);
+        first.finish();
+        let soon = readings.begin(t0 + Duration::from_millis(50));
+        assert_eq!(soon.memory_until, t0 + Duration::from_millis(50));
+        soon.finish();
+        let later = readings.begin(t0 + MEMORY_BUDGET_EVERY);
+        assert_eq!(later.memory_until, t0 + MEMORY_BUDGET_EVERY + MEMORY_BUDGET);
     }
 
     #[test]
@@ -299,7 +329,7 @@ mod tests {
         let u = usage(&mut spent, 7, t0, 0.0);
         assert_eq!(
             (u.rss_bytes, u.pss_bytes, u.memory_age_secs),
-            (Some(10), None, None)
+            (Some(12), None, None)
         );
         assert_eq!(MEMORY_READS.get(), 0);
         // The master's own figures are read whatever the budget.
