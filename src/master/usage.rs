@@ -11,9 +11,10 @@
 //! | PSS, private, shared | `smaps_rollup` | about 70 us (the kernel walks every mapping) | older than `MEMORY_REFRESH` (10 s), within `MEMORY_BUDGET` (20 ms) a second |
 //!
 //! So a status of a thousand workers reads every worker's RSS and CPU but
-//! spends at most `MEMORY_BUDGET` on `smaps_rollup`, and only if no request
-//! had that budget within the last second; the others show their last
-//! such figures with their age (`memory_age_secs`), or none yet. The memory check of `max_worker_memory` reads
+//! spends at most `MEMORY_BUDGET` on `smaps_rollup`: on processes with no
+//! such figures yet, and on stale ones only if no request had that budget
+//! within the last second; the others show their last such figures with
+//! their age (`memory_age_secs`), or none yet. The memory check of `max_worker_memory` reads
 //! `smaps_rollup` anyway: its figures are kept here too (`note_memory`).
 //! A client that polls (`reload --wait` asks every 50 ms) gets the figures
 //! of the last read meanwhile.
@@ -32,10 +33,12 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// How old `smaps_rollup` figures may be before a status request reads
 /// them again (budget permitting).
 const MEMORY_REFRESH: Duration = Duration::from_secs(10);
-/// The most a status request spends reading `smaps_rollup`, once per
-/// `MEMORY_BUDGET_EVERY` (requests sooner get none): about 300 processes'
-/// worth, so that a status of a thousand workers stays well under 50 ms,
-/// and a client polling every 50 ms costs the master at most 2% of a core.
+/// The most a status request spends reading `smaps_rollup`: about 300
+/// processes' worth, so that a status of a thousand workers stays well
+/// under 50 ms. Figures grown stale are read again only by one request per
+/// `MEMORY_BUDGET_EVERY`, so a client polling every 50 ms costs the master
+/// at most 2% of a core once every process has figures; a process with
+/// none yet (a new worker) is read by any request, within the budget.
 const MEMORY_BUDGET: Duration = Duration::from_millis(20);
 const MEMORY_BUDGET_EVERY: Duration = Duration::from_secs(1);
 
@@ -90,8 +93,10 @@ pub struct Sampling<'a> {
     previous: HashMap<i32, Reading>,
     next: HashMap<i32, Reading>,
     now: Instant,
-    /// `smaps_rollup` is read only until then.
+    /// Stale `smaps_rollup` figures are read again only until then.
     memory_until: Instant,
+    /// A process with none yet is read until then, whatever the second.
+    first_until: Instant,
 }
 
 impl Readings {
@@ -109,6 +114,7 @@ impl Readings {
             next: HashMap::new(),
             now,
             memory_until: now + budget,
+            first_until: now + MEMORY_BUDGET,
         }
     }
 
@@ -163,7 +169,11 @@ impl Sampling<'_> {
             .is_none_or(|(at, _)| self.now.saturating_duration_since(at) >= MEMORY_REFRESH);
         let mut memory = previous_memory;
         let mut rss = cheap.rss;
-        if stale && (full || Instant::now() < self.memory_until) {
+        let until = match previous_memory {
+            None => self.first_until,
+            Some(_) => self.memory_until,
+        };
+        if stale && (full || Instant::now() < until) {
             if let Some(read) = (read.memory)(pid) {
                 memory = Some((self.now, read));
                 // Exact, and of the same moment as PSS, private and shared
@@ -314,6 +324,11 @@ mod tests {
         first.finish();
         let soon = readings.begin(t0 + Duration::from_millis(50));
         assert_eq!(soon.memory_until, t0 + Duration::from_millis(50));
+        // New processes are read all the same.
+        assert_eq!(
+            soon.first_until,
+            t0 + Duration::from_millis(50) + MEMORY_BUDGET
+        );
         soon.finish();
         let later = readings.begin(t0 + MEMORY_BUDGET_EVERY);
         assert_eq!(later.memory_until, t0 + MEMORY_BUDGET_EVERY + MEMORY_BUDGET);
@@ -326,6 +341,7 @@ mod tests {
         MEMORY_READS.set(0);
         let mut spent = readings.begin(t0);
         spent.memory_until = t0;
+        spent.first_until = t0;
         let u = usage(&mut spent, 7, t0, 0.0);
         assert_eq!(
             (u.rss_bytes, u.pss_bytes, u.memory_age_secs),
