@@ -210,8 +210,8 @@ pub struct ListenerStatus {
 }
 
 /// A process's memory and CPU, read from /proc when the status is asked
-/// for (see `master::usage`): RSS (`/proc/PID/statm`) and CPU
-/// (`/proc/PID/stat`) at most a second old; PSS, private and shared from
+/// for (see `master::usage`): RSS and CPU (`/proc/PID/stat`) at most a
+/// second old; PSS, private and shared from
 /// `/proc/PID/smaps_rollup`, which costs far more to read, as old as
 /// `memory_age_secs` says (a status reads it within a time budget, stalest
 /// first). Each is `None` when the process could not be read (gone, a

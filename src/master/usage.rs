@@ -7,7 +7,7 @@
 //!
 //! | figures | source | cost | read again when |
 //! |-|-|-|-|
-//! | RSS, CPU time, CPU % | `statm`, `stat` | a few us | older than `REFRESH` (1 s) |
+//! | RSS, CPU time, CPU % | `stat` | a few us | older than `REFRESH` (1 s) |
 //! | PSS, private, shared | `smaps_rollup` | about 70 us (the kernel walks every mapping) | older than `MEMORY_REFRESH` (10 s), within `MEMORY_BUDGET` (20 ms) a second |
 //!
 //! So a status of a thousand workers reads every worker's RSS and CPU but
@@ -45,14 +45,12 @@ const MEMORY_BUDGET_EVERY: Duration = Duration::from_secs(1);
 /// Where the figures come from: /proc, or a test's fakes.
 #[derive(Clone, Copy)]
 struct Sources {
-    rss: fn(i32) -> Option<u64>,
-    cpu_secs: fn(i32) -> Option<f64>,
+    stat: fn(i32) -> Option<procfs::Stat>,
     memory: fn(i32) -> Option<Memory>,
 }
 
 const PROC: Sources = Sources {
-    rss: procfs::rss_bytes,
-    cpu_secs: procfs::cpu_secs,
+    stat: procfs::stat,
     memory: procfs::memory,
 };
 
@@ -177,7 +175,7 @@ impl Sampling<'_> {
             if let Some(read) = (read.memory)(pid) {
                 memory = Some((self.now, read));
                 // Exact, and of the same moment as PSS, private and shared
-                // (statm's counters are the kernel's per-CPU estimates).
+                // (stat's counters are the kernel's per-CPU estimates).
                 rss = Some(read.rss);
             }
         }
@@ -210,7 +208,8 @@ impl Sampling<'_> {
         previous: Option<Cheap>,
         read: Sources,
     ) -> Cheap {
-        let cpu_secs = (read.cpu_secs)(pid);
+        let stat = (read.stat)(pid);
+        let cpu_secs = stat.map(|s| s.cpu_secs);
         let (since, cpu_then) = match previous {
             Some(Cheap {
                 at,
@@ -222,7 +221,7 @@ impl Sampling<'_> {
         let window = self.now.saturating_duration_since(since).as_secs_f64();
         Cheap {
             at: self.now,
-            rss: (read.rss)(pid),
+            rss: stat.map(|s| s.rss),
             cpu_secs,
             cpu_percent: cpu_secs
                 .filter(|_| window > 0.0)
@@ -247,8 +246,11 @@ mod tests {
         static MEMORY_READS: Cell<u32> = const { Cell::new(0) };
     }
 
-    fn fake_cpu(_: i32) -> Option<f64> {
-        Some(CPU.get())
+    fn fake_stat(_: i32) -> Option<procfs::Stat> {
+        Some(procfs::Stat {
+            cpu_secs: CPU.get(),
+            rss: 12,
+        })
     }
 
     fn fake_memory(_: i32) -> Option<Memory> {
@@ -262,8 +264,7 @@ mod tests {
     }
 
     const FAKE: Sources = Sources {
-        rss: |_| Some(12),
-        cpu_secs: fake_cpu,
+        stat: fake_stat,
         memory: fake_memory,
     };
 
@@ -307,7 +308,7 @@ mod tests {
         let mut later = readings.begin(t0 + Duration::from_secs(4));
         let u = usage(&mut later, 7, t0, 0.0);
         assert_eq!((u.private_bytes, u.memory_age_secs), (Some(3), Some(4.0)));
-        assert_eq!(u.rss_bytes, Some(12), "statm's, read again");
+        assert_eq!(u.rss_bytes, Some(12), "stat's, read again");
         later.finish();
         assert_eq!(MEMORY_READS.get(), 1, "read once within MEMORY_REFRESH");
         let mut stale = readings.begin(t0 + MEMORY_REFRESH);
@@ -393,8 +394,7 @@ mod tests {
         let now = Instant::now();
         let mut sampling = readings.begin(now + Duration::from_secs(1));
         let gone = Sources {
-            rss: |_| None,
-            cpu_secs: |_| None,
+            stat: |_| None,
             memory: |_| None,
         };
         let usage = sampling.usage_with(7, now, gone, false);
