@@ -210,11 +210,11 @@ pub struct ListenerStatus {
 }
 
 /// A process's memory and CPU, read from /proc when the status is asked
-/// for (see `master::usage`): RSS and CPU (`/proc/PID/stat`) at most a
-/// second old; PSS, private and shared from
-/// `/proc/PID/smaps_rollup`, which costs far more to read, as old as
-/// `memory_age_secs` says (a status reads it within a time budget, stalest
-/// first). Each is `None` when the process could not be read (gone, a
+/// for (see `master::usage`): CPU (`/proc/PID/stat`) at most a second
+/// old; RSS, PSS, private and shared from `/proc/PID/smaps_rollup`, which
+/// costs far more to read, as old as `memory_age_secs` says (a status reads
+/// it within a time budget, stalest first); a process with no such reading
+/// yet shows the RSS of `stat` alone. Each is `None` when the process could not be read (gone, a
 /// zombie, not read yet, or an older master).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -226,8 +226,8 @@ pub struct Usage {
     /// Pages others map too (`Shared_Clean + Shared_Dirty`): mostly what a
     /// worker still shares with the code and libraries of its siblings.
     pub shared_bytes: Option<u64>,
-    /// How long ago `pss_bytes`, `private_bytes` and `shared_bytes` were
-    /// read.
+    /// How long ago `rss_bytes`, `pss_bytes`, `private_bytes` and
+    /// `shared_bytes` were read (`None`: RSS is of now, from `stat`).
     pub memory_age_secs: Option<f64>,
     /// User and system CPU time over the process's life.
     pub cpu_secs: Option<f64>,
@@ -452,7 +452,7 @@ impl Status {
             });
         if let Some(age) = oldest.filter(|age| *age >= 1.0) {
             out.push_str(&format!(
-                "PSS, PRIVATE and SHARED read up to {} ago; RSS and CPU within 1s\n",
+                "RSS, PSS, PRIVATE and SHARED read up to {} ago; CPU within 1s\n",
                 secs(age)
             ));
         }
@@ -713,7 +713,7 @@ mod tests {
         );
         assert_eq!(rows[1][5..12], ["-"; 7], "{text}");
         assert!(
-            text.ends_with("PSS, PRIVATE and SHARED read up to 4.0s ago; RSS and CPU within 1s\n"),
+            text.ends_with("RSS, PSS, PRIVATE and SHARED read up to 4.0s ago; CPU within 1s\n"),
             "{text}"
         );
     }

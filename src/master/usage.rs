@@ -7,10 +7,14 @@
 //!
 //! | figures | source | cost | read again when |
 //! |-|-|-|-|
-//! | RSS, CPU time, CPU % | `stat` | a few us | older than `REFRESH` (1 s) |
-//! | PSS, private, shared | `smaps_rollup` | about 70 us (the kernel walks every mapping) | older than `MEMORY_REFRESH` (10 s), within `MEMORY_BUDGET` (20 ms) a second |
+//! | CPU time, CPU % | `stat` | a few us | older than `REFRESH` (1 s) |
+//! | RSS, PSS, private, shared | `smaps_rollup` | about 70 us (the kernel walks every mapping) | older than `MEMORY_REFRESH` (10 s), within `MEMORY_BUDGET` (20 ms) a second |
 //!
-//! So a status of a thousand workers reads every worker's RSS and CPU but
+//! A process with no `smaps_rollup` reading yet shows the RSS of `stat`
+//! (the kernel's counters, read with the CPU time) and no PSS, private or
+//! shared.
+//!
+//! So a status of a thousand workers reads every worker's CPU but
 //! spends at most `MEMORY_BUDGET` on `smaps_rollup`: on processes with no
 //! such figures yet, and on stale ones only if no request had that budget
 //! within the last second; the others show their last such figures with
@@ -166,7 +170,6 @@ impl Sampling<'_> {
         let stale = previous_memory
             .is_none_or(|(at, _)| self.now.saturating_duration_since(at) >= MEMORY_REFRESH);
         let mut memory = previous_memory;
-        let mut rss = cheap.rss;
         let until = match previous_memory {
             None => self.first_until,
             Some(_) => self.memory_until,
@@ -174,9 +177,6 @@ impl Sampling<'_> {
         if stale && (full || Instant::now() < until) {
             if let Some(read) = (read.memory)(pid) {
                 memory = Some((self.now, read));
-                // Exact, and of the same moment as PSS, private and shared
-                // (stat's counters are the kernel's per-CPU estimates).
-                rss = Some(read.rss);
             }
         }
         self.next.insert(
@@ -188,7 +188,10 @@ impl Sampling<'_> {
             },
         );
         Usage {
-            rss_bytes: rss,
+            // Of the same reading as PSS, private and shared, so that they
+            // add up (stat's is the kernel's per-CPU estimate, of another
+            // moment); stat's only for a process with no such reading yet.
+            rss_bytes: memory.map(|(_, m)| m.rss).or(cheap.rss),
             pss_bytes: memory.map(|(_, m)| m.pss),
             private_bytes: memory.map(|(_, m)| m.private),
             shared_bytes: memory.map(|(_, m)| m.shared),
@@ -308,7 +311,7 @@ mod tests {
         let mut later = readings.begin(t0 + Duration::from_secs(4));
         let u = usage(&mut later, 7, t0, 0.0);
         assert_eq!((u.private_bytes, u.memory_age_secs), (Some(3), Some(4.0)));
-        assert_eq!(u.rss_bytes, Some(12), "stat's, read again");
+        assert_eq!(u.rss_bytes, Some(10), "of the same reading as private");
         later.finish();
         assert_eq!(MEMORY_READS.get(), 1, "read once within MEMORY_REFRESH");
         let mut stale = readings.begin(t0 + MEMORY_REFRESH);
