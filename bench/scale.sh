@@ -47,7 +47,7 @@
 #    --memory-check-interval 2s --health-listen`) beside the same master
 #    without them; (b) the time to answer `status --json` and GET /metrics
 #    for 1000 workers: the first request after all-ready, one 1.1 s later
-#    (RSS and CPU read again) and one at once (all cached), beside the
+#    (CPU read again) and one at once (CPU cached), beside the
 #    binary of BENCH_BASELINE_BIN (e.g. a build from before a change) in
 #    the same run; (c) requests failed under wrk load across 50 memory
 #    recycles (every demo holds 64 MiB over a 32 MiB limit, so each
@@ -1215,7 +1215,8 @@ report_fleet() {
         printf '%-12s%-13s%-24s%s\n' "$bin" "$req" "$(printf '%s/%s/%s' $st)" "$(printf '%s/%s/%s' $me)"
     done
     echo "(wall time of the client command, its start included; first: 1 s after all-ready;"
-    echo " 1.1s later: RSS and CPU read again; at once: within a second, from the figures kept)"
+    echo " 1.1s later: CPU read again, smaps_rollup within its budget; at once: within a second,"
+    echo " CPU from the figures kept, smaps_rollup only of workers with no reading yet)"
     if [[ ${#FLEET_LOAD_ROWS[@]} -gt 0 ]]; then
         echo
         echo "8c. recycles under wrk load ($FLEET_LOAD_WORKERS workers, wrk -t$WRK_THREADS -c$WRK_CONNECTIONS, $HOST)"
