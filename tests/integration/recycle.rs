@@ -226,3 +226,39 @@ fn counters_survive_an_upgrade() {
     let upgrades = "forkmaster_upgrades_total{outcome=\"done\"}";
     assert_eq!(counter(&after, upgrades), 1.0, "{after:?}");
 }
+
+#[test]
+fn limits_far_off_never_wake_an_idle_master() {
+    let dir = TempDir::new();
+    let run = dir.join("run");
+    std::fs::create_dir(&run).expect("runtime dir");
+    let master = Fixture::new(&dir)
+        .workers(2)
+        .unix("app.sock")
+        .args(&["--max-worker-age", "1h", "--max-worker-memory", "1G"])
+        .args(&["--memory-check-interval", "1h"])
+        .args(&["--runtime-dir", &run.display().to_string()])
+        .start();
+    master.wait_ready();
+    master.wait_log_count("notified=true", 2, secs(10));
+    wait_for("the master asleep", secs(10), || {
+        proc_stat(master.pid())
+            .filter(|(state, _, _)| *state == 'S')
+            .map(|_| ())
+    });
+    let switches = || {
+        ["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"]
+            .iter()
+            .map(|field| {
+                proc_status(master.pid(), field)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{field} of the master"))
+            })
+            .sum::<u64>()
+    };
+    let before = switches();
+    // A measuring window, not synchronisation: the age deadlines and the
+    // memory check are an hour away, and nothing polls.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(switches() - before, 0, "the idle master woke");
+}
