@@ -310,6 +310,11 @@ fn size_limit(text: &str) -> Result<Option<u64>, String> {
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
+    if unit.starts_with('.') {
+        return Err(format!(
+            "{text:?}: a whole number of units (e.g. 1536M rather than 1.5G)"
+        ));
+    }
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{text:?}: expected a size such as 512M or 1G, or off"))?;
@@ -370,7 +375,7 @@ mod tests {
         assert_eq!(size_limit("1000"), Ok(Some(1000)));
         assert_eq!(size_limit("off"), Ok(None));
         assert_eq!(size_limit("0"), Ok(None));
-        assert!(size_limit("1.5G").is_err());
+        assert!(size_limit("1.5G").unwrap_err().contains("1536M"));
         assert!(size_limit("12X").unwrap_err().contains("unknown unit"));
         assert!(size_limit("99999999999T")
             .unwrap_err()
