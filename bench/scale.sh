@@ -6,7 +6,7 @@
 #     bash bench/scale.sh rollout spawn   # only these parts (names below)
 #
 # Parts, by name: idle (1 and 2), spawn (3), upgrade (4), load (5), logs
-# (6), rollout (7); with no name, all of them.
+# (6), rollout (7), fleet (8); with no name, all of them.
 #
 # Each figure is the median of several runs, printed beside a baseline that
 # explains it:
@@ -41,6 +41,17 @@
 #    HUP until `forkmaster reload --wait` says done and every old worker is
 #    reaped. Per worker it is flat if the master's work is O(N) per rollout,
 #    and grows with N if it is O(N^2).
+# 8. Fleet observability: (a) the idle master's context switches and CPU
+#    over the idle window with 4 and 256 workers, with recycling and
+#    /metrics configured (`--max-worker-memory 1G --max-worker-age 1h
+#    --memory-check-interval 2s --health-listen`) beside the same master
+#    without them; (b) the time to answer `status --json` and GET /metrics
+#    for 1000 workers: the first request after all-ready, one 1.1 s later
+#    (CPU read again) and one at once (CPU cached), beside the
+#    binary of BENCH_BASELINE_BIN (e.g. a build from before a change) in
+#    the same run; (c) requests failed under wrk load across 50 memory
+#    recycles (every demo holds 64 MiB over a 32 MiB limit, so each
+#    replacement is due again at the next check).
 #
 # Everything runs in a temp dir (Unix sockets, and 127.0.0.1 for wrk) that
 # is removed on exit; every process started here (masters, including the
@@ -51,7 +62,8 @@
 # BENCH_QUICK=1: fewer runs and smaller counts. BENCH_KEEP=1 keeps the temp
 # dir. BENCH_RUNS (every part), BENCH_IDLE_SECS, BENCH_LOAD_ACTIONS and
 # BENCH_ROLLOUT_COUNTS override counts; BENCH_LOG_DIR where part 6 writes. CARGO names the cargo
-# command that builds the release binaries (default: cargo).
+# command that builds the release binaries (default: cargo). BENCH_BASELINE_BIN: a
+# forkmaster binary measured beside this tree's in part 8b.
 set -Eeuo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -94,7 +106,11 @@ readonly RUNS SLOW_RUNS IDLE_SECS SPAWN_COUNTS UPGRADE_COUNTS LOAD_ACTIONS LOG_W
 # takes about a second rather than 1000 boots one after the other.
 readonly ROLLOUT_SURGE=50
 readonly ROLLOUT_TIMEOUT_S=120
-readonly ALL_PARTS=(idle spawn upgrade load logs rollout)
+readonly ALL_PARTS=(idle spawn upgrade load logs rollout fleet)
+# Part 8: workers of the status/metrics timing, recycles under load.
+readonly FLEET_STATUS_WORKERS=1000
+readonly FLEET_RECYCLES=${BENCH_FLEET_RECYCLES:-50}
+readonly FLEET_LOAD_WORKERS=4
 readonly IDLE_WORKERS=(4 256)
 readonly WATCHDOG_WORKERS=4
 readonly WATCHDOG_TIMEOUT_S=2
@@ -884,6 +900,168 @@ bench_rollout() {
     done
 }
 
+# ---------------------------------------------------------------- part 8
+
+FLEET_IDLE_ROWS=()   # label|ctx med|min|max|cpu med|min|max
+FLEET_TIME_ROWS=()   # binary|request|status ms m/m/m|metrics ms m/m/m
+FLEET_LOAD_ROWS=()   # label|done|tried|requests|failed|secs|details
+
+# (a) Idle cost with recycling and /metrics configured, beside without.
+bench_fleet_idle() {
+    local run n name pid port
+    local -A ctx=() cpu=()
+    local names=()
+    for n in "${IDLE_WORKERS[@]}"; do names+=("plain-$n" "recycling-$n"); done
+    for run in $(seq 1 "$SLOW_RUNS"); do
+        say "fleet idle: run $run/$SLOW_RUNS, ${IDLE_SECS}s window, masters: ${names[*]}"
+        local -A pids=()
+        for n in "${IDLE_WORKERS[@]}"; do
+            start_master "plain-$n" --workers "$n" --ready notify -- "$DEMO"
+            pids[plain-$n]=$STARTED_PID
+            port=$(pick_port)
+            start_master "recycling-$n" --workers "$n" --ready notify --max-worker-memory 1G \
+                --max-worker-age 1h --memory-check-interval 2s --health-listen "$HOST:$port" -- "$DEMO"
+            pids[recycling-$n]=$STARTED_PID
+        done
+        for name in "${names[@]}"; do wait_all_ready "${pids[$name]}" "$TMP/$name.log"; done
+        sleep 0.5
+        local -A c0=() t0=()
+        for name in "${names[@]}"; do
+            c0[$name]=$(ctx_switches "${pids[$name]}")
+            t0[$name]=$(cpu_ticks "${pids[$name]}")
+        done
+        sleep "$IDLE_SECS"
+        for name in "${names[@]}"; do
+            pid=${pids[$name]}
+            ctx[$name]+="$(( $(ctx_switches "$pid") - c0[$name] ))"$'\n'
+            cpu[$name]+="$(( ( $(cpu_ticks "$pid") - t0[$name] ) * TICK_MS ))"$'\n'
+        done
+        for name in "${names[@]}"; do stop_master "$TMP/$name.pid"; done
+    done
+    for name in "${names[@]}"; do
+        FLEET_IDLE_ROWS+=("$name|$(printf '%s' "${ctx[$name]}" | stats %d | tr ' ' '|')|$(printf '%s' "${cpu[$name]}" | stats %d | tr ' ' '|')")
+    done
+}
+
+# Milliseconds `$@` takes to run (output discarded), or "x" if it failed.
+time_ms() {
+    local t0 rc=0
+    t0=$(now_us)
+    "$@" >/dev/null 2>&1 || rc=$?
+    (( rc == 0 )) || { echo x; return 0; }
+    awk -v d="$(( $(now_us) - t0 ))" 'BEGIN { printf "%.1f\n", d / 1000 }'
+}
+
+# (b) Status and /metrics of 1000 workers, for binary $1 labelled $2.
+bench_fleet_times_of() {
+    local bin=$1 label=$2 run port pid log pidfile
+    local first_s="" first_m="" later_s="" later_m="" cached_s="" cached_m=""
+    for run in $(seq 1 "$SLOW_RUNS"); do
+        port=$(pick_port)
+        pidfile="$TMP/times.pid" log="$TMP/times-$label.log"
+        rm -f "$pidfile"
+        # setsid: its own process group, stopped on exit whichever binary it is.
+        setsid "$bin" --listen "unix:$TMP/times.sock" --pid "$pidfile" --workers "$FLEET_STATUS_WORKERS" \
+            --ready notify --health-listen "$HOST:$port" -- "$DEMO" >>"$log" 2>&1 &
+        pid=$!
+        GROUPS_STARTED+=("$pid")
+        wait_until "$READY_TIMEOUT_S" all_logged_or_gone "$pid" "$log" || die "$label: not ready (log: $log)"
+        # Let the READY=1 datagrams and the log settle.
+        sleep 1
+        first_s+="$(time_ms "$bin" status -p "$pidfile" --json)"$'\n'
+        sleep 1.1
+        first_m+="$(time_ms curl -sf "http://$HOST:$port/metrics")"$'\n'
+        sleep 1.1
+        later_s+="$(time_ms "$bin" status -p "$pidfile" --json)"$'\n'
+        sleep 1.1
+        later_m+="$(time_ms curl -sf "http://$HOST:$port/metrics")"$'\n'
+        cached_s+="$(time_ms "$bin" status -p "$pidfile" --json)"$'\n'
+        cached_m+="$(time_ms curl -sf "http://$HOST:$port/metrics")"$'\n'
+        "$bin" stop -p "$pidfile" --wait --timeout 60s >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    FLEET_TIME_ROWS+=("$label|first|$(printf '%s' "$first_s" | stats %.1f)|$(printf '%s' "$first_m" | stats %.1f)")
+    FLEET_TIME_ROWS+=("$label|1.1s later|$(printf '%s' "$later_s" | stats %.1f)|$(printf '%s' "$later_m" | stats %.1f)")
+    FLEET_TIME_ROWS+=("$label|at once|$(printf '%s' "$cached_s" | stats %.1f)|$(printf '%s' "$cached_m" | stats %.1f)")
+}
+
+bench_fleet_times() {
+    say "fleet: status and /metrics of $FLEET_STATUS_WORKERS workers, $SLOW_RUNS runs"
+    if [[ -n ${BENCH_BASELINE_BIN:-} ]]; then
+        [[ -x $BENCH_BASELINE_BIN ]] || die "BENCH_BASELINE_BIN=$BENCH_BASELINE_BIN is not executable"
+        bench_fleet_times_of "$BENCH_BASELINE_BIN" baseline
+    fi
+    bench_fleet_times_of "$FM" "this tree"
+}
+
+# Whether master $1 (of any binary) logged all-ready into $2, or is gone.
+all_logged_or_gone() {
+    grep -q "forkmaster\[$1\] event=all-ready" "$2" 2>/dev/null || ! kill -0 "$1" 2>/dev/null
+}
+
+# Recycles done so far, by /metrics' counter.
+recycles_done() {
+    "$FM" metrics -p "$TMP/fleet-load.pid" 2>/dev/null |
+        awk '/^forkmaster_worker_recycles_total\{reason="memory"\}/ { print $2; found = 1 } END { if (!found) print 0 }'
+}
+
+fleet_recycled() { (( $(recycles_done) >= $1 )); }
+
+# $1 label, $2 a header for wrk (or ""), then master flags: wrk load while
+# the master recycles until FLEET_RECYCLES are done.
+fleet_load_scenario() {
+    local label=$1 header=$2 out="$TMP/wrk-fleet-${#FLEET_LOAD_ROWS[@]}.txt" rc=0 result t0 done_n
+    local wrk_args=()
+    [[ -z $header ]] || wrk_args=(-H "$header")
+    shift 2
+    APP_PORT=$(pick_port)
+    start_master fleet-load --listen "$HOST:$APP_PORT" --workers "$FLEET_LOAD_WORKERS" --ready notify \
+        --graceful-timeout 10s "$@" -- "$DEMO"
+    wait_all_ready "$STARTED_PID" "$TMP/fleet-load.log"
+    say "$label: wrk -t$WRK_THREADS -c$WRK_CONNECTIONS on $HOST:$APP_PORT"
+    wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${WRK_MAX_SECS}s" "${wrk_args[@]}" \
+        "http://$HOST:$APP_PORT/" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait_until 10 load_connected || die "wrk did not connect within 10s: $(cat "$out")"
+    t0=$(now_us)
+    wait_until "$WRK_MAX_SECS" fleet_recycled "$FLEET_RECYCLES" || say "  only $(recycles_done) recycles"
+    done_n=$(recycles_done)
+    kill -INT "$WRK_PID" 2>/dev/null || true
+    wait_until 15 wrk_gone || { kill -KILL "$WRK_PID" 2>/dev/null || true; }
+    wait "$WRK_PID" 2>/dev/null || rc=$?
+    WRK_PID=""
+    result=$(parse_wrk "$out") || die "$label: cannot read wrk's summary (exit $rc): $(cat "$out")"
+    say "  $done_n/$FLEET_RECYCLES in $(us_to_secs $(( $(now_us) - t0 )))s; requests|failed|wrk ran|details: $result"
+    FLEET_LOAD_ROWS+=("$label|$done_n|$FLEET_RECYCLES|$result")
+    stop_master "$TMP/fleet-load.pid"
+}
+
+bench_fleet_load() {
+    local flags=(--max-worker-memory 32M --memory-check-interval 100ms --max-surge 2 --env DEMO_ALLOC_MB=64)
+    fleet_load_scenario "$FLEET_RECYCLES memory recycles, keep-alive" "" "${flags[@]}"
+    fleet_load_scenario "$FLEET_RECYCLES memory recycles, Connection: close" "Connection: close" "${flags[@]}"
+}
+
+check_fleet() {
+    local row label n tried failed details
+    for row in "${FLEET_LOAD_ROWS[@]}"; do
+        IFS='|' read -r label n tried _ failed _ details <<<"$row"
+        (( n >= tried )) || CHECKS_FAILED+=("$label: only $n of $tried")
+        (( failed == 0 )) || CHECKS_FAILED+=("$label: $failed failed requests ($details)")
+    done
+}
+
+bench_fleet() {
+    bench_fleet_idle
+    bench_fleet_times
+    if ensure_wrk; then
+        bench_fleet_load
+        check_fleet
+    else
+        echo "wrk is not available: skipping the recycles under load" >&2
+    fi
+}
+
 # ---------------------------------------------------------------- report
 
 report_machine() {
@@ -1017,6 +1195,42 @@ report_rollout() {
     echo " user is the master's own code)"
 }
 
+report_fleet() {
+    local row label cmed cmin cmax tmed tmin tmax bin req st me n tried requests failed secs details
+    echo
+    echo "8a. idle cost over ${IDLE_SECS}s with recycling and /metrics configured (median of $SLOW_RUNS, min-max)"
+    printf '%-20s%-22s%s\n' master "context switches" "CPU ms"
+    for row in "${FLEET_IDLE_ROWS[@]}"; do
+        IFS='|' read -r label cmed cmin cmax tmed tmin tmax <<<"$row"
+        printf '%-20s%-22s%s\n' "$label" "$cmed ($cmin-$cmax)" "$tmed ($tmin-$tmax)"
+    done
+    echo "(recycling-N: --max-worker-memory 1G --max-worker-age 1h --memory-check-interval 2s"
+    echo " --health-listen; plain-N: none of them; measured side by side in the same window)"
+    echo
+    echo "8b. status --json and GET /metrics of $FLEET_STATUS_WORKERS workers (ms, median/min/max of $SLOW_RUNS)"
+    printf '%-12s%-13s%-24s%s\n' binary request "status --json" "GET /metrics"
+    for row in "${FLEET_TIME_ROWS[@]}"; do
+        IFS='|' read -r bin req st me <<<"$row"
+        # shellcheck disable=SC2086  # "median min max" split into words
+        printf '%-12s%-13s%-24s%s\n' "$bin" "$req" "$(printf '%s/%s/%s' $st)" "$(printf '%s/%s/%s' $me)"
+    done
+    echo "(wall time of the client command, its start included; first: 1 s after all-ready;"
+    echo " 1.1s later: CPU read again, smaps_rollup within its budget; at once: within a second,"
+    echo " CPU from the figures kept, smaps_rollup only of workers with no reading yet)"
+    if [[ ${#FLEET_LOAD_ROWS[@]} -gt 0 ]]; then
+        echo
+        echo "8c. recycles under wrk load ($FLEET_LOAD_WORKERS workers, wrk -t$WRK_THREADS -c$WRK_CONNECTIONS, $HOST)"
+        printf '%-40s%-8s%-10s%-8s%-10s%s\n' scenario "done" requests failed "wrk ran" details
+        for row in "${FLEET_LOAD_ROWS[@]}"; do
+            IFS='|' read -r label n tried requests failed secs details <<<"$row"
+            printf '%-40s%-8s%-10s%-8s%-10s%s\n' "$label" "$n/$tried" "$requests" "$failed" "$secs" "$details"
+        done
+        echo "(--max-surge 2; every demo holds 64 MiB, over the 32 MiB --max-worker-memory: each"
+        echo " replacement is due again at the next check, every 100 ms; done: recycles counted by"
+        echo " forkmaster_worker_recycles_total when wrk was stopped)"
+    fi
+}
+
 report_logs() {
     local lines
     lines=$(cat "$TMP"/*.log 2>/dev/null | grep -E '^[^ ]+ (WARN|ERROR) ' || true)
@@ -1077,6 +1291,7 @@ main() {
         bench_logs
     fi
     if selected rollout; then bench_rollout; fi
+    if selected fleet; then bench_fleet; fi
     report_machine
     if selected idle || selected spawn; then report_memory; fi
     if selected idle; then report_idle; fi
@@ -1085,6 +1300,7 @@ main() {
     if selected load; then report_load; fi
     if selected logs; then report_throughput; fi
     if selected rollout; then report_rollout; fi
+    if selected fleet; then report_fleet; fi
     report_logs
     echo
     echo "took $(( ($(now_us) - t0) / 1000000 ))s${BENCH_QUICK:+ (BENCH_QUICK=$BENCH_QUICK)}, parts: ${PARTS[*]}"

@@ -9,7 +9,7 @@
 //! `generation` on per-worker gauges), never a pid. Every family has its
 //! `# HELP` and `# TYPE` lines, even with no sample. See docs/OBSERVABILITY.md.
 
-use crate::status::{ExitReason, Outcomes, Status, Usage, WorkerPhase};
+use crate::status::{ExitReason, Outcomes, RecycleReason, Status, Usage, WorkerPhase};
 use std::collections::HashSet;
 use std::fmt::Write;
 
@@ -65,7 +65,7 @@ fn render_workers(out: &mut Exposition, status: &Status) {
     out.family(
         "forkmaster_worker_exits_total",
         "counter",
-        "Worker exits by reason: stopped (asked for), crash (a signal), exit (a status), ready_timeout, watchdog, exec_failed.",
+        "Worker exits by reason: stopped (asked for), crash (a signal), exit (a status), ready_timeout, watchdog, exec_failed, recycled (stopped once its replacement was ready).",
     );
     for reason in ExitReason::ALL {
         out.sample(
@@ -84,6 +84,18 @@ fn render_workers(out: &mut Exposition, status: &Status) {
         &[],
         status.counters.respawns,
     );
+    out.family(
+        "forkmaster_worker_recycles_total",
+        "counter",
+        "Workers replaced surge-first for going over a limit: memory (max_worker_memory) or age (max_worker_age).",
+    );
+    for reason in RecycleReason::ALL {
+        out.sample(
+            "forkmaster_worker_recycles_total",
+            &[("reason", reason.name())],
+            status.counters.recycles.get(reason),
+        );
+    }
 }
 
 fn render_operations(out: &mut Exposition, status: &Status) {
@@ -306,6 +318,7 @@ mod tests {
         counters.worker_exits.count(ExitReason::Crash);
         counters.worker_exits.count(ExitReason::Crash);
         counters.upgrades.failed = 1;
+        counters.recycles.count(RecycleReason::Age);
         let status = Status {
             generation: 3,
             target: 2,
@@ -356,6 +369,9 @@ mod tests {
             "forkmaster_workers_target 2",
             "forkmaster_worker_exits_total{reason=\"crash\"} 2",
             "forkmaster_worker_exits_total{reason=\"watchdog\"} 0",
+            "forkmaster_worker_exits_total{reason=\"recycled\"} 0",
+            "forkmaster_worker_recycles_total{reason=\"age\"} 1",
+            "forkmaster_worker_recycles_total{reason=\"memory\"} 0",
             "forkmaster_upgrades_total{outcome=\"failed\"} 1",
             "forkmaster_upgrade_last_duration_seconds 1.5",
             "forkmaster_worker_memory_bytes{slot=\"0\",generation=\"3\",kind=\"rss\"} 4096",

@@ -3,12 +3,16 @@
 //!
 //! | figure | file | fields |
 //! |-|-|-|
+//! | rss (cheap) | `/proc/PID/stat` | `rss` (field 24), in pages |
 //! | rss, pss | `/proc/PID/smaps_rollup` | `Rss`, `Pss` |
 //! | private | `/proc/PID/smaps_rollup` | `Private_Clean` + `Private_Dirty` |
 //! | shared | `/proc/PID/smaps_rollup` | `Shared_Clean` + `Shared_Dirty` |
 //! | cpu time | `/proc/PID/stat` | `utime` + `stime` (fields 14, 15) |
 //!
-//! Read only when asked, never on a timer. Each read is one small file
+//! `stat` is cheap (the kernel keeps the counters); `smaps_rollup` walks
+//! every mapping of the process, about 70 us each, so `status` reads it
+//! within a budget (see `master::usage`). Read only when asked (a status,
+//! or the memory check of `max_worker_memory`). Each read is one small file
 //! with a size limit; /proc files are generated in memory, so a read waits
 //! on no disk, at most briefly on the process's memory-map lock (which
 //! `smaps_rollup` takes to walk its mappings). A process that vanished (or
@@ -43,11 +47,34 @@ pub fn memory(pid: i32) -> Option<Memory> {
     parse_smaps_rollup(&read_bounded(&format!("/proc/{pid}/smaps_rollup"))?)
 }
 
-/// The CPU time `pid` has used, user and system, in seconds; `None` if it
-/// is gone.
-pub fn cpu_secs(pid: i32) -> Option<f64> {
-    let ticks = parse_stat_cpu_ticks(&read_bounded(&format!("/proc/{pid}/stat"))?)?;
-    Some(ticks as f64 / TICKS_PER_SEC)
+/// A process's CPU time and resident memory, from one read of `stat`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    /// User and system CPU time, in seconds.
+    pub cpu_secs: f64,
+    /// Resident memory: the kernel's counters (per-CPU estimates), no walk
+    /// of the mappings.
+    pub rss: u64,
+}
+
+/// The CPU time and resident memory of `pid`; `None` if it is gone.
+pub fn stat(pid: i32) -> Option<Stat> {
+    let (ticks, pages) = parse_stat(&read_bounded(&format!("/proc/{pid}/stat"))?)?;
+    Some(Stat {
+        cpu_secs: ticks as f64 / TICKS_PER_SEC,
+        rss: pages.saturating_mul(page_size()),
+    })
+}
+
+fn page_size() -> u64 {
+    static PAGE_SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE_SIZE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(4096)
+    })
 }
 
 /// The first `READ_LIMIT` bytes of a /proc file.
@@ -94,16 +121,16 @@ fn kib_value(text: &str) -> Option<u64> {
     (words.next() == Some("kB")).then(|| kib.saturating_mul(1024))
 }
 
-/// `utime + stime` from a `stat` line. The command name (field 2) is in
-/// parentheses and may hold spaces and parentheses itself: fields are
-/// counted from the last `)`.
-fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
+/// `utime + stime` (fields 14, 15) and `rss` (field 24, in pages) from a
+/// `stat` line. The command name (field 2) is in parentheses and may hold
+/// spaces and parentheses itself: fields are counted from the last `)`.
+fn parse_stat(text: &str) -> Option<(u64, u64)> {
     let (_, after_name) = text.rsplit_once(')')?;
     // After the name: state is field 3, so field N is at index N - 3.
-    let mut fields = after_name.split_whitespace().skip(14 - 3);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime.saturating_add(stime))
+    let fields: Vec<&str> = after_name.split_whitespace().take(24 - 2).collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    let ticks = field(14)?.saturating_add(field(15)?);
+    Some((ticks, field(24)?))
 }
 
 #[cfg(test)]
@@ -142,9 +169,10 @@ Swap:                  0 kB
 
     #[test]
     fn stat_counts_fields_after_the_last_parenthesis() {
-        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 250 70 0 0 20 0 1 0 1234 0 0";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(320));
-        assert_eq!(parse_stat_cpu_ticks("42 (short) S 1"), None);
+        let stat =
+            "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 250 70 0 0 20 0 1 0 1234 5000 350 1";
+        assert_eq!(parse_stat(stat), Some((320, 350)));
+        assert_eq!(parse_stat("42 (short) S 1"), None);
     }
 
     #[test]
@@ -152,7 +180,10 @@ Swap:                  0 kB
         let pid = std::process::id() as i32;
         let m = memory(pid).expect("our own smaps_rollup");
         assert!(m.rss > 0 && m.pss <= m.rss, "{m:?}");
-        assert!(cpu_secs(pid).is_some());
+        let stat = stat(pid).expect("our own stat");
+        // The same pages, counted two ways a moment apart.
+        assert!(stat.rss.abs_diff(m.rss) < m.rss / 2, "{stat:?} {m:?}");
+        assert!(stat.cpu_secs >= 0.0);
     }
 
     #[test]
@@ -161,6 +192,6 @@ Swap:                  0 kB
         let pid = child.id() as i32;
         child.wait().unwrap();
         assert_eq!(memory(pid), None);
-        assert_eq!(cpu_secs(pid), None);
+        assert_eq!(stat(pid), None);
     }
 }

@@ -4,7 +4,7 @@
 //! |--------------------------|---------------------------------------------------|
 //! | master -> worker (env)   | `LISTEN_*` (systemd's sd_listen_fds), `SERVER_STARTER_PORT` (Server::Starter), `EINHORN_*` (Einhorn), `FORKMASTER_*`, `NOTIFY_SOCKET`, `WATCHDOG_USEC` (systemd's sd_notify) |
 //! | worker -> master         | sd_notify datagrams: `READY=1`, `WATCHDOG=1`, `STOPPING=1`, `STATUS=` |
-//! | old master -> new master | `FORKMASTER_INHERIT_FDS`, `FORKMASTER_UPGRADE_FROM`, `FORKMASTER_UPGRADE_NOTIFY`, `FORKMASTER_UPGRADE_PID_FILE` (env) |
+//! | old master -> new master | `FORKMASTER_INHERIT_FDS`, `FORKMASTER_UPGRADE_FROM`, `FORKMASTER_UPGRADE_NOTIFY`, `FORKMASTER_UPGRADE_PID_FILE`, `FORKMASTER_UPGRADE_COUNTERS` (env) |
 //! | old image -> new image (in-place upgrade, same pid) | `FORKMASTER_INPLACE_STATE` (env: the fd of a memfd of versioned JSON), `FORKMASTER_INHERIT_FDS` |
 //! | new master -> old master | `FORKMASTER_RETIRE=N`, `FORKMASTER_UPGRADE_FAILED=why` (datagrams) |
 //! | systemd -> master        | `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID` |
@@ -55,6 +55,9 @@ pub const UPGRADE_PID_FILE: &str = "FORKMASTER_UPGRADE_PID_FILE";
 /// In-place upgrade: the fd number of a memfd holding the old image's state
 /// as versioned JSON (workers, their fds, records); see `inplace`.
 pub const INPLACE_STATE: &str = "FORKMASTER_INPLACE_STATE";
+/// Upgrade handoff: the old master's counters (`master::counters`), as
+/// compact JSON, so the new master's metrics go on from its totals.
+pub const UPGRADE_COUNTERS: &str = "FORKMASTER_UPGRADE_COUNTERS";
 /// systemd's `RuntimeDirectory=` as the service gets it (`:`-separated when
 /// several): where the sockets go unless `runtime_dir` says otherwise.
 pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";

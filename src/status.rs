@@ -143,8 +143,9 @@ pub struct Status {
     /// The master's own memory and CPU.
     #[serde(flatten)]
     pub usage: Usage,
-    /// What this master counted over its life (reset at an upgrade: a new
-    /// master starts from zero). Zero in an older master's answer.
+    /// What this master counted over its life, and before it the masters
+    /// it upgraded from (each passes its totals on at a USR2). Zero in an
+    /// older master's answer.
     #[serde(default)]
     pub counters: Counters,
     /// The listeners and, for TCP, their accept queues, read when the
@@ -169,16 +170,20 @@ pub enum ExitReason {
     Watchdog,
     /// Its setup or exec failed in the child (the command not found, ...).
     ExecFailed,
+    /// Stopped once its replacement was ready: over `max_worker_memory`
+    /// or `max_worker_age`.
+    Recycled,
 }
 
 impl ExitReason {
-    pub const ALL: [ExitReason; 6] = [
+    pub const ALL: [ExitReason; 7] = [
         ExitReason::Stopped,
         ExitReason::Crash,
         ExitReason::Exit,
         ExitReason::ReadyTimeout,
         ExitReason::Watchdog,
         ExitReason::ExecFailed,
+        ExitReason::Recycled,
     ];
 
     pub fn name(self) -> &'static str {
@@ -189,68 +194,12 @@ impl ExitReason {
             ExitReason::ReadyTimeout => "ready_timeout",
             ExitReason::Watchdog => "watchdog",
             ExitReason::ExecFailed => "exec_failed",
+            ExitReason::Recycled => "recycled",
         }
     }
 }
 
-/// Worker exits by reason.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct ExitCounts {
-    pub stopped: u64,
-    pub crash: u64,
-    pub exit: u64,
-    pub ready_timeout: u64,
-    pub watchdog: u64,
-    pub exec_failed: u64,
-}
-
-impl ExitCounts {
-    fn field(&mut self, reason: ExitReason) -> &mut u64 {
-        match reason {
-            ExitReason::Stopped => &mut self.stopped,
-            ExitReason::Crash => &mut self.crash,
-            ExitReason::Exit => &mut self.exit,
-            ExitReason::ReadyTimeout => &mut self.ready_timeout,
-            ExitReason::Watchdog => &mut self.watchdog,
-            ExitReason::ExecFailed => &mut self.exec_failed,
-        }
-    }
-
-    pub fn count(&mut self, reason: ExitReason) {
-        *self.field(reason) += 1;
-    }
-
-    pub fn get(&self, reason: ExitReason) -> u64 {
-        match reason {
-            ExitReason::Stopped => self.stopped,
-            ExitReason::Crash => self.crash,
-            ExitReason::Exit => self.exit,
-            ExitReason::ReadyTimeout => self.ready_timeout,
-            ExitReason::Watchdog => self.watchdog,
-            ExitReason::ExecFailed => self.exec_failed,
-        }
-    }
-}
-
-/// Upgrades or reloads that ended, by outcome.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct Outcomes {
-    pub done: u64,
-    pub failed: u64,
-}
-
-/// Counters over a master's life.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct Counters {
-    pub worker_exits: ExitCounts,
-    /// Respawns scheduled: after a worker died unasked, or failed to spawn.
-    pub respawns: u64,
-    pub upgrades: Outcomes,
-    pub reloads: Outcomes,
-}
+pub use crate::master::counters::{Counters, Outcomes};
 
 /// A listening socket and, for TCP, its accept queue (`TCP_INFO`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -264,10 +213,13 @@ pub struct ListenerStatus {
     pub backlog: Option<u32>,
 }
 
-/// A process's memory (from `/proc/PID/smaps_rollup`) and CPU (from
-/// `/proc/PID/stat`), read when the status is asked for, at most once a
-/// second (a request sooner after gets the same figures). Each is `None`
-/// when the process could not be read (gone, a zombie, or an older master).
+/// A process's memory and CPU, read from /proc when the status is asked
+/// for (see `master::usage`): CPU (`/proc/PID/stat`) at most a second
+/// old; RSS, PSS, private and shared from `/proc/PID/smaps_rollup`, which
+/// costs far more to read, as old as `memory_age_secs` says (a status reads
+/// it within a time budget, stalest first); a process with no such reading
+/// yet shows the RSS of `stat` alone. Each is `None` when the process could not be read (gone, a
+/// zombie, not read yet, or an older master).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Usage {
@@ -278,6 +230,9 @@ pub struct Usage {
     /// Pages others map too (`Shared_Clean + Shared_Dirty`): mostly what a
     /// worker still shares with the code and libraries of its siblings.
     pub shared_bytes: Option<u64>,
+    /// How long ago `rss_bytes`, `pss_bytes`, `private_bytes` and
+    /// `shared_bytes` were read (`None`: RSS is of now, from `stat`).
+    pub memory_age_secs: Option<f64>,
     /// User and system CPU time over the process's life.
     pub cpu_secs: Option<f64>,
     /// CPU used between the previous reading (at least a second back) and
@@ -300,6 +255,27 @@ impl WorkerRollout {
         match self {
             WorkerRollout::Incoming => "incoming",
             WorkerRollout::Replaced => "replaced",
+        }
+    }
+}
+
+/// Why a worker is being recycled: replaced, its replacement ready first.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecycleReason {
+    /// Its private memory went over `max_worker_memory`.
+    Memory,
+    /// It reached its `max_worker_age`.
+    Age,
+}
+
+impl RecycleReason {
+    pub const ALL: [RecycleReason; 2] = [RecycleReason::Memory, RecycleReason::Age];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RecycleReason::Memory => "memory",
+            RecycleReason::Age => "age",
         }
     }
 }
@@ -358,6 +334,10 @@ pub struct WorkerStatus {
     /// Its part in a rolling restart in progress, if any.
     #[serde(default)]
     pub rollout: Option<WorkerRollout>,
+    /// Being recycled (`rollout` says whether as the old worker or its
+    /// replacement), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle: Option<RecycleReason>,
     #[serde(flatten)]
     pub usage: Usage,
 }
@@ -442,21 +422,21 @@ impl Status {
         // The history columns are the slot's: a new worker inherits them.
         out.push_str(
             "SLOT  PID      STATE     GEN  UPTIME    RSS      PSS      PRIVATE  SHARED   \
-             CPU      CPU%    ROLLOUT   SLOT-RESTARTS  SLOT-LAST-EXIT\n",
+             CPU      CPU%    ROLLOUT          SLOT-RESTARTS  SLOT-LAST-EXIT\n",
         );
         let mut rows: Vec<(usize, i32, String)> = self
             .workers
             .iter()
             .map(|w| {
                 let row = format!(
-                    "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<9} {:<14} {}\n",
+                    "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<16} {:<14} {}\n",
                     w.slot,
                     w.pid,
                     w.state.name(),
                     w.generation,
                     secs(w.uptime_secs),
                     w.usage.cells(),
-                    w.rollout.map_or("-", WorkerRollout::name),
+                    w.rollout_cell(),
                     w.restarts,
                     w.last_exit.as_deref().unwrap_or("-")
                 );
@@ -469,7 +449,7 @@ impl Status {
                 last.push_str(&format!(" (retry in {})", secs(retry)));
             }
             let row = format!(
-                "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<9} {:<14} {last}\n",
+                "{:<5} {:<8} {:<9} {:<4} {:<9} {} {:<16} {:<14} {last}\n",
                 s.slot,
                 "-",
                 s.state.name(),
@@ -497,6 +477,20 @@ impl Status {
                 p.usage.fields()
             ));
         }
+        // The costly figures may be older than the rest: say how old.
+        let oldest = (self.workers.iter().map(|w| &w.usage))
+            .chain(self.preloaders.iter().map(|p| &p.usage))
+            .chain([&self.usage])
+            .filter_map(|u| u.memory_age_secs)
+            .fold(None, |max: Option<f64>, age| {
+                Some(max.map_or(age, |m| m.max(age)))
+            });
+        if let Some(age) = oldest.filter(|age| *age >= 1.0) {
+            out.push_str(&format!(
+                "RSS, PSS, PRIVATE and SHARED read up to {} ago; CPU within 1s\n",
+                secs(age)
+            ));
+        }
         if !self.strays.is_empty() {
             out.push_str("STRAY PID  PGID     DEADLINE           OF\n");
             for s in &self.strays {
@@ -512,6 +506,20 @@ impl Status {
             }
         }
         out
+    }
+}
+
+impl WorkerStatus {
+    /// The ROLLOUT cell: `incoming` or `replaced` in a rolling restart;
+    /// `recycling:memory` for a worker being recycled, its replacement
+    /// `incoming:memory`.
+    fn rollout_cell(&self) -> String {
+        match (self.rollout, self.recycle) {
+            (None, _) => "-".into(),
+            (Some(r), None) => r.name().into(),
+            (Some(WorkerRollout::Replaced), Some(why)) => format!("recycling:{}", why.name()),
+            (Some(WorkerRollout::Incoming), Some(why)) => format!("incoming:{}", why.name()),
+        }
     }
 }
 
@@ -601,6 +609,7 @@ mod tests {
             "pss_bytes",
             "private_bytes",
             "shared_bytes",
+            "memory_age_secs",
             "cpu_secs",
             "cpu_percent",
         ];
@@ -699,6 +708,7 @@ mod tests {
             pss_bytes: Some(700 * 1024),
             private_bytes: Some(512),
             shared_bytes: Some(3 * 1024 * 1024 * 1024),
+            memory_age_secs: Some(4.0),
             cpu_secs: Some(90.0),
             cpu_percent: Some(12.25),
         };
@@ -737,6 +747,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(rows[1][5..12], ["-"; 7], "{text}");
+        assert!(
+            text.ends_with("RSS, PSS, PRIVATE and SHARED read up to 4.0s ago; CPU within 1s\n"),
+            "{text}"
+        );
     }
 
     #[test]

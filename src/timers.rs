@@ -27,6 +27,10 @@ pub enum Timer {
     ShutdownDelay,
     /// The new binary's `-t` of an in-place upgrade had until now.
     UpgradePreflight,
+    /// This worker reached its `max_worker_age` (or its recycle is retried).
+    WorkerAge(i32),
+    /// Time to read the ready workers' private memory (`max_worker_memory`).
+    MemoryCheck,
 }
 
 #[derive(Default)]

@@ -245,6 +245,31 @@ settings! {
     #[arg(long, value_name = "N")]
     max_surge: usize = 1 => max_surge: usize,
         flag Option<String> = p::text(p::max_surge), yaml Value = p::scalar(p::max_surge), show |v| Some(v);
+    /// Recycle a worker whose private memory (not shared copy-on-write: smaps_rollup
+    /// Private_Clean + Private_Dirty) exceeds this SIZE (e.g. 512M, 1G); its replacement
+    /// is ready before it stops [default: off].
+    #[arg(long, value_name = "SIZE")]
+    max_worker_memory: Option<u64> = None => max_worker_memory: Option<u64>,
+        flag Option<String> = p::text(size_limit), yaml Value = p::scalar(size_limit),
+        show |v| Some(v.map_or("off".into(), human_size));
+    /// Recycle a worker this long after it started; its replacement is ready before
+    /// it stops [default: off].
+    #[arg(long, value_name = "DURATION")]
+    max_worker_age: Option<Duration> = None => max_worker_age: Option<Duration>,
+        flag Option<String> = p::text(p::timeout), yaml String = p::string(p::timeout),
+        show |v| Some(v.map_or("off".into(), |d| Human(d).to_string()));
+    /// Each worker's age limit is drawn in [age*(1-J), age] so workers do not recycle
+    /// together: a percentage J [default: 10%].
+    #[arg(long, value_name = "PERCENT")]
+    max_worker_age_jitter: u32 = 10 => max_worker_age_jitter: u32,
+        flag Option<String> = p::text(percent), yaml Value = p::scalar(percent),
+        show |v| Some(format!("{v}%"));
+    /// How often the private memory of ready workers is read, with max_worker_memory
+    /// [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    memory_check_interval: Duration = Duration::from_secs(10) => memory_check_interval: Duration,
+        flag Option<String> = p::text(positive_duration), yaml String = p::string(positive_duration),
+        show |v| Some(Human(*v));
     /// Where the master's and the workers' stdout go (reopened on USR1).
     #[arg(long, value_name = "FILE")]
     stdout_path: PathBuf => stdout_path: Option<PathBuf>,
@@ -309,6 +334,68 @@ fn term(text: &str) -> Result<Term, String> {
     }
 }
 
+/// A SIZE: whole bytes, or a whole number with K, M, G or T (powers of
+/// 1024, `B` or `iB` after it allowed); `off` or `0` is no limit.
+fn size_limit(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    if t == "off" || t == "0" {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if unit.starts_with('.') {
+        return Err(format!(
+            "{text:?}: a whole number of units (e.g. 1536M rather than 1.5G)"
+        ));
+    }
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 512M or 1G, or off"))?;
+    let shift = match unit.trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use K, M, G or T, e.g. 512M)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .map(Some)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
+/// Bytes as `size_limit` reads them back: `512M`, `1G`, `1000`.
+fn human_size(bytes: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// A whole percentage from 0 to 100, with or without `%`.
+fn percent(text: &str) -> Result<u32, String> {
+    match text.trim().trim_end_matches('%').trim().parse::<u32>() {
+        Ok(n) if n <= 100 => Ok(n),
+        _ => Err(format!(
+            "{text:?}: expected a whole percentage from 0 to 100, e.g. 10%"
+        )),
+    }
+}
+
+/// A duration of more than 0: a check every 0 s would never sleep.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?}: must be more than 0")),
+        d => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +406,34 @@ mod tests {
         assert_eq!(upgrade_mode("fork"), Ok(UpgradeMode::Fork));
         assert_eq!(upgrade_mode("auto"), Ok(UpgradeMode::Auto));
         assert!(upgrade_mode("inplace").is_err());
+    }
+
+    #[test]
+    fn sizes_are_bytes_or_binary_units() {
+        assert_eq!(size_limit("512M"), Ok(Some(512 << 20)));
+        assert_eq!(size_limit("1G"), Ok(Some(1 << 30)));
+        assert_eq!(size_limit("64KiB"), Ok(Some(64 << 10)));
+        assert_eq!(size_limit("1000"), Ok(Some(1000)));
+        assert_eq!(size_limit("off"), Ok(None));
+        assert_eq!(size_limit("0"), Ok(None));
+        assert!(size_limit("1.5G").unwrap_err().contains("1536M"));
+        assert!(size_limit("12X").unwrap_err().contains("unknown unit"));
+        assert!(size_limit("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
+        for text in ["512M", "1G", "3K", "1000"] {
+            assert_eq!(human_size(size_limit(text).unwrap().unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn jitter_is_a_percentage_and_the_check_interval_positive() {
+        assert_eq!(percent("10%"), Ok(10));
+        assert_eq!(percent("0"), Ok(0));
+        assert!(percent("101%").is_err());
+        assert!(percent("-1").is_err());
+        assert!(positive_duration("0").is_err());
+        assert_eq!(positive_duration("5s"), Ok(Duration::from_secs(5)));
     }
 
     #[test]

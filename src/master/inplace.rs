@@ -140,6 +140,9 @@ impl Master {
     /// directory and with the start environment, as the exec would run it.
     pub(super) fn begin_in_place(&mut self, reason: String, now: Instant) {
         self.upgrades.begin(now);
+        // A recycle's booting replacement would come back as a second
+        // worker of its slot; the new generation replaces every worker.
+        self.cancel_recycles(now);
         self.notify_reloading("upgrading in place (USR2)");
         let program = self.launch.program();
         let mut command = std::process::Command::new(&program);
@@ -469,6 +472,13 @@ impl Master {
         );
         let new_config = std::mem::replace(&mut self.config, old_config);
         self.template = old_template;
+        // The old configuration's recycling limits go on for its workers
+        // (they keep serving if the new generation fails).
+        for pid in self.pool.pids() {
+            if self.pool.get(pid).is_some_and(|w| w.is_ready()) {
+                self.note_ready_for_recycling(pid, None, now);
+            }
+        }
         if let Some(why) = config_failure {
             self.fail_in_place(format!("the new configuration: {why}"));
             return Ok(());

@@ -11,11 +11,14 @@
 //! HUP rolling restart; `upgrade` is both sides of the USR2 re-exec, with
 //! this master's part in it as an `UpgradeRole`; `usage` reads the memory
 //! and CPU figures `status` shows; `preload` runs each generation's
-//! preloader with `--preload`.
+//! preloader with `--preload`; `recycle` replaces workers over their
+//! memory or age limit; `counters` are the totals `metrics` shows.
 
+pub(crate) mod counters;
 mod inplace;
 mod pool;
 mod preload;
+mod recycle;
 mod reload;
 mod strays;
 mod upgrade;
@@ -241,11 +244,13 @@ pub struct Master {
     notify_log_budget: crate::ratelimit::LogBudget,
     /// Each process's memory and CPU as last read for a status request.
     usage_readings: usage::Readings,
-    /// Worker exits by reason and respawns, for `metrics`; the upgrades
-    /// and reloads are counted by their `Record`.
+    /// Worker exits by reason, respawns and recycles, for `metrics`; the
+    /// upgrades and reloads are counted by their `Record`.
     counters: Counters,
     /// `--preload`: the preloaders and the spawns asked of them.
     preload: preload::Preloaders,
+    /// Workers over their memory or age limit, being replaced.
+    recycler: recycle::Recycler,
 }
 
 impl Master {
@@ -324,9 +329,19 @@ impl Master {
         }
         let role = predecessor.map_or(UpgradeRole::None, UpgradeRole::new_master_of);
         let now = Instant::now();
-        let upgrades = match predecessor {
+        // The old master's totals go on (`FORKMASTER_UPGRADE_COUNTERS`).
+        let counters = match predecessor {
+            Some(_) => Counters::inherited(&launch.env),
+            None => Counters::default(),
+        };
+        let mut upgrades = match predecessor {
             Some(_) => Record::started_by_upgrade(now),
             None => Record::default(),
+        };
+        upgrades.outcomes = counters.upgrades;
+        let reloads = Record {
+            outcomes: counters.reloads,
+            ..Record::default()
         };
         let mut master = Master {
             launch,
@@ -358,13 +373,14 @@ impl Master {
             role,
             upgrades,
             rollout: None,
-            reloads: Record::default(),
+            reloads,
             systemd,
             logs,
             ready_report,
             notify_log_budget: crate::ratelimit::LogBudget::new(20, 5),
             usage_readings: usage::Readings::default(),
-            counters: Counters::default(),
+            counters,
+            recycler: recycle::Recycler::default(),
             preload: preload::Preloaders::default(),
         };
         if let Some(resume) = resume {
@@ -410,6 +426,7 @@ impl Master {
                 self.scale_workers(now);
                 self.advance_rollout(now);
             }
+            self.advance_recycles(now);
             self.serve_status();
             self.retry_health(now);
             self.serve_health(Instant::now());
@@ -766,7 +783,8 @@ impl Master {
     }
 
     /// The state as `status` shows it. Reads each worker's memory and CPU
-    /// from /proc (O(workers), at most once a second; see `usage`).
+    /// from /proc (O(workers), at most once a second, the costly figures
+    /// within a time budget; see `usage`).
     pub fn status(&self) -> Status {
         let now = Instant::now();
         let mut sampling = self.usage_readings.begin(now);
@@ -789,13 +807,14 @@ impl Master {
                     restarts: slot.map_or(0, |s| s.restarts),
                     last_exit: slot.and_then(|s| s.last_exit.clone()),
                     rollout,
+                    recycle: self.recycler.reason_of(w.pid),
                     usage: sampling.usage(w.pid, w.started),
                 }
             })
             .collect();
         workers.sort_by_key(|w| (w.slot, w.pid));
         let preloaders = self.preloader_statuses(&mut sampling, now);
-        let usage = sampling.usage(self.pid, self.started);
+        let usage = sampling.usage_in_full(self.pid, self.started);
         sampling.finish();
         Status {
             pid: self.pid,
@@ -825,12 +844,17 @@ impl Master {
             preloaders,
             strays: self.strays.statuses(now),
             usage,
-            counters: Counters {
-                upgrades: self.upgrades.outcomes,
-                reloads: self.reloads.outcomes,
-                ..self.counters.clone()
-            },
+            counters: self.counters_now(),
             listeners: self.listener_statuses(),
+        }
+    }
+
+    /// Every total this master counted, and those it inherited.
+    fn counters_now(&self) -> Counters {
+        Counters {
+            upgrades: self.upgrades.outcomes,
+            reloads: self.reloads.outcomes,
+            ..self.counters.clone()
         }
     }
 

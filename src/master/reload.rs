@@ -106,6 +106,8 @@ impl Master {
         upgrade: bool,
         now: Instant,
     ) {
+        // Its replacements would take the slots of recycles booting.
+        self.cancel_recycles(now);
         // As Unicorn's HUP: the file's worker count wins over TTIN/TTOU/WINCH.
         let running = self.pool.target();
         if running != self.config.workers && running != config.workers {

@@ -131,6 +131,8 @@ impl Master {
             self.fail_upgrade(why);
             return;
         }
+        // The new master's metrics go on from our totals.
+        self.counters_now().pass_on(&mut self.launch.env);
         match self.exec_new_master() {
             Ok(pid) => {
                 log::info!(

@@ -321,6 +321,7 @@ impl Master {
             readied.slot,
             readied.boot.as_millis()
         );
+        self.note_ready_for_recycling(pid, readied.replaced, now);
         if readied.took_over {
             if let Some(old) = readied.replaced {
                 self.stop_worker(old, false, now);
@@ -408,6 +409,7 @@ impl Master {
         };
         let slot = worker.slot;
         let reason = super::exit_reason(&worker, status, exec_failure.is_some());
+        let reason = self.note_recycling_exit(pid, reason, now);
         self.counters.worker_exits.count(reason);
         // What is left of its process group (and any child it had) is ours
         // to stop now.
@@ -537,6 +539,7 @@ impl Master {
             Timer::SystemdWatchdog => Some(at),
             Timer::ShutdownDelay => (self.phase == (Phase::Draining { until: at })).then_some(at),
             Timer::UpgradePreflight => self.role.preflight_deadline().filter(|d| *d == at),
+            Timer::WorkerAge(_) | Timer::MemoryCheck => self.recycle_timer_due(at, timer),
         }
     }
 
@@ -591,6 +594,7 @@ impl Master {
                 }
                 Timer::ShutdownDelay => self.end_shutdown_delay(now),
                 Timer::UpgradePreflight => self.on_preflight_timeout(),
+                Timer::WorkerAge(_) | Timer::MemoryCheck => self.fire_recycle_timer(timer, now),
                 Timer::SystemdWatchdog => {
                     if let Some(systemd) = &self.systemd {
                         systemd.send("WATCHDOG=1\n");

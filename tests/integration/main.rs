@@ -31,6 +31,7 @@ mod pods;
 mod preload_conformance;
 mod privileges;
 mod real_servers;
+mod recycle;
 mod reloads;
 mod serving;
 mod signals;

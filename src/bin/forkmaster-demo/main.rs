@@ -12,6 +12,7 @@
 //! else `none`. After `--boot-delay`/`DEMO_BOOT_DELAY` it exits with `DEMO_FAIL_BOOT` if that is
 //! set (only in slot `DEMO_FAIL_WORKER` if that is set too), else starts serving and sends
 //! `READY=1` to `NOTIFY_SOCKET` (unless `DEMO_NO_READY=1`).
+//! With `DEMO_ALLOC_MB=N` it first holds N MiB of private memory (see `ballast`).
 //! With `WATCHDOG_USEC` it sends `WATCHDOG=1` every third of that interval.
 //!
 //! Signals: TERM/QUIT stop gracefully (no new connections, in-flight requests finish, keep-alive
@@ -24,6 +25,7 @@ mod logging;
 mod accept;
 mod app;
 mod args;
+mod ballast;
 mod config;
 mod conn;
 mod drain;
@@ -88,6 +90,16 @@ fn main() {
     }
     if app.drain.is_stopping() {
         app.drain.exit_when_stopped();
+    }
+    if let Some(mb) = env_nonempty("DEMO_ALLOC_MB") {
+        let mb = mb
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| fatal!("invalid DEMO_ALLOC_MB={mb:?}"));
+        match ballast::grow(mb) {
+            Ok(total) => log!("event=alloc mb={total}"),
+            Err(e) => fatal!("DEMO_ALLOC_MB: {e}"),
+        }
     }
     if let Some(status) = boot.fail_status {
         log!("event=boot-failed status={status} error=DEMO_FAIL_BOOT");

@@ -4,6 +4,7 @@
 //! * `/sleep?ms=N` → the same after sleeping N ms
 //! * `/crash` → `abort()`; `/exit?code=N` → `exit(N)` (neither sends a response)
 //! * `/hang-watchdog` → stop the `WATCHDOG=1` pings
+//! * `/alloc?mb=N` → hold N MiB more private memory (`ballast`), answer `held_mb=..`
 //! * `/env` → the environment, sorted; `/fds` → the fds open when `main` started
 //! * `/info` → `/` plus `ppid=`, `pgid=` and `pdeathsig=` lines
 
@@ -44,6 +45,16 @@ pub fn route(app: &App, method: &str, target: &str) -> (u16, String) {
                 process::exit(code);
             }
             None => (400, "bad or missing code\n".into()),
+        },
+        "/alloc" => match param("mb").and_then(|v| v.parse::<usize>().ok()) {
+            Some(mb) => match crate::ballast::grow(mb) {
+                Ok(total) => {
+                    log!("event=alloc mb={total}");
+                    (200, format!("held_mb={total}\n"))
+                }
+                Err(e) => (400, format!("{e}\n")),
+            },
+            None => (400, "bad or missing mb\n".into()),
         },
         "/hang-watchdog" => {
             app.hang_watchdog.store(true, Ordering::SeqCst);
