@@ -1,6 +1,7 @@
 //! `--preload`: the app loads once per generation in the preloader, which
 //! forks the workers (docs/PRELOAD.md), with the Python helper from
-//! contrib/preload/python and a small stdlib HTTP app (tests/apps).
+//! contrib/preload/python and the Ruby one from contrib/preload/ruby, each
+//! behind a small stdlib HTTP app (tests/apps).
 
 use crate::source::assert_no_event;
 use crate::support::*;
@@ -9,8 +10,13 @@ use nix::unistd::Pid;
 use std::path::PathBuf;
 
 fn app_script() -> String {
+    script("preload_app.py")
+}
+
+fn script(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/apps/preload_app.py")
+        .join("tests/apps")
+        .join(name)
         .display()
         .to_string()
 }
@@ -18,11 +24,33 @@ fn app_script() -> String {
 /// The Python app behind a Unix socket, `preload` on or off, its boots
 /// recorded in `boots` (one line per load of the app).
 fn python_app(workers: usize, preload: bool, mode: &str) -> App {
+    app_in("python3", &app_script(), workers, preload, mode)
+}
+
+/// The Ruby app (tests/apps/preload_app.rb), as `python_app`; `None`
+/// (the test skipped, loudly) where Ruby is not installed.
+fn ruby_app(test: &str, workers: usize, preload: bool) -> Option<App> {
+    let ruby = std::process::Command::new("ruby").arg("--version").output();
+    if !ruby.is_ok_and(|out| out.status.success()) {
+        skip_unless_required(&format!(
+            "{test}: ruby is not installed (apt-get install ruby)"
+        ));
+        return None;
+    }
+    Some(app_in(
+        "ruby",
+        &script("preload_app.rb"),
+        workers,
+        preload,
+        "",
+    ))
+}
+
+fn app_in(interpreter: &str, script: &str, workers: usize, preload: bool, mode: &str) -> App {
     let app = App::new(workers, "");
     let boots = app.dir.join("boots");
     let extra = format!(
-        "command: ['python3', '{}']\npreload: {preload}\n{}",
-        app_script(),
+        "command: ['{interpreter}', '{script}']\npreload: {preload}\n{}",
         app.env_line(&[
             ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
             ("PRELOAD_APP_MODE", mode),
@@ -378,4 +406,123 @@ fn a_hello_in_another_protocol_version_names_both() {
         err.contains("speaks preload protocol version 2; this master speaks version 1"),
         "{err}"
     );
+}
+
+#[test]
+fn ruby_workers_are_forked_from_one_boot_and_survive_upgrades_and_reloads() {
+    let Some(app) = ruby_app(
+        "ruby_workers_are_forked_from_one_boot_and_survive_upgrades_and_reloads",
+        2,
+        true,
+    ) else {
+        return;
+    };
+    let master = app.start();
+    let (first, generation, spawns) = preloader(&app.status()).expect("a serving preloader");
+    assert_eq!((generation, spawns), (1, 2));
+    assert_eq!(boots(&app), [first]);
+    assert_forked_from(&app, master.pid(), first);
+
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(10);
+    app.set_token("upgraded");
+    let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(120));
+    assert_eq!(code, 0, "upgrade: {out}{err}\n{}", master.log());
+    let new_master = app.master_pid();
+    let (second, _, _) = preloader(&app.status()).expect("the new master's preloader");
+    assert_ne!(second, first);
+    assert_forked_from(&app, new_master, second);
+
+    app.set_token("reloaded");
+    let (code, out, err) = client(&["reload", "-c", app.cfg(), "--wait"], secs(120));
+    assert_eq!(code, 0, "reload: {out}{err}");
+    let status = app.wait_status("only the reloaded generation", secs(20), |s| {
+        s["preloaders"].as_array().is_some_and(|p| p.len() == 1)
+            && s["workers"].as_array().unwrap().len() == 2
+    });
+    let (third, _, _) = preloader(&status).unwrap();
+    assert_ne!(third, second);
+    assert_forked_from(&app, new_master, third);
+    load.wait_answers(10);
+    load.finish_without_failures();
+    assert_eq!(boots(&app), [first, second, third]);
+}
+
+#[test]
+fn the_ruby_app_runs_unchanged_in_exec_mode() {
+    let Some(app) = ruby_app("the_ruby_app_runs_unchanged_in_exec_mode", 2, false) else {
+        return;
+    };
+    let _master = app.start();
+    let status = app.status();
+    assert!(preloader(&status).is_none(), "{status:#}");
+    let fields = get(&app.target, "/").expect("GET /").fields();
+    assert_eq!(fields["boot_pid"], fields["pid"], "{fields:?}");
+    assert_eq!(fields["hooks"], "-", "{fields:?}");
+    assert_eq!(boots(&app).len(), 2);
+}
+
+/// The preload app with `upgrade_mode: in-place` and `mode` in its env.
+fn in_place_app(app: &App, workers: usize, mode: &str) {
+    let boots = app.dir.join("boots");
+    let extra = format!(
+        "command: ['python3', '{}']\npreload: true\nupgrade_mode: in-place\nready_timeout: 20s\n{}",
+        app_script(),
+        app.env_line(&[
+            ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
+            ("PRELOAD_APP_MODE", mode),
+        ])
+    );
+    app.write_config(workers, &extra);
+}
+
+#[test]
+fn an_in_place_upgrade_forks_the_new_generation_from_a_new_preloader() {
+    let app = App::new(2, "");
+    in_place_app(&app, 2, "");
+    let master = app.start();
+    let (first, _, _) = preloader(&app.status()).unwrap();
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(10);
+
+    let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(120));
+    assert_eq!(code, 0, "upgrade: {out}{err}\n{}", master.log());
+    assert_eq!(app.master_pid(), master.pid(), "the pid is kept");
+    let status = app.wait_status("one preloader, of generation 2", secs(20), |s| {
+        s["preloaders"].as_array().is_some_and(|p| p.len() == 1)
+            && preloader(s).is_some_and(|(_, g, _)| g == 2)
+    });
+    let (second, _, _) = preloader(&status).unwrap();
+    assert_ne!(second, first);
+    assert_forked_from(&app, master.pid(), second);
+    wait_for("the old preloader to go", secs(20), || {
+        (!is_running(first)).then_some(())
+    });
+
+    // A failed in-place upgrade: the old generation keeps serving, and a
+    // worker of it that dies is forked again from a preloader of its own.
+    in_place_app(&app, 2, "refuse");
+    let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(120));
+    assert_eq!(code, 1, "upgrade: {out}{err}\n{}", master.log());
+    assert!(err.contains("keeps serving"), "{err}");
+    let (_, victim) = App::worker_pids(&app.status())[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let status = app.wait_status("the killed worker replaced", secs(30), |s| {
+        let pids = App::worker_pids(s);
+        pids.len() == 2
+            && pids.iter().all(|(_, p)| *p != victim)
+            && s["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|w| w["state"] == "ready" && w["generation"] == 2)
+    });
+    let (third, generation, spawns) = preloader(&status).expect("a preloader of generation 2");
+    assert_eq!((generation, spawns), (2, 1), "{status:#}");
+    assert_ne!(third, second);
+    for (_, pid) in App::worker_pids(&status) {
+        assert_eq!(proc_stat(pid as i32).unwrap().1, master.pid());
+    }
+    load.wait_answers(10);
+    load.finish_without_failures();
 }
