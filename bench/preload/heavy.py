@@ -21,6 +21,13 @@ import socket
 import sys
 import time
 
+# The HTTP server's modules are part of the loaded app: imported here, before
+# serve() forks, they are shared by every worker as gunicorn's are (imported
+# in serve_http() instead, each worker would load its own copy, with
+# http.client's ssl and libcrypto: about 6 MiB of private memory a worker).
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
 HEAVY_MB = int(os.environ.get("HEAVY_MB", "64"))
 BOOT_MS = int(os.environ.get("BOOT_MS", "300"))
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -89,8 +96,6 @@ def notify_ready():
 
 def serve_http():
     """`app` through wsgiref, one thread per connection, on fd 3."""
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
     class Handler(WSGIRequestHandler):
         def log_message(self, *args):
