@@ -22,6 +22,7 @@ import gc
 import json
 import os
 import random
+import select
 import socket
 import sys
 import time
@@ -36,6 +37,9 @@ _PR_SET_PDEATHSIG = 1
 # How long a new worker waits to be reparented to the master.
 _REPARENT_WAIT = 5.0
 _REPARENT_POLL = 0.001
+# While intermediate children are pending, how long the preloader waits for
+# the next request before it looks for exited ones again (milliseconds).
+_REAP_POLL_MS = 2
 
 _hooks = []
 
@@ -58,14 +62,30 @@ def serve():
         return
     fd = int(value)
     sock = socket.socket(fileno=fd)
+    # Once, before the first fork: the loaded heap stays shared, as the
+    # collector no longer touches it. The few objects the loop makes later
+    # need no freezing.
+    gc.freeze()
+    _libc()
     _hello(sock)
+    # Intermediate children not reaped yet. The preloader does not wait for
+    # one before it takes the next request, so the forks overlap; it reaps
+    # them without blocking between requests, and while any is pending it
+    # waits for the socket only briefly, so none lingers as a zombie.
+    pending = set()
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
     while True:
+        _reap(pending, block=False)
+        if pending and not poller.poll(_REAP_POLL_MS):
+            continue
         try:
             data, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 2)
         except InterruptedError:
             continue
         if not data:
             _flush()
+            _reap(pending, block=True)
             os._exit(0)
         try:
             message = json.loads(data)
@@ -78,7 +98,7 @@ def serve():
         if len(fds) != 2:
             _failed(sock, message.get("id"), "expected 2 fds with spawn, got %d" % len(fds), fds)
             continue
-        if _spawn(sock, message, fds):
+        if _spawn(sock, message, fds, pending):
             return
 
 
@@ -99,12 +119,24 @@ def _flush():
             pass
 
 
-def _spawn(sock, message, fds):
-    """Double fork. True only in the new worker, set up and ready to return."""
+def _reap(pending, block):
+    """Reaps the intermediate children in ``pending`` that have exited (all
+    of them when ``block``), and forgets them."""
+    flags = 0 if block else os.WNOHANG
+    for pid in list(pending):
+        try:
+            done, _status = os.waitpid(pid, flags)
+        except ChildProcessError:
+            done = pid
+        if done:
+            pending.discard(pid)
+
+
+def _spawn(sock, message, fds, pending):
+    """Double fork. True only in the new worker, set up and ready to return;
+    in the preloader the intermediate child joins ``pending``."""
     request_id = message.get("id")
     _flush()
-    # The loaded heap stays shared: the collector no longer touches it.
-    gc.freeze()
     try:
         middle = os.fork()
     except OSError as e:
@@ -113,14 +145,7 @@ def _spawn(sock, message, fds):
     if middle:
         for fd in fds:
             os.close(fd)
-        while True:
-            try:
-                os.waitpid(middle, 0)
-                break
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                break
+        pending.add(middle)
         return False
     # The intermediate child: fork the worker, report, exit so the worker
     # is reparented to the master (a child subreaper).
@@ -154,6 +179,17 @@ def _failed(sock, request_id, why, fds):
         pass
 
 
+_libc_handle = None
+
+
+def _libc():
+    """The C library, loaded once in the preloader rather than in each worker."""
+    global _libc_handle
+    if _libc_handle is None:
+        _libc_handle = ctypes.CDLL(None, use_errno=True)
+    return _libc_handle
+
+
 def _become_worker(sock, message, fds):
     """The protocol's worker steps, in order."""
     # 1. Its own process group, as an exec'd worker.
@@ -166,8 +202,7 @@ def _become_worker(sock, message, fds):
             os._exit(1)
         time.sleep(_REPARENT_POLL)
     # 3. Die with the master; it may have died just before.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    _libc().prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
     if os.getppid() != master:
         os._exit(1)
     # 4. Its stdout and stderr.

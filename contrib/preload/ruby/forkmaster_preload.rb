@@ -29,6 +29,9 @@ module ForkmasterPreload
   # How long a worker waits to be adopted by the master, and how often it looks.
   REPARENT_TIMEOUT_S = 5.0
   REPARENT_POLL_S = 0.001
+  # While intermediate children are pending, how long the preloader waits
+  # for the next request before it looks for exited ones again.
+  REAP_POLL_S = 0.002
 
   PRELOAD_FD_VAR = 'FORKMASTER_PRELOAD_FD'
   MASTER_PID_VAR = 'FORKMASTER_MASTER_PID'
@@ -85,6 +88,12 @@ module ForkmasterPreload
       @prctl = Fiddle::Function.new(Fiddle::Handle::DEFAULT['prctl'],
                                     [Fiddle::TYPE_INT, Fiddle::TYPE_VARIADIC], Fiddle::TYPE_INT)
       @sock = Socket.for_fd(fd)
+      # Intermediate children not reaped yet. The preloader does not wait
+      # for one before it takes the next request, so the forks overlap; it
+      # reaps them without blocking between requests, and while any is
+      # pending it waits for the socket only briefly, so none lingers as a
+      # zombie.
+      @pending = []
     rescue ArgumentError => e
       raise ProtocolError, "#{MASTER_PID_VAR} must be a pid: #{e.message}"
     rescue SystemCallError => e
@@ -99,6 +108,9 @@ module ForkmasterPreload
                    runtime: "ruby #{RUBY_VERSION}")
       log('event=preload_hello', "pid=#{Process.pid}")
       loop do
+        reap_pending
+        next if @pending.any? && !IO.select([@sock], nil, nil, REAP_POLL_S)
+
         message, fds = receive
         return true if fds && handle(message, fds) == :worker
       end
@@ -123,6 +135,7 @@ module ForkmasterPreload
       fds = controls.select { |c| c.cmsg_is?(:SOCKET, :RIGHTS) }.flat_map(&:unix_rights)
       if data.nil? || (data.empty? && fds.empty?)
         log('event=preload_eof')
+        reap_pending(block: true)
         exit(0)
       end
       if (rflags & Socket::MSG_TRUNC).nonzero? || data.bytesize > MAX_PACKET
@@ -197,7 +210,7 @@ module ForkmasterPreload
       return in_intermediate(id, env, fds) if intermediate.nil?
 
       ForkmasterPreload.close_all(fds)
-      reap(intermediate)
+      @pending << intermediate
       nil
     end
 
@@ -221,10 +234,15 @@ module ForkmasterPreload
       exit!(1)
     end
 
-    def reap(pid)
-      Process.waitpid(pid)
-    rescue Errno::ECHILD
-      nil
+    # Reaps the pending intermediate children that have exited (all of
+    # them when block), and forgets them.
+    def reap_pending(block: false)
+      flags = block ? 0 : Process::WNOHANG
+      @pending.reject! do |pid|
+        Process.waitpid(pid, flags)
+      rescue Errno::ECHILD
+        true
+      end
     end
 
     # The worker's steps, in the protocol's order. A step that fails ends
