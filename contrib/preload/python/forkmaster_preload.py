@@ -42,6 +42,8 @@ _REPARENT_POLL = 0.001
 _REAP_POLL_MS = 2
 
 _hooks = []
+# The preloader's intermediate children not reaped yet.
+_pending = set()
 
 
 def after_fork(fn):
@@ -68,11 +70,11 @@ def serve():
     gc.freeze()
     _libc()
     _hello(sock)
-    # Intermediate children not reaped yet. The preloader does not wait for
-    # one before it takes the next request, so the forks overlap; it reaps
-    # them without blocking between requests, and while any is pending it
-    # waits for the socket only briefly, so none lingers as a zombie.
-    pending = set()
+    # The preloader does not wait for an intermediate child before it takes
+    # the next request, so the forks overlap; it reaps them without blocking
+    # between requests, and while any is pending it waits for the socket
+    # only briefly, so none lingers as a zombie.
+    pending = _pending
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     while True:
@@ -98,7 +100,7 @@ def serve():
         if len(fds) != 2:
             _failed(sock, message.get("id"), "expected 2 fds with spawn, got %d" % len(fds), fds)
             continue
-        if _spawn(sock, message, fds, pending):
+        if _spawn(sock, message, fds):
             return
 
 
@@ -132,9 +134,9 @@ def _reap(pending, block):
             pending.discard(pid)
 
 
-def _spawn(sock, message, fds, pending):
+def _spawn(sock, message, fds):
     """Double fork. True only in the new worker, set up and ready to return;
-    in the preloader the intermediate child joins ``pending``."""
+    in the preloader the intermediate child joins ``_pending``."""
     request_id = message.get("id")
     _flush()
     try:
@@ -145,7 +147,7 @@ def _spawn(sock, message, fds, pending):
     if middle:
         for fd in fds:
             os.close(fd)
-        pending.add(middle)
+        _pending.add(middle)
         return False
     # The intermediate child: fork the worker, report, exit so the worker
     # is reparented to the master (a child subreaper).
