@@ -505,6 +505,9 @@ fn an_in_place_upgrade_forks_the_new_generation_from_a_new_preloader() {
     let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(120));
     assert_eq!(code, 1, "upgrade: {out}{err}\n{}", master.log());
     assert!(err.contains("keeps serving"), "{err}");
+    load.wait_answers(10);
+    // The load ends before the SIGKILL, which fails the request in hand.
+    load.finish_without_failures();
     let (_, victim) = App::worker_pids(&app.status())[0];
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
     let status = app.wait_status("the killed worker replaced", secs(30), |s| {
@@ -523,6 +526,4 @@ fn an_in_place_upgrade_forks_the_new_generation_from_a_new_preloader() {
     for (_, pid) in App::worker_pids(&status) {
         assert_eq!(proc_stat(pid as i32).unwrap().1, master.pid());
     }
-    load.wait_answers(10);
-    load.finish_without_failures();
 }
