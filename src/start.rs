@@ -70,8 +70,7 @@ pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
             logging::esc(&why)
         );
     }
-    let launch = Launch::capture(flags, command);
-    serve(launch, config, report, resume).inspect_err(|e| {
+    serve(flags, command, config, report, resume).inspect_err(|e| {
         if let Some(report) = failure_report {
             let _ = nix::unistd::write(&report, format!("{e}\n").as_bytes());
         }
@@ -100,6 +99,18 @@ fn in_place(
             new.pid_file
                 .as_deref()
                 .map_or_else(|| "none".into(), |p| p.display().to_string()),
+        )),
+        // The clients find the control socket under it (as through the pid
+        // file): it moves at a restart, never under a running master.
+        (Ok(new), Ok(old)) if new.runtime_dir != old.runtime_dir => Some(format!(
+            "runtime_dir: an in-place upgrade keeps the runtime directory {}, but the \
+             configuration now says {}: to move it, stop and start the service",
+            old.runtime_dir
+                .as_deref()
+                .map_or_else(|| "(default)".into(), |p| p.display().to_string()),
+            new.runtime_dir
+                .as_deref()
+                .map_or_else(|| "(default)".into(), |p| p.display().to_string()),
         )),
         _ => None,
     };
@@ -206,11 +217,60 @@ fn check_paths(config: &Config) -> std::result::Result<(), String> {
 }
 
 fn serve(
-    launch: Launch,
-    mut config: Config,
+    flags: &MasterFlags,
+    command: &[OsString],
+    config: Config,
     report: Option<OwnedFd>,
     resume: Option<Resume>,
 ) -> Result<()> {
+    let launch = Launch::capture(flags, command);
+    let mut inherited = Inherited::from_env(launch.inherited_fds.as_deref());
+    inherited.add_activated(&systemd::activated_fds(
+        &launch.env,
+        std::process::id() as i32,
+    ));
+    let Some(resume) = resume else {
+        return start(launch, config, report, inherited, &mut None)?.run();
+    };
+    // In place the old workers are ours: the new configuration may not
+    // start (a busy port, a missing directory), and then the old one, which
+    // ran a moment ago with these same listeners, log files and runtime
+    // directory, starts instead. The listeners are kept aside for it.
+    let spare = inherited.try_clone();
+    let old_config = resume.old_config.clone();
+    let mut resume = Some(resume);
+    let failure = match start(launch, config, report, inherited, &mut resume) {
+        Ok(master) => return master.run(),
+        Err(e) => e,
+    };
+    let (Some(mut resume), Some(old_config), Ok(spare)) = (resume, old_config, spare) else {
+        return Err(failure);
+    };
+    if resume.config_failure.is_some() {
+        // That was the old configuration already.
+        return Err(failure);
+    }
+    log::error!(
+        "event=inplace-fallback error=\"{}\" action=\"old configuration\"",
+        logging::esc(&failure)
+    );
+    resume.config_failure = Some(failure.to_string());
+    let launch = Launch::capture(flags, command);
+    start(launch, old_config, None, spare, &mut Some(resume))?.run()
+}
+
+/// Everything a master needs before its loop, from `config`: log files,
+/// listeners, runtime directory, control and notify sockets, pid file.
+/// In place, `resume` is taken only once nothing more can fail: an `Err`
+/// leaves it, and the old listeners (kept aside by the caller), untouched.
+fn start(
+    launch: Launch,
+    mut config: Config,
+    report: Option<OwnedFd>,
+    mut inherited: Inherited,
+    resume: &mut Option<Resume>,
+) -> Result<Master> {
+    let in_place = resume.is_some();
     if let Some(mask) = config.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
@@ -221,7 +281,7 @@ fn serve(
         config.pid_file.as_deref(),
     );
     // In place, the pid file names us already.
-    if let Some(path) = config.pid_file.as_ref().filter(|_| resume.is_none()) {
+    if let Some(path) = config.pid_file.as_ref().filter(|_| !in_place) {
         let search = Search {
             bases: vec![base.clone()],
             uids: vec![nix::unistd::geteuid().as_raw()],
@@ -231,11 +291,6 @@ fn serve(
     let mut logs = LogFiles::open(config.stdout_path.as_deref(), config.stderr_path.as_deref())?;
     let (uid, gid) = worker_owner(&config);
     logs.chown(uid, gid);
-    let mut inherited = Inherited::from_env(launch.inherited_fds.as_deref());
-    inherited.add_activated(&systemd::activated_fds(
-        &launch.env,
-        std::process::id() as i32,
-    ));
     let listeners = if config.listeners.is_empty() {
         // Socket activation without --listen: serve on everything passed.
         let adopted = adopt_all(&mut inherited)?;
@@ -258,10 +313,23 @@ fn serve(
         _ => Error::Config(ConfigError::Invalid(why)),
     })?;
     let master = Master::new(launch, config, listeners, logs, report, rundir, resume)?;
-    if let Some(path) = &pid_file {
-        pidfile::write_pid(path, std::process::id() as i32)?;
+    for addr in inherited.leftovers() {
+        log::info!(
+            "event=listen-closed addr={addr} reason=\"no longer configured\"",
+            addr = crate::logging::esc(&addr)
+        );
     }
-    master.run()
+    if let Some(path) = &pid_file {
+        match pidfile::write_pid(path, std::process::id() as i32) {
+            Ok(()) => {}
+            // In place it names us already: no reason to drop the workers.
+            Err(e) if in_place => {
+                log::warn!("event=pid-file-unwritten error=\"{}\"", logging::esc(&e))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(master)
 }
 
 /// The directory a pid file is in (`.` for a bare name).
@@ -332,12 +400,6 @@ fn open_listeners(
             crate::logging::esc(spec.fd_name())
         );
         listeners.push((listener, how));
-    }
-    for addr in std::mem::take(inherited).leftovers() {
-        log::info!(
-            "event=listen-closed addr={addr} reason=\"no longer configured\"",
-            addr = crate::logging::esc(&addr)
-        );
     }
     Ok(listeners.into_iter().map(|(l, _)| l).collect())
 }

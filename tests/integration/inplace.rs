@@ -383,3 +383,85 @@ fn auto_upgrades_in_place_as_pid_1() {
     let nspid = proc_status(master_pid, "NSpid").unwrap_or_default();
     assert!(nspid.ends_with("\t1"), "NSpid: {nspid}");
 }
+
+/// A new configuration that passes `-t` but cannot start after the exec
+/// (a port taken, a directory missing): the new image starts with the old
+/// configuration instead, keeps the old workers and records why.
+#[test]
+fn a_new_config_that_cannot_start_after_the_exec_falls_back_to_the_old_one() {
+    let app = App::new(2, IN_PLACE);
+    let mut master = app.start();
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(10);
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let missing = app.dir.join("no-such-dir");
+    let listen = format!(
+        "listen: ['unix:{}', '127.0.0.1:{port}']\n",
+        app.dir.join("app.sock").display()
+    );
+    let cases = [
+        (
+            listen,
+            format!("listen 127.0.0.1:{port}: address already in use"),
+        ),
+        (
+            format!("stdout_path: {}\n", missing.join("out.log").display()),
+            "stdout_path".to_string(),
+        ),
+        (
+            format!(
+                "listen: ['unix:{}', 'unix:{}']\n",
+                app.dir.join("app.sock").display(),
+                missing.join("new.sock").display()
+            ),
+            "new.sock".to_string(),
+        ),
+        (
+            format!("stderr_path: {}\n", missing.join("err.log").display()),
+            "stderr_path".to_string(),
+        ),
+        (
+            format!("runtime_dir: {}\n", missing.display()),
+            "runtime_dir".to_string(),
+        ),
+    ];
+    for (extra, said) in &cases {
+        app.write_config(2, &format!("{IN_PLACE}{extra}"));
+        let (code, out) = upgrade_wait(&app);
+        assert_eq!(code, 1, "{extra}: {out}\n{}", master.log());
+        assert!(
+            out.contains("upgrade failed: the new configuration: "),
+            "{out}"
+        );
+        assert!(out.contains(said.as_str()), "{said}: {out}");
+        assert!(out.contains(&format!("pid {pid} keeps serving")), "{out}");
+        let after = wait_serving_generation(&app, 2, 1);
+        assert_eq!(
+            pids(&after),
+            pids(&before),
+            "{extra}: the old workers serve on"
+        );
+        assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+        assert_eq!(after["upgrade"]["state"], "failed");
+        load.wait_answers(10);
+    }
+    drop(busy);
+    load.finish_without_failures();
+
+    // The old workers are supervised, and a good upgrade goes through.
+    let victim = pids(&before)[0];
+    send_signal(victim as i32, Signal::SIGKILL);
+    app.wait_status("the old worker replaced", secs(30), |s| {
+        s["ready"].as_u64() == Some(2) && !pids(s).contains(&victim)
+    });
+    app.write_config(2, IN_PLACE);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_eq!(app.master_pid(), pid);
+    assert_master_running(&mut master);
+}
