@@ -55,6 +55,29 @@ pub const UPGRADE_PID_FILE: &str = "FORKMASTER_UPGRADE_PID_FILE";
 /// In-place upgrade: the fd number of a memfd holding the old image's state
 /// as versioned JSON (workers, their fds, records); see `inplace`.
 pub const INPLACE_STATE: &str = "FORKMASTER_INPLACE_STATE";
+/// In-place upgrade's check: set for the new binary's `-t`, which then
+/// prints `FORKMASTER_INPLACE_STATE_VERSION=<n>` (the state version it
+/// reads) on stdout after the configuration passed; the old image execs it
+/// only if `<n>` is the version it writes.
+pub const INPLACE_PREFLIGHT: &str = "FORKMASTER_INPLACE_PREFLIGHT";
+/// The key of that line.
+pub const INPLACE_STATE_VERSION: &str = "FORKMASTER_INPLACE_STATE_VERSION";
+
+/// The line a new binary's preflight prints: it reads state `version`.
+pub fn inplace_version_line(version: u32) -> String {
+    format!("{INPLACE_STATE_VERSION}={version}")
+}
+
+/// The state version a preflight's stdout names, if it names one.
+pub fn inplace_version_of(stdout: &str) -> Option<u32> {
+    stdout.lines().find_map(|line| {
+        line.trim_end()
+            .strip_prefix(INPLACE_STATE_VERSION)?
+            .strip_prefix('=')?
+            .parse()
+            .ok()
+    })
+}
 /// Upgrade handoff: the old master's counters (`master::counters`), as
 /// compact JSON, so the new master's metrics go on from its totals.
 pub const UPGRADE_COUNTERS: &str = "FORKMASTER_UPGRADE_COUNTERS";

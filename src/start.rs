@@ -165,6 +165,14 @@ fn check(config: &Config) -> Result<()> {
     let mut out = std::io::stdout().lock();
     // A reader that went away (`| head`) is no failure of the config.
     let _ = writeln!(out, "{}configuration ok", config.describe());
+    // Asked by an old image before it execs us in place: we read its state.
+    if std::env::var_os(protocol::INPLACE_PREFLIGHT).is_some() {
+        let _ = writeln!(
+            out,
+            "{}",
+            protocol::inplace_version_line(crate::inplace::VERSION)
+        );
+    }
     Ok(())
 }
 

@@ -465,3 +465,100 @@ fn a_new_config_that_cannot_start_after_the_exec_falls_back_to_the_old_one() {
     assert_eq!(app.master_pid(), pid);
     assert_master_running(&mut master);
 }
+
+/// The master started as `bin/forkmaster` in the app's directory (a
+/// symlink to the real binary), which a test may then replace.
+fn start_from_link(app: &App) -> (Master, std::path::PathBuf) {
+    let bin = app.dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let link = bin.join("forkmaster");
+    std::os::unix::fs::symlink(forkmaster(), &link).unwrap();
+    (app.start_program(&link), link)
+}
+
+fn write_script(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A program that exits 0 for `-t` is not a forkmaster that can read the
+/// state: the master refuses to exec it and serves on.
+#[test]
+fn a_program_that_is_not_a_forkmaster_is_refused_before_the_exec() {
+    let app = App::new(2, IN_PLACE);
+    let (mut master, link) = start_from_link(&app);
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(10);
+
+    let not_ours = format!(
+        "upgrade failed: {} is not a forkmaster that reads in-place state version 1",
+        link.display()
+    );
+    // `/bin/true` itself, in place of the binary.
+    std::fs::remove_file(&link).unwrap();
+    std::fs::copy("/bin/true", &link).unwrap();
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains(&not_ours), "{out}");
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+
+    // A program that prints junk, or another state version, and exits 0.
+    write_script(
+        &link,
+        "#!/bin/sh\necho configuration ok\necho FORKMASTER_INPLACE_STATE_VERSION=999\nexit 0\n",
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains(&not_ours), "{out}");
+    let after = wait_serving_generation(&app, 2, 1);
+    assert_eq!(pids(&after), pids(&before));
+    assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+    assert_no_event(&master.log(), "upgrade-exec");
+    load.wait_answers(10);
+    load.finish_without_failures();
+
+    // The real binary back: the upgrade goes through.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(forkmaster(), &link).unwrap();
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_master_running(&mut master);
+}
+
+/// The file checked is the file exec'd: one swapped in at the path during
+/// the check is never run.
+#[test]
+fn a_binary_swapped_in_after_the_check_is_not_the_one_execd() {
+    let app = App::new(2, IN_PLACE);
+    let (mut master, link) = start_from_link(&app);
+    let pid = master.pid();
+    wait_serving_generation(&app, 2, 1);
+    let marker = app.dir.join("swapped-in-ran");
+    let swapped = app.dir.join("swapped");
+    write_script(
+        &swapped,
+        &format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()),
+    );
+    // The checked program replaces its own path during its check.
+    write_script(
+        &link,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = -t ]; then mv '{}' '{}'; fi\nexec '{}' \"$@\"\n",
+            swapped.display(),
+            link.display(),
+            forkmaster()
+        ),
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_eq!(app.master_pid(), pid);
+    assert_no_file(&marker);
+    assert_master_running(&mut master);
+}
