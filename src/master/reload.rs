@@ -172,6 +172,7 @@ impl Master {
         // With `--preload`, replacements asked of the preloader boot too.
         let mut booting = self.pool.booting_replacements() + self.preload.pending_incoming();
         let mut starts = Vec::new();
+        let upgrade = rollout.upgrade;
         let surge = match rollout.upgrade {
             true => usize::MAX,
             false => self.config.max_surge,
@@ -193,7 +194,12 @@ impl Master {
             .filter_map(|slot| self.spawn_worker(slot, true, now))
             .collect();
         self.restart_ready_clocks(&spawned, now);
-        if !done {
+        // An in-place upgrade is done, as `upgrade --wait` sees it, once no
+        // worker of an older generation is left (so its duration is the
+        // whole of it, not just until the new workers were ready).
+        let generation = self.generation;
+        let old_left = upgrade && self.pool.workers().any(|w| w.generation != generation);
+        if !done || old_left {
             return;
         }
         if let Some(rollout) = self.rollout.take() {

@@ -562,3 +562,21 @@ fn a_binary_swapped_in_after_the_check_is_not_the_one_execd() {
     assert_no_file(&marker);
     assert_master_running(&mut master);
 }
+
+/// The recorded duration of an in-place upgrade covers what `upgrade
+/// --wait` waits for: from the USR2 to the new generation all ready.
+#[test]
+fn an_in_place_upgrade_records_how_long_it_took() {
+    // The old workers ignore their stop signal: killed at the graceful
+    // timeout, well after the new ones are ready.
+    let slow_stop = format!("{IN_PLACE}stop_signal: WINCH\ngraceful_timeout: 1s\n");
+    let app = App::new(2, &slow_stop);
+    let mut master = app.start();
+    wait_serving_generation(&app, 2, 1);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    let status = app.status();
+    let took = status["upgrade"]["secs"].as_f64().expect("upgrade secs");
+    assert!(took >= 1.0, "took={took}: {out}");
+    assert_master_running(&mut master);
+}
