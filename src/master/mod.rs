@@ -233,6 +233,9 @@ pub struct Master {
     upgrades: Record,
     /// A HUP rolling restart in progress.
     rollout: Option<Rollout>,
+    /// A HUP came during an in-place upgrade's rollover: it runs when the
+    /// rollover ends (it would otherwise abandon a good upgrade).
+    hup_after_upgrade: bool,
     reloads: Record,
     /// systemd's notify socket, when it started us with one.
     systemd: Option<Notifier>,
@@ -398,6 +401,7 @@ impl Master {
             role,
             upgrades,
             rollout: None,
+            hup_after_upgrade: false,
             reloads,
             systemd,
             logs,

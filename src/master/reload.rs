@@ -40,6 +40,13 @@ impl Master {
             self.change_target(self.config.workers);
             return;
         }
+        if self.rollout.as_ref().is_some_and(|r| r.upgrade) {
+            log::info!(
+                "event=signal signal=HUP action=deferred reason=\"in-place upgrade rolling over\""
+            );
+            self.hup_after_upgrade = true;
+            return;
+        }
         // Read first: an invalid file must not disturb a rollout in progress.
         let reloaded = self.reloaded_config();
         if reloaded.is_ok() {
@@ -166,6 +173,12 @@ impl Master {
 
     /// Boots replacements up to `max_surge`; ends the rollout when all are in.
     pub(super) fn advance_rollout(&mut self, now: Instant) {
+        if self.hup_after_upgrade && !self.rollout.as_ref().is_some_and(|r| r.upgrade) {
+            self.hup_after_upgrade = false;
+            log::info!("event=signal signal=HUP action=resumed reason=\"in-place upgrade ended\"");
+            self.on_hup(now);
+            return;
+        }
         let Some(rollout) = &mut self.rollout else {
             return;
         };
@@ -205,6 +218,8 @@ impl Master {
         if let Some(rollout) = self.rollout.take() {
             if rollout.previous.is_some() && rollout.upgrade {
                 self.upgrades.end(None);
+                // A deferred HUP runs in the next pass.
+                self.dirty = true;
                 log::info!(
                     "event=upgrade-done mode=in-place generation={} workers={}",
                     self.generation,

@@ -580,3 +580,30 @@ fn an_in_place_upgrade_records_how_long_it_took() {
     assert!(took >= 1.0, "took={took}: {out}");
     assert_master_running(&mut master);
 }
+
+/// A HUP during an in-place upgrade's rollover waits for it to end, then
+/// reloads: it never turns a good upgrade into a failed one.
+#[test]
+fn a_hup_during_the_rollover_waits_for_the_upgrade() {
+    let slow_stop = format!("{IN_PLACE}stop_signal: WINCH\ngraceful_timeout: 3s\n");
+    let app = App::new(2, &slow_stop);
+    let mut master = app.start();
+    wait_serving_generation(&app, 2, 1);
+    let pid_file = app.pid_file.to_str().unwrap();
+    let (code, out, err) = client(&["upgrade", "-p", pid_file], secs(30));
+    assert_eq!(code, 0, "{out}{err}");
+    app.wait_status("the rollover under way", secs(30), |s| {
+        s["generation"].as_u64() == Some(2) && s["upgrade"]["state"] == "in-progress"
+    });
+    master.signal(Signal::SIGHUP);
+    let done = app.wait_status("the upgrade ended", secs(30), |s| {
+        s["upgrade"]["state"] != "in-progress"
+    });
+    assert_eq!(done["upgrade"]["state"], "done", "{done}\n{}", master.log());
+    app.wait_status("the reload done after it", secs(30), |s| {
+        s["reload"]["state"] == "done" && s["generation"].as_u64() == Some(3)
+    });
+    assert!(master.log().contains("signal=HUP action=deferred"));
+    assert_not_logged(&master.log(), "superseded");
+    assert_master_running(&mut master);
+}
