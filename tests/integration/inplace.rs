@@ -607,3 +607,60 @@ fn a_hup_during_the_rollover_waits_for_the_upgrade() {
     assert_not_logged(&master.log(), "superseded");
     assert_master_running(&mut master);
 }
+
+/// A client asking during the exec window (the control socket not bound
+/// again yet) waits for the same master, not "not a forkmaster master".
+#[test]
+fn a_client_during_the_exec_window_waits_for_the_same_master() {
+    let app = App::new(2, IN_PLACE);
+    let fifo = app.dir.join("release");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let inside = app.dir.join("inside-exec");
+    // The new image is held inside the exec until the test releases it.
+    let mut master = start_wrapped(
+        &app,
+        &format!(
+            "touch '{}'; read line < '{}'",
+            inside.display(),
+            fifo.display()
+        ),
+    );
+    master.wait_ready();
+    let pid = master.pid();
+    wait_serving_generation(&app, 2, 1);
+    let pid_file = app.pid_file.to_str().unwrap();
+    let (code, out, err) = client(&["upgrade", "-p", pid_file], secs(30));
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("the new image inside the exec", secs(30), || {
+        inside.exists().then_some(())
+    });
+    let mut status = std::process::Command::new(forkmaster())
+        .args(["status", "-p", pid_file])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Before the fix it concluded at once; now it waits for the master.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(500) {
+        if status.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    std::fs::write(&fifo, "go\n").unwrap();
+    let out = status.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{said}\n{}", master.log());
+    assert!(said.contains(&pid.to_string()), "{said}");
+    wait_serving_generation(&app, 2, 2);
+    assert_master_running(&mut master);
+}
