@@ -664,3 +664,29 @@ fn a_client_during_the_exec_window_waits_for_the_same_master() {
     wait_serving_generation(&app, 2, 2);
     assert_master_running(&mut master);
 }
+
+/// `runtime_dir` is kept for the life of the process (as the pid file is):
+/// a new one in the configuration fails the upgrade, which `upgrade --wait`
+/// reports, and the control socket stays where the clients find it.
+#[test]
+fn an_upgrade_in_place_keeps_the_runtime_dir() {
+    let app = App::new(2, IN_PLACE);
+    let mut master = app.start();
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let elsewhere = app.dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    app.write_config(
+        2,
+        &format!("{IN_PLACE}runtime_dir: {}\n", elsewhere.display()),
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(
+        out.contains("an in-place upgrade keeps the runtime directory"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("pid {pid} keeps serving")), "{out}");
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+    assert_master_running(&mut master);
+}
