@@ -8,8 +8,11 @@
 //!
 //! A master re-executed by an in-place upgrade (same pid) takes its old
 //! image's handover first (`inplace`), before anything else may open an
-//! fd; if its new configuration fails to load, it runs on with the old one
-//! rather than leave the old workers without a master.
+//! fd. Nothing in its startup may then make it exit while the old workers
+//! live: if its new configuration fails to load, or loads but cannot start
+//! (a port taken, a log or socket directory missing, ...), it starts with
+//! the old one carried in the state, the same listeners kept aside for it,
+//! and records the upgrade failed (`serve`: one fallback for every step).
 
 use crate::cli::MasterFlags;
 use crate::config::{self, Config, ConfigError};

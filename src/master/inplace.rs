@@ -2,10 +2,13 @@
 //! PID 1 or under a single-child init): the master `execve`s the new binary
 //! in its own process, so its pid, its pid file and its children stay.
 //!
-//! Old image: check the new binary with `-t` (an asynchronous child, reaped
-//! by the loop, with a deadline), then write the state (`crate::inplace`),
-//! clear close-on-exec on what it hands over, block the signals it handles
-//! and exec. An exec that returns changed nothing: the upgrade failed.
+//! Old image: open the new binary once and check that file with `-t` (an
+//! asynchronous child, reaped by the loop, with a deadline), which must
+//! also say it reads the state version we write (exit 0 alone proves
+//! nothing: `/bin/true`); then write the state (`crate::inplace`), clear
+//! close-on-exec on what it hands over, block the signals it handles and
+//! exec the same open file. An exec that returns changed nothing: the
+//! upgrade failed.
 //!
 //! New image (`resume`): takes the old workers back as the serving
 //! generation, with the configuration they were started with, and rolls
