@@ -247,6 +247,11 @@ impl Inherited {
         Ok(Inherited { sockets })
     }
 
+    /// The addresses of the sockets still held.
+    pub fn addresses(&self) -> Vec<Address> {
+        self.sockets.iter().map(|a| a.bound.clone()).collect()
+    }
+
     /// The sockets no longer configured; dropping them closes ours.
     pub fn leftovers(self) -> Vec<Address> {
         self.sockets.into_iter().map(|a| a.bound).collect()

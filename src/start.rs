@@ -302,6 +302,7 @@ fn start(
     let mut logs = LogFiles::open(config.stdout_path.as_deref(), config.stderr_path.as_deref())?;
     let (uid, gid) = worker_owner(&config);
     logs.chown(uid, gid);
+    let inherited_addresses = inherited.addresses();
     let listeners = if config.listeners.is_empty() {
         // Socket activation without --listen: serve on everything passed.
         let adopted = adopt_all(&mut inherited)?;
@@ -309,6 +310,25 @@ fn start(
         adopted
     } else {
         open_listeners(&config, &launch.start_dir, &mut inherited, (uid, gid))?
+    };
+    // Socket files bound here, removed again if a later step fails (in
+    // place the old configuration then starts without them).
+    let bound_here: Vec<(std::path::PathBuf, (u64, u64))> = listeners
+        .iter()
+        .filter(|l| !l.external && !inherited_addresses.contains(&l.bound))
+        .filter_map(|l| match (&l.bound, l.socket_file) {
+            (Address::Unix(path), Some(id)) => Some((path.clone(), id)),
+            _ => None,
+        })
+        .collect();
+    let unlink_bound_here = || {
+        use std::os::unix::fs::MetadataExt;
+        for (path, id) in &bound_here {
+            let same = std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *id);
+            if same {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     };
     // Nothing the master inherited may leak into workers.
     sys::set_cloexec_from_3(&[]);
@@ -322,8 +342,10 @@ fn start(
             source: std::io::Error::from_raw_os_error(libc::ENOENT),
         },
         _ => Error::Config(ConfigError::Invalid(why)),
-    })?;
-    let master = Master::new(launch, config, listeners, logs, report, rundir, resume)?;
+    });
+    let master = rundir
+        .and_then(|rundir| Master::new(launch, config, listeners, logs, report, rundir, resume))
+        .inspect_err(|_| unlink_bound_here())?;
     for addr in inherited.leftovers() {
         log::info!(
             "event=listen-closed addr={addr} reason=\"no longer configured\"",
