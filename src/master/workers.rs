@@ -427,6 +427,8 @@ impl Master {
                 "worker={slot} pid={pid} event=exit {} stopped=yes",
                 status.fields()
             );
+            // A rollout may be waiting for it to be gone.
+            self.dirty = true;
             self.log_if_all_ready();
             return;
         }
