@@ -60,6 +60,24 @@ fn app_in(interpreter: &str, script: &str, workers: usize, preload: bool, mode: 
     app
 }
 
+/// The Python app in `mode` with more variables in its environment.
+fn python_app_env(workers: usize, mode: &str, env: &[(&str, &str)]) -> App {
+    let app = App::new(workers, "");
+    let boots = app.dir.join("boots");
+    let mut pairs = vec![
+        ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
+        ("PRELOAD_APP_MODE", mode),
+    ];
+    pairs.extend_from_slice(env);
+    let extra = format!(
+        "command: ['python3', '{}']\npreload: true\n{}",
+        app_script(),
+        app.env_line(&pairs)
+    );
+    app.write_config(workers, &extra);
+    app
+}
+
 fn boots(app: &App) -> Vec<i32> {
     std::fs::read_to_string(app.dir.join("boots"))
         .unwrap_or_default()
@@ -293,6 +311,51 @@ fn a_preloader_whose_spawns_all_fail_trips_the_circuit_breaker() {
     assert!(err.contains("5 spawns in a row failed"), "{err}");
     assert!(err.contains("refused by the test"), "{err}");
     assert!(err.contains("event=startup-failed"), "{err}");
+}
+
+#[test]
+fn a_failed_spawn_waits_out_its_backoff_before_the_next() {
+    // Every spawn within 0.6 s of the first fails: asked again at once,
+    // five fail in a few milliseconds and trip the circuit breaker; spaced
+    // by the backoff (100 ms, 200 ms, 400 ms), the fourth one works.
+    let dir = TempDir::new();
+    let spawns = dir.join("spawns");
+    let app = python_app_env(
+        1,
+        "glitch",
+        &[("PRELOAD_APP_SPAWNS", spawns.to_str().unwrap())],
+    );
+    let master = app.start();
+    let log = master.log();
+    assert_no_event(&log, "preloader-failed");
+    let times: Vec<(f64, bool)> = file_text(&spawns)
+        .lines()
+        .map(|l| {
+            let f = fields(l);
+            (f["at"].parse().unwrap(), f["failed"] == "yes")
+        })
+        .collect();
+    let failed = times.iter().filter(|(_, failed)| *failed).count();
+    assert!((1..5).contains(&failed), "{times:?}\n{log}");
+    assert!(!times.last().unwrap().1, "the last spawn worked: {times:?}");
+    let delays: Vec<u64> = master_events(&log, "respawn")
+        .iter()
+        .filter(|e| e.get("worker").is_some_and(|w| w == "0"))
+        .map(|e| e["delay"].trim_end_matches("ms").parse().unwrap())
+        .collect();
+    assert_eq!(delays.len(), failed, "{log}");
+    for (i, pair) in times.windows(2).enumerate() {
+        let gap_ms = (pair[1].0 - pair[0].0) * 1000.0;
+        // The previous spawn's delivery may lag a little; the backoff counts
+        // from its answer.
+        let min = delays[i] as f64 * 0.9;
+        assert!(
+            gap_ms >= min,
+            "spawn {} came {gap_ms:.1} ms after the one before, its backoff is {} ms: {times:?}\n{log}",
+            i + 2,
+            delays[i]
+        );
+    }
 }
 
 #[test]
