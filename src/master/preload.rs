@@ -14,6 +14,12 @@
 //! an exec'd one; a failed request is a failed spawn, retried with the
 //! slot's backoff. No pid a preloader names is signalled before it is
 //! verified.
+//!
+//! What a preloader sends costs the master a bounded share of each loop
+//! pass (`READ_PER_PASS` packets) and of its log (`event=preload_message_ignored`
+//! lines through a `LogBudget`, the rest counted in a periodic
+//! `event=preload_messages_suppressed`): junk is ignored, never fatal, as
+//! the protocol leaves room for message types of later versions.
 
 use super::{Master, Phase, QUICK_STOP_GRACE};
 use crate::duration::Human;
@@ -22,6 +28,7 @@ use crate::ipc::output::WorkerPipes;
 use crate::ipc::preload::{self, FromPreloader, PreloadSocket, Received, SpawnRequest};
 use crate::plan;
 use crate::protocol::{PRELOAD_MAX_PACKET, PRELOAD_NOT_ANSWERED, PRELOAD_VERSION};
+use crate::ratelimit::LogBudget;
 use crate::status::PreloaderStatus;
 use crate::sys;
 use nix::sys::signal::{kill, killpg, Signal as NixSignal};
@@ -36,6 +43,20 @@ const VERIFY_EVERY: Duration = Duration::from_millis(2);
 /// How long a preloader that closed its end of the socket has to exit
 /// before it is killed (its exit, if it comes, says more).
 const CLOSED_GRACE: Duration = Duration::from_secs(1);
+/// Packets read from one preloader in one loop pass: a flooding one cannot
+/// hold the loop (what is left is read on the next pass, after signals,
+/// notifications, reaping and `status` had their turn).
+const READ_PER_PASS: usize = 64;
+/// `event=preload_message_ignored` lines logged in a burst, then per second.
+const IGNORED_BURST: u32 = 10;
+const IGNORED_PER_SECOND: u32 = 1;
+/// How soon after a line is suppressed the count of suppressed ones is
+/// logged (a flood that stops logs no further line that would carry it).
+const SUPPRESSED_SUMMARY_AFTER: Duration = Duration::from_secs(1);
+/// `READY=1` datagrams held from unknown pids while spawns are in flight:
+/// a forked worker may be ready before its `spawned` is read (a preloader
+/// reads at most `READ_PER_PASS` packets a pass).
+const EARLY_READY_MAX: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -69,6 +90,10 @@ struct Preloader {
     /// Failed spawns since its last verified one.
     failures_in_row: u32,
     next_id: u64,
+    /// Its ignored messages' log lines.
+    ignored: LogBudget,
+    /// When to log how many of those were suppressed.
+    summary_at: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +140,9 @@ pub struct Preloaders {
     failures: u32,
     /// While backing off: when the current generation's preloader may start.
     retry_at: Option<Instant>,
+    /// `READY=1` from pids not yet verified, with when it came: believed
+    /// once the pid is verified, forgotten after `spawn_timeout`.
+    early_ready: Vec<(i32, Instant)>,
 }
 
 impl Preloaders {
@@ -160,7 +188,7 @@ impl Preloaders {
                 State::Stopping { .. } => None,
                 _ => p.closed_at.map(|at| at + CLOSED_GRACE),
             };
-            [state, closed]
+            [state, closed, p.summary_at]
         });
         let requests = self.requests.iter().map(|r| match r.stage {
             Stage::Queued => None,
@@ -216,6 +244,25 @@ impl Master {
         self.send_queued_requests(now);
     }
 
+    /// Holds a `READY=1` from `pid`, not (yet) a worker, while spawns are
+    /// in flight; whether it was held.
+    pub(super) fn hold_early_ready(
+        &mut self,
+        pid: i32,
+        message: &crate::ipc::notify::Message,
+        now: Instant,
+    ) -> bool {
+        let spawning = self.preload.spawning();
+        let early = &mut self.preload.early_ready;
+        if !message.ready || !spawning || early.len() >= EARLY_READY_MAX {
+            return false;
+        }
+        if !early.iter().any(|(p, _)| *p == pid) {
+            early.push((pid, now));
+        }
+        true
+    }
+
     /// One pass of preload work: messages, verifications, deadlines, which
     /// preloaders should run, and the queued requests they can take now.
     pub(super) fn serve_preload(&mut self, now: Instant) {
@@ -230,7 +277,12 @@ impl Master {
                 self.stop_preloader(pid, quick, now);
             }
         }
+        let spawn_timeout = self.config.spawn_timeout;
+        self.preload
+            .early_ready
+            .retain(|(_, at)| *at + spawn_timeout > now);
         self.read_preload_messages(now);
+        self.summarise_ignored(now);
         self.verify_spawns(now);
         self.check_preload_deadlines(now);
         self.stop_unwanted_preloaders(now);
@@ -246,7 +298,10 @@ impl Master {
         let mut received = Vec::new();
         for p in &mut self.preload.list {
             if let Some(socket) = &mut p.socket {
-                while let Some(r) = socket.receive() {
+                for _ in 0..READ_PER_PASS {
+                    let Some(r) = socket.receive() else {
+                        break;
+                    };
                     let closed = matches!(r, Received::Closed | Received::Oversize(_));
                     received.push((p.pid, r));
                     if closed {
@@ -328,10 +383,7 @@ impl Master {
             (Err(why), true) => {
                 self.fail_preloader(pid, format!("its first message is not a hello: {why}"), now)
             }
-            (Err(why), false) => log::warn!(
-                "event=preload_message_ignored role=preloader pid={pid} reason=\"{}\"",
-                crate::logging::esc(&why)
-            ),
+            (Err(why), false) => self.ignore_message(pid, &why, now),
             (Ok(FromPreloader::Spawned { id, pid: worker }), false) => {
                 let found = self.preload.requests.iter_mut().find(|r| {
                     matches!(r.stage, Stage::Sent { id: i, preloader, .. } if i == id && preloader == pid)
@@ -347,8 +399,10 @@ impl Master {
                             deadline,
                         };
                     }
-                    _ => log::warn!(
-                        "event=preload_message_ignored role=preloader pid={pid} reason=\"spawned: no spawn in flight with id {id}, or pid {worker} out of range\""
+                    _ => self.ignore_message(
+                        pid,
+                        &format!("spawned: no spawn in flight with id {id}, or pid {worker} out of range"),
+                        now,
                     ),
                 }
             }
@@ -357,14 +411,39 @@ impl Master {
                     matches!(r.stage, Stage::Sent { id: i, preloader, .. } if i == id && preloader == pid)
                 });
                 if taken.is_empty() {
-                    log::warn!(
-                        "event=preload_message_ignored role=preloader pid={pid} reason=\"spawn_failed: no spawn in flight with id {id}\""
-                    );
+                    let why = format!("spawn_failed: no spawn in flight with id {id}");
+                    self.ignore_message(pid, &why, now);
                 }
                 for request in taken {
                     let why = format!("preloader pid={pid}: {message}");
                     self.fail_request(request, why, now);
                 }
+            }
+        }
+    }
+
+    /// Logs an ignored message within the preloader's log budget.
+    fn ignore_message(&mut self, pid: i32, why: &str, now: Instant) {
+        let Some(p) = self.preload.get_mut(pid) else {
+            return;
+        };
+        match p.ignored.take(now) {
+            Some(suppressed) => log::warn!(
+                "event=preload_message_ignored role=preloader pid={pid} reason=\"{}\" suppressed_before={suppressed}",
+                crate::logging::esc(why)
+            ),
+            None => {
+                p.summary_at.get_or_insert(now + SUPPRESSED_SUMMARY_AFTER);
+            }
+        }
+    }
+
+    /// Logs how many ignored messages went unlogged, once their summary is due.
+    fn summarise_ignored(&mut self, now: Instant) {
+        for p in &mut self.preload.list {
+            if p.summary_at.is_some_and(|at| at <= now) {
+                p.summary_at = None;
+                log_suppressed(p);
             }
         }
     }
@@ -436,8 +515,13 @@ impl Master {
         // not wanted any more, but ours to stop now that it is verified.
         let stale =
             request.generation != self.generation || (request.incoming && self.rollout.is_none());
+        let early = self.preload.early_ready.iter().position(|(p, _)| *p == pid);
+        let early = early.map(|i| self.preload.early_ready.swap_remove(i));
         if stale {
             self.stop_worker(pid, false, now);
+        } else if early.is_some() && self.config.ready == crate::config::ReadyMode::Notify {
+            // Its `READY=1` came before its `spawned` was read.
+            self.on_ready(pid, now);
         }
     }
 
@@ -625,6 +709,8 @@ impl Master {
             spawns: 0,
             failures_in_row: 0,
             next_id: 1,
+            ignored: LogBudget::new(IGNORED_BURST, IGNORED_PER_SECOND),
+            summary_at: None,
         });
         Ok(())
     }
@@ -763,7 +849,8 @@ impl Master {
         let Some(i) = self.preload.list.iter().position(|p| p.pid == pid) else {
             return;
         };
-        let p = self.preload.list.remove(i);
+        let mut p = self.preload.list.remove(i);
+        log_suppressed(&mut p);
         let stranded = self.preload.take_requests(|r| r.preloader() == Some(pid));
         for request in stranded {
             let why = format!("preloader pid={pid} exited");
@@ -855,6 +942,18 @@ impl Master {
                 usage: sampling.usage(p.pid, p.started),
             })
             .collect()
+    }
+}
+
+/// The count of a preloader's ignored messages not logged since its last
+/// line, if any.
+fn log_suppressed(p: &mut Preloader) {
+    let count = p.ignored.take_suppressed();
+    if count > 0 {
+        log::warn!(
+            "event=preload_messages_suppressed role=preloader pid={} count={count}",
+            p.pid
+        );
     }
 }
 

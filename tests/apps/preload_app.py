@@ -14,9 +14,9 @@ spawn with spawn_failed; `liar` answers with a pid that is not a new worker;
 in protocol version 2; `glitch` answers spawn_failed to every spawn that
 comes within 0.6 s of the first, then forks as usual, and records the
 monotonic time of each spawn it receives in $PRELOAD_APP_SPAWNS; `flood`
-sends junk packets as fast as the socket takes them for
-$PRELOAD_APP_FLOOD_SECS seconds (default 3) after its hello, counting them
-in $PRELOAD_APP_FLOODED, then serves.
+sends junk packets from a thread, as fast as the socket takes them, for
+$PRELOAD_APP_FLOOD_SECS seconds (default 3) after its hello while it
+serves spawns, then writes how many it sent to $PRELOAD_APP_FLOODED.
 """
 
 import os
@@ -60,26 +60,30 @@ if mode.startswith("garbage"):
     forkmaster_preload._hello = noisy_hello
 
 if mode == "flood":
+    import threading
     import time
 
     real_hello = forkmaster_preload._hello
 
-    def flooding_hello(sock):
-        real_hello(sock)
+    def flood(sock):
         end = time.monotonic() + float(os.environ.get("PRELOAD_APP_FLOOD_SECS", "3"))
         sent = 0
-        sock.setblocking(False)
         while time.monotonic() < end:
             try:
-                sock.send(b'{"type": "bogus", "n": %d}' % sent)
+                sock.send(b'{"type": "bogus", "n": %d}' % sent, socket.MSG_DONTWAIT)
                 sent += 1
             except BlockingIOError:
                 time.sleep(0.0005)
-        sock.setblocking(True)
         flooded = os.environ.get("PRELOAD_APP_FLOODED")
         if flooded:
-            with open(flooded, "w") as f:
+            with open(flooded + ".tmp", "w") as f:
                 f.write("%d\n" % sent)
+            os.rename(flooded + ".tmp", flooded)
+
+    def flooding_hello(sock):
+        real_hello(sock)
+        # Alongside the spawns: the helper's loop forks workers meanwhile.
+        threading.Thread(target=flood, args=(sock,), daemon=True).start()
 
     forkmaster_preload._hello = flooding_hello
 

@@ -8,6 +8,7 @@ use crate::support::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 fn app_script() -> String {
     script("preload_app.py")
@@ -290,6 +291,65 @@ fn garbage_from_a_serving_preloader_is_logged_and_ignored() {
     assert!(log.contains("not a JSON object"), "{log}");
     assert!(log.contains("unknown type"), "{log}");
     let (preloader_pid, _, _) = preloader(&app.status()).unwrap();
+    assert_forked_from(&app, master.pid(), preloader_pid);
+}
+
+#[test]
+fn a_flooding_preloader_gets_a_bounded_log_and_the_master_keeps_serving() {
+    let dir = TempDir::new();
+    let flooded = dir.join("flooded");
+    let app = python_app_env(
+        2,
+        "flood",
+        &[
+            ("PRELOAD_APP_FLOODED", flooded.to_str().unwrap()),
+            ("PRELOAD_APP_FLOOD_SECS", "4"),
+        ],
+    );
+    let master = app.fixture().start();
+    master.wait_log("event=preload_message_ignored", secs(20));
+    // While the flood lasts: workers are forked and status answers at once.
+    let mut answered = 0;
+    while !flooded.exists() {
+        let asked = Instant::now();
+        let status = app.try_status();
+        let took = asked.elapsed();
+        assert!(
+            status.is_some() && took < Duration::from_secs(2),
+            "status took {took:?} during the flood: {status:?}"
+        );
+        answered += 1;
+    }
+    assert!(answered > 0);
+    master.wait_ready();
+    let sent: u64 = file_text(&flooded).trim().parse().unwrap();
+    assert!(sent > 1000, "the flood: {sent} packets");
+    // Every packet is either logged or counted in a later line.
+    let log = master.wait_for("every flooded packet accounted for", secs(10), |m| {
+        let log = m.log();
+        let lines = master_events(&log, "preload_message_ignored");
+        let logged = lines.len() as u64
+            + lines
+                .iter()
+                .map(|e| e["suppressed_before"].parse::<u64>().unwrap())
+                .sum::<u64>()
+            + master_events(&log, "preload_messages_suppressed")
+                .iter()
+                .map(|e| e["count"].parse::<u64>().unwrap())
+                .sum::<u64>();
+        (logged >= sent).then_some(log)
+    });
+    let lines = log.matches("event=preload_message_ignored").count()
+        + log.matches("event=preload_messages_suppressed").count();
+    assert!(
+        lines <= 40,
+        "{lines} log lines for a flood of {sent} packets"
+    );
+    assert_no_event(&log, "preloader-failed");
+    // No worker's READY=1 was taken for a stranger's, however early.
+    assert_no_event(&log, "notify-ignored");
+    let (preloader_pid, _, spawns) = preloader(&app.status()).unwrap();
+    assert_eq!(spawns, 2);
     assert_forked_from(&app, master.pid(), preloader_pid);
 }
 
