@@ -173,6 +173,15 @@ impl Preloaders {
             .filter_map(|p| p.socket.as_ref().map(PreloadSocket::as_fd))
     }
 
+    /// The sockets an in-place upgrade hands over: the serving preloaders'
+    /// (see `export_preloaders`).
+    pub fn handed_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.list
+            .iter()
+            .filter(|p| p.state == State::Serving)
+            .filter_map(|p| p.socket.as_ref().map(PreloadSocket::as_fd))
+    }
+
     /// The next preloader or spawn deadline, or the next verification look.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let preloaders = self.list.iter().flat_map(|p| {
@@ -916,6 +925,83 @@ impl Master {
             Human(delay),
             self.preload.failures
         );
+    }
+
+    /// In-place upgrade, old image: the serving preloaders, kept across the
+    /// exec (their sockets are handed with the other fds). A booting or
+    /// stopping one is not: its socket closes at the exec, and it exits.
+    /// Requests in flight are not either: a worker forked for one is a
+    /// stray of the new image.
+    pub(super) fn export_preloaders(&self, now: Instant) -> Vec<preload::Handed> {
+        self.preload
+            .list
+            .iter()
+            .filter(|p| p.state == State::Serving)
+            .filter_map(|p| {
+                Some(preload::Handed {
+                    pid: p.pid,
+                    generation: p.generation,
+                    socket: p.socket.as_ref()?.as_fd().as_raw_fd(),
+                    pipes: self.logs.read_fds_of(p.pid),
+                    age_ms: crate::inplace::ms_ago(now, p.started),
+                    runtime: p.runtime.clone(),
+                    spawns: p.spawns,
+                    next_id: p.next_id,
+                })
+            })
+            .collect()
+    }
+
+    /// In-place upgrade, new image: takes the old image's serving
+    /// preloaders back (their fds adopted at the start, see
+    /// `crate::inplace`). One whose socket could not be adopted is killed:
+    /// it cannot be asked for anything; its exit is logged as a preloader's.
+    pub(super) fn restore_preloaders(&mut self, adopted: Vec<preload::Adopted>, now: Instant) {
+        for preload::Adopted {
+            handed: h,
+            socket,
+            pipes,
+        } in adopted
+        {
+            self.logs.adopt(h.pid, pipes);
+            let (socket, state) = match socket {
+                Ok(socket) => (Some(socket), State::Serving),
+                Err(why) => {
+                    log::warn!(
+                        "event=inplace-preloader-lost role=preloader pid={} reason=\"{}\" action=kill",
+                        h.pid,
+                        crate::logging::esc(&why)
+                    );
+                    kill_preloader(h.pid);
+                    let state = State::Stopping {
+                        kill_at: now,
+                        killed: true,
+                    };
+                    (None, state)
+                }
+            };
+            log::info!(
+                "event=preloader-resumed role=preloader pid={} generation={} spawns={}",
+                h.pid,
+                h.generation,
+                h.spawns
+            );
+            self.preload.list.push(Preloader {
+                pid: h.pid,
+                generation: h.generation,
+                started: crate::inplace::before(now, h.age_ms),
+                socket,
+                state,
+                closed_at: None,
+                heard: true,
+                runtime: h.runtime,
+                spawns: h.spawns,
+                failures_in_row: 0,
+                next_id: h.next_id,
+                ignored: LogBudget::new(IGNORED_BURST, IGNORED_PER_SECOND),
+                summary_at: None,
+            });
+        }
     }
 
     /// Each preloader as `status` shows it, with its memory and CPU.
