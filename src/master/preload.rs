@@ -16,7 +16,7 @@
 //! verified.
 //!
 //! What a preloader sends costs the master a bounded share of each loop
-//! pass (`READ_PER_PASS` packets) and of its log (`event=preload_message_ignored`
+//! pass (`READ_PER_PASS` packets, then a `FULL_PASS_PAUSE`) and of its log (`event=preload_message_ignored`
 //! lines through a `LogBudget`, the rest counted in a periodic
 //! `event=preload_messages_suppressed`): junk is ignored, never fatal, as
 //! the protocol leaves room for message types of later versions.
@@ -47,6 +47,11 @@ const CLOSED_GRACE: Duration = Duration::from_secs(1);
 /// hold the loop (what is left is read on the next pass, after signals,
 /// notifications, reaping and `status` had their turn).
 const READ_PER_PASS: usize = 64;
+/// A preloader that filled a pass is not read (nor polled) again for this
+/// long: a flood costs the master a few percent of a core, not all it can
+/// read, and the flooder blocks on the full socket meanwhile. A `spawned`
+/// behind a full socket buffer waits a few of these pauses at most.
+const FULL_PASS_PAUSE: Duration = Duration::from_millis(10);
 /// `event=preload_message_ignored` lines logged in a burst, then per second.
 const IGNORED_BURST: u32 = 10;
 const IGNORED_PER_SECOND: u32 = 1;
@@ -94,6 +99,8 @@ struct Preloader {
     ignored: LogBudget,
     /// When to log how many of those were suppressed.
     summary_at: Option<Instant>,
+    /// It filled its last pass: not read again before this.
+    paused_until: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,10 +173,13 @@ impl Preloaders {
         self.list.is_empty()
     }
 
-    /// The open sockets, for poll(2): what arrives is read on the next pass.
+    /// The open sockets, for poll(2): what arrives is read on the next
+    /// pass. A paused one is left out (`next_deadline` wakes at its end).
     pub fn poll_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        let now = Instant::now();
         self.list
             .iter()
+            .filter(move |p| p.paused_until.is_none_or(|at| at <= now))
             .filter_map(|p| p.socket.as_ref().map(PreloadSocket::as_fd))
     }
 
@@ -197,7 +207,7 @@ impl Preloaders {
                 State::Stopping { .. } => None,
                 _ => p.closed_at.map(|at| at + CLOSED_GRACE),
             };
-            [state, closed, p.summary_at]
+            [state, closed, p.summary_at, p.paused_until]
         });
         let requests = self.requests.iter().map(|r| match r.stage {
             Stage::Queued => None,
@@ -306,16 +316,25 @@ impl Master {
     fn read_preload_messages(&mut self, now: Instant) {
         let mut received = Vec::new();
         for p in &mut self.preload.list {
+            if p.paused_until.is_some_and(|at| now < at) {
+                continue;
+            }
+            p.paused_until = None;
             if let Some(socket) = &mut p.socket {
-                for _ in 0..READ_PER_PASS {
+                let mut read = 0;
+                while read < READ_PER_PASS {
                     let Some(r) = socket.receive() else {
                         break;
                     };
+                    read += 1;
                     let closed = matches!(r, Received::Closed | Received::Oversize(_));
                     received.push((p.pid, r));
                     if closed {
                         break;
                     }
+                }
+                if read == READ_PER_PASS {
+                    p.paused_until = Some(now + FULL_PASS_PAUSE);
                 }
             }
         }
@@ -720,6 +739,7 @@ impl Master {
             next_id: 1,
             ignored: LogBudget::new(IGNORED_BURST, IGNORED_PER_SECOND),
             summary_at: None,
+            paused_until: None,
         });
         Ok(())
     }
@@ -1000,6 +1020,7 @@ impl Master {
                 next_id: h.next_id,
                 ignored: LogBudget::new(IGNORED_BURST, IGNORED_PER_SECOND),
                 summary_at: None,
+                paused_until: None,
             });
         }
     }
