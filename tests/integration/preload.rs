@@ -308,7 +308,9 @@ fn a_flooding_preloader_gets_a_bounded_log_and_the_master_keeps_serving() {
     );
     let master = app.fixture().start();
     master.wait_log("event=preload_message_ignored", secs(20));
-    // While the flood lasts: workers are forked and status answers at once.
+    // While the flood lasts: workers are forked, status answers at once,
+    // and the master spends little of its time on the junk.
+    let (cpu_before, flood_seen) = (cpu_time(master.pid()).unwrap(), Instant::now());
     let mut answered = 0;
     while !flooded.exists() {
         let asked = Instant::now();
@@ -321,6 +323,12 @@ fn a_flooding_preloader_gets_a_bounded_log_and_the_master_keeps_serving() {
         answered += 1;
     }
     assert!(answered > 0);
+    let cpu = cpu_time(master.pid()).unwrap() - cpu_before;
+    let elapsed = flood_seen.elapsed();
+    assert!(
+        cpu < elapsed / 4,
+        "the master spent {cpu:?} of CPU in {elapsed:?} of flood"
+    );
     master.wait_ready();
     let sent: u64 = file_text(&flooded).trim().parse().unwrap();
     assert!(sent > 1000, "the flood: {sent} packets");
