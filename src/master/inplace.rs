@@ -368,6 +368,7 @@ impl Master {
         handed.push(self.exec_errors_write.as_fd());
         handed.push(memfd.as_fd());
         handed.extend(self.logs.read_fds());
+        handed.extend(self.preload.handed_fds());
         let cwd = std::env::current_dir().ok();
         let cleared = handed.iter().all(|fd| set_inherited(*fd, true).is_ok());
         let signals = handled_signals();
@@ -461,6 +462,7 @@ impl Master {
                 self.exec_errors_write.as_raw_fd(),
             ],
             workers,
+            preloaders: self.export_preloaders(now),
             slots: self
                 .pool
                 .slots()
@@ -488,7 +490,10 @@ impl Master {
             config_failure,
         } = resume;
         let Handover {
-            state, mut pipes, ..
+            state,
+            mut pipes,
+            preloaders,
+            ..
         } = handover;
         let old_config = old_config.unwrap_or_else(|| {
             log::warn!(
@@ -512,6 +517,7 @@ impl Master {
         self.reloads = import_record(&state.reloads, now);
         self.counters = state.counters.clone();
         self.restore_workers(&state, &mut pipes, now);
+        self.restore_preloaders(preloaders, now);
         log::info!(
             "event=upgrade-resumed mode=in-place reason={} workers={} generation={}",
             state.reason,
