@@ -30,6 +30,9 @@ const POLL: Duration = Duration::from_millis(50);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// A master acts on a signal at once; if nothing shows within this, it refused.
 const NOTICE: Duration = Duration::from_secs(5);
+/// How long a master's control socket may be missing while it re-execs
+/// itself (an in-place upgrade) before the client concludes.
+const EXEC_WINDOW: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 enum Outcome {
@@ -164,7 +167,7 @@ fn master_in(path: &Path, pid_file: &Path) -> Step<(i32, Status)> {
             path.display()
         )));
     }
-    match control::query(pid) {
+    match query_through_exec(pid) {
         Ok(status) => {
             if is_master_of(&status, pid_file) {
                 Ok((pid, status))
@@ -197,6 +200,27 @@ fn master_in(path: &Path, pid_file: &Path) -> Step<(i32, Status)> {
             "refusing pid {pid} from {}: {why}; nothing was signalled",
             path.display()
         ))),
+    }
+}
+
+/// `control::query`, tried again for a moment while nothing listens for
+/// `pid` but the process is still the same one (same pid, same start
+/// time): an in-place upgrade binds the control socket again after its
+/// exec. Only a verified answer is believed, as always.
+fn query_through_exec(pid: i32) -> Result<Status, QueryError> {
+    let started = crate::sys::process::start_time(pid);
+    let deadline = Instant::now() + EXEC_WINDOW;
+    loop {
+        match control::query(pid) {
+            Err(QueryError::NoMaster)
+                if started.is_some()
+                    && Instant::now() < deadline
+                    && crate::sys::process::start_time(pid) == started =>
+            {
+                std::thread::sleep(POLL);
+            }
+            answer => return answer,
+        }
     }
 }
 

@@ -228,6 +228,30 @@ impl Inherited {
             .collect()
     }
 
+    /// The same sockets through duplicated fds: what an in-place upgrade
+    /// keeps aside to fall back to the old listeners if its new
+    /// configuration fails to start (the first try consumes the originals).
+    pub fn try_clone(&self) -> std::io::Result<Inherited> {
+        let sockets = self
+            .sockets
+            .iter()
+            .map(|a| {
+                Ok(Adopted {
+                    bound: a.bound.clone(),
+                    name: a.name.clone(),
+                    external: a.external,
+                    fd: a.fd.try_clone()?,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Inherited { sockets })
+    }
+
+    /// The addresses of the sockets still held.
+    pub fn addresses(&self) -> Vec<Address> {
+        self.sockets.iter().map(|a| a.bound.clone()).collect()
+    }
+
     /// The sockets no longer configured; dropping them closes ours.
     pub fn leftovers(self) -> Vec<Address> {
         self.sockets.into_iter().map(|a| a.bound).collect()

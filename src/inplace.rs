@@ -42,6 +42,9 @@ pub struct State {
     /// The exec-error pipe, read and write ends.
     pub exec_errors: [RawFd; 2],
     pub workers: Vec<Worker>,
+    /// `--preload`: the serving preloaders (adopted by `master::preload`).
+    #[serde(default)]
+    pub preloaders: Vec<crate::ipc::preload::Handed>,
     pub slots: Vec<Slot>,
     pub upgrades: Record,
     pub reloads: Record,
@@ -124,6 +127,7 @@ pub struct Handover {
     pub exec_errors: Option<(OwnedFd, OwnedFd)>,
     /// Each worker's pipes' read ends, by pid.
     pub pipes: HashMap<i32, [Option<OwnedFd>; 2]>,
+    pub preloaders: Vec<crate::ipc::preload::Adopted>,
 }
 
 /// The handover of the old image, if this process was started by an
@@ -174,11 +178,13 @@ fn read(value: &str) -> Result<Handover, String> {
         });
         pipes.insert(worker.pid, [out, err]);
     }
+    let preloaders = crate::ipc::preload::adopt_handed(&state.preloaders);
     Ok(Handover {
         state,
         notify,
         exec_errors,
         pipes,
+        preloaders,
     })
 }
 
@@ -229,6 +235,7 @@ mod tests {
                 killed: None,
                 pipes: [None, Some(8)],
             }],
+            preloaders: Vec::new(),
             slots: vec![Slot::default()],
             upgrades: Record {
                 attempts: 1,

@@ -6,6 +6,7 @@
 //! | worker -> master         | sd_notify datagrams: `READY=1`, `WATCHDOG=1`, `STOPPING=1`, `STATUS=` |
 //! | old master -> new master | `FORKMASTER_INHERIT_FDS`, `FORKMASTER_UPGRADE_FROM`, `FORKMASTER_UPGRADE_NOTIFY`, `FORKMASTER_UPGRADE_PID_FILE`, `FORKMASTER_UPGRADE_COUNTERS` (env) |
 //! | old image -> new image (in-place upgrade, same pid) | `FORKMASTER_INPLACE_STATE` (env: the fd of a memfd of versioned JSON), `FORKMASTER_INHERIT_FDS` |
+//! | old image <-> new binary's check (in-place upgrade) | `FORKMASTER_INPLACE_PREFLIGHT=1` (env), answered on stdout by `FORKMASTER_INPLACE_STATE_VERSION=N` |
 //! | new master -> old master | `FORKMASTER_RETIRE=N`, `FORKMASTER_UPGRADE_FAILED=why` (datagrams) |
 //! | systemd -> master        | `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID` |
 //! | client -> master         | the control socket: one JSON `Status` per connection |
@@ -55,6 +56,52 @@ pub const UPGRADE_PID_FILE: &str = "FORKMASTER_UPGRADE_PID_FILE";
 /// In-place upgrade: the fd number of a memfd holding the old image's state
 /// as versioned JSON (workers, their fds, records); see `inplace`.
 pub const INPLACE_STATE: &str = "FORKMASTER_INPLACE_STATE";
+/// In-place upgrade's check: set for the new binary's `-t`, which then
+/// prints `FORKMASTER_INPLACE_STATE_VERSION=<n>` (the state version it
+/// reads) on stdout after the configuration passed; the old image execs it
+/// only if `<n>` is the version it writes.
+pub const INPLACE_PREFLIGHT: &str = "FORKMASTER_INPLACE_PREFLIGHT";
+/// The key of that line.
+pub const INPLACE_STATE_VERSION: &str = "FORKMASTER_INPLACE_STATE_VERSION";
+
+/// The line a new binary's preflight prints: it reads state `version`.
+pub fn inplace_version_line(version: u32) -> String {
+    format!("{INPLACE_STATE_VERSION}={version}")
+}
+
+/// The state version a preflight's stdout names, if it names one.
+pub fn inplace_version_of(stdout: &str) -> Option<u32> {
+    stdout.lines().find_map(|line| {
+        line.trim_end()
+            .strip_prefix(INPLACE_STATE_VERSION)?
+            .strip_prefix('=')?
+            .parse()
+            .ok()
+    })
+}
+
+#[cfg(test)]
+mod inplace_version_tests {
+    use super::*;
+
+    #[test]
+    fn the_version_line_is_read_back_and_junk_is_not() {
+        let said = format!(
+            "workers: 2\nconfiguration ok\n{}\n",
+            inplace_version_line(1)
+        );
+        assert_eq!(inplace_version_of(&said), Some(1));
+        assert_eq!(inplace_version_of("configuration ok\n"), None);
+        assert_eq!(
+            inplace_version_of("FORKMASTER_INPLACE_STATE_VERSION=x\n"),
+            None
+        );
+        assert_eq!(
+            inplace_version_of("FORKMASTER_INPLACE_STATE_VERSIONS=1\n"),
+            None
+        );
+    }
+}
 /// Upgrade handoff: the old master's counters (`master::counters`), as
 /// compact JSON, so the new master's metrics go on from its totals.
 pub const UPGRADE_COUNTERS: &str = "FORKMASTER_UPGRADE_COUNTERS";
@@ -135,6 +182,24 @@ pub fn is_worker_var(key: &OsStr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inplace_version_line_is_read_back_and_junk_is_not() {
+        let said = format!(
+            "workers: 2\nconfiguration ok\n{}\n",
+            inplace_version_line(1)
+        );
+        assert_eq!(inplace_version_of(&said), Some(1));
+        assert_eq!(inplace_version_of("configuration ok\n"), None);
+        assert_eq!(
+            inplace_version_of("FORKMASTER_INPLACE_STATE_VERSION=x\n"),
+            None
+        );
+        assert_eq!(
+            inplace_version_of("FORKMASTER_INPLACE_STATE_VERSIONS=1\n"),
+            None
+        );
+    }
 
     #[test]
     fn worker_vars_are_ours_alone() {

@@ -1,6 +1,7 @@
 //! A token bucket for log lines that outsiders can trigger (datagrams on the
-//! notify socket from processes that are not workers): a burst is logged in
-//! full, a flood is summarised instead of filling the disk.
+//! notify socket from processes that are not workers, junk from a
+//! preloader): a burst is logged in full, a flood is summarised instead of
+//! filling the disk.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,12 @@ impl LogBudget {
             None
         }
     }
+
+    /// The lines suppressed since the last one logged, now said in a
+    /// summary of their own (a flood that ended logs no line to carry them).
+    pub fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
 }
 
 #[cfg(test)]
@@ -64,5 +71,9 @@ mod tests {
         assert_eq!(budget.take(later), Some(0));
         assert_eq!(budget.take(later), Some(0));
         assert_eq!(budget.take(later), None);
+        assert_eq!(budget.take_suppressed(), 1);
+        assert_eq!(budget.take_suppressed(), 0);
+        assert_eq!(budget.take(later), None);
+        assert_eq!(budget.take(later + Duration::from_millis(100)), Some(1));
     }
 }

@@ -8,8 +8,11 @@
 //!
 //! A master re-executed by an in-place upgrade (same pid) takes its old
 //! image's handover first (`inplace`), before anything else may open an
-//! fd; if its new configuration fails to load, it runs on with the old one
-//! rather than leave the old workers without a master.
+//! fd. Nothing in its startup may then make it exit while the old workers
+//! live: if its new configuration fails to load, or loads but cannot start
+//! (a port taken, a log or socket directory missing, ...), it starts with
+//! the old one carried in the state, the same listeners kept aside for it,
+//! and records the upgrade failed (`serve`: one fallback for every step).
 
 use crate::cli::MasterFlags;
 use crate::config::{self, Config, ConfigError};
@@ -70,8 +73,7 @@ pub fn run(flags: &MasterFlags, command: &[OsString]) -> Result<()> {
             logging::esc(&why)
         );
     }
-    let launch = Launch::capture(flags, command);
-    serve(launch, config, report, resume).inspect_err(|e| {
+    serve(flags, command, config, report, resume).inspect_err(|e| {
         if let Some(report) = failure_report {
             let _ = nix::unistd::write(&report, format!("{e}\n").as_bytes());
         }
@@ -100,6 +102,18 @@ fn in_place(
             new.pid_file
                 .as_deref()
                 .map_or_else(|| "none".into(), |p| p.display().to_string()),
+        )),
+        // The clients find the control socket under it (as through the pid
+        // file): it moves at a restart, never under a running master.
+        (Ok(new), Ok(old)) if new.runtime_dir != old.runtime_dir => Some(format!(
+            "runtime_dir: an in-place upgrade keeps the runtime directory {}, but the \
+             configuration now says {}: to move it, stop and start the service",
+            old.runtime_dir
+                .as_deref()
+                .map_or_else(|| "(default)".into(), |p| p.display().to_string()),
+            new.runtime_dir
+                .as_deref()
+                .map_or_else(|| "(default)".into(), |p| p.display().to_string()),
         )),
         _ => None,
     };
@@ -154,6 +168,14 @@ fn check(config: &Config) -> Result<()> {
     let mut out = std::io::stdout().lock();
     // A reader that went away (`| head`) is no failure of the config.
     let _ = writeln!(out, "{}configuration ok", config.describe());
+    // Asked by an old image before it execs us in place: we read its state.
+    if std::env::var_os(protocol::INPLACE_PREFLIGHT).is_some() {
+        let _ = writeln!(
+            out,
+            "{}",
+            protocol::inplace_version_line(crate::inplace::VERSION)
+        );
+    }
     Ok(())
 }
 
@@ -206,11 +228,60 @@ fn check_paths(config: &Config) -> std::result::Result<(), String> {
 }
 
 fn serve(
-    launch: Launch,
-    mut config: Config,
+    flags: &MasterFlags,
+    command: &[OsString],
+    config: Config,
     report: Option<OwnedFd>,
     resume: Option<Resume>,
 ) -> Result<()> {
+    let launch = Launch::capture(flags, command);
+    let mut inherited = Inherited::from_env(launch.inherited_fds.as_deref());
+    inherited.add_activated(&systemd::activated_fds(
+        &launch.env,
+        std::process::id() as i32,
+    ));
+    let Some(resume) = resume else {
+        return start(launch, config, report, inherited, &mut None)?.run();
+    };
+    // In place the old workers are ours: the new configuration may not
+    // start (a busy port, a missing directory), and then the old one, which
+    // ran a moment ago with these same listeners, log files and runtime
+    // directory, starts instead. The listeners are kept aside for it.
+    let spare = inherited.try_clone();
+    let old_config = resume.old_config.clone();
+    let mut resume = Some(resume);
+    let failure = match start(launch, config, report, inherited, &mut resume) {
+        Ok(master) => return master.run(),
+        Err(e) => e,
+    };
+    let (Some(mut resume), Some(old_config), Ok(spare)) = (resume, old_config, spare) else {
+        return Err(failure);
+    };
+    if resume.config_failure.is_some() {
+        // That was the old configuration already.
+        return Err(failure);
+    }
+    log::error!(
+        "event=inplace-fallback error=\"{}\" action=\"old configuration\"",
+        logging::esc(&failure)
+    );
+    resume.config_failure = Some(failure.to_string());
+    let launch = Launch::capture(flags, command);
+    start(launch, old_config, None, spare, &mut Some(resume))?.run()
+}
+
+/// Everything a master needs before its loop, from `config`: log files,
+/// listeners, runtime directory, control and notify sockets, pid file.
+/// In place, `resume` is taken only once nothing more can fail: an `Err`
+/// leaves it, and the old listeners (kept aside by the caller), untouched.
+fn start(
+    launch: Launch,
+    mut config: Config,
+    report: Option<OwnedFd>,
+    mut inherited: Inherited,
+    resume: &mut Option<Resume>,
+) -> Result<Master> {
+    let in_place = resume.is_some();
     if let Some(mask) = config.umask {
         nix::sys::stat::umask(Mode::from_bits_truncate(mask));
     }
@@ -221,7 +292,7 @@ fn serve(
         config.pid_file.as_deref(),
     );
     // In place, the pid file names us already.
-    if let Some(path) = config.pid_file.as_ref().filter(|_| resume.is_none()) {
+    if let Some(path) = config.pid_file.as_ref().filter(|_| !in_place) {
         let search = Search {
             bases: vec![base.clone()],
             uids: vec![nix::unistd::geteuid().as_raw()],
@@ -231,11 +302,7 @@ fn serve(
     let mut logs = LogFiles::open(config.stdout_path.as_deref(), config.stderr_path.as_deref())?;
     let (uid, gid) = worker_owner(&config);
     logs.chown(uid, gid);
-    let mut inherited = Inherited::from_env(launch.inherited_fds.as_deref());
-    inherited.add_activated(&systemd::activated_fds(
-        &launch.env,
-        std::process::id() as i32,
-    ));
+    let inherited_addresses = inherited.addresses();
     let listeners = if config.listeners.is_empty() {
         // Socket activation without --listen: serve on everything passed.
         let adopted = adopt_all(&mut inherited)?;
@@ -243,6 +310,25 @@ fn serve(
         adopted
     } else {
         open_listeners(&config, &launch.start_dir, &mut inherited, (uid, gid))?
+    };
+    // Socket files bound here, removed again if a later step fails (in
+    // place the old configuration then starts without them).
+    let bound_here: Vec<(std::path::PathBuf, (u64, u64))> = listeners
+        .iter()
+        .filter(|l| !l.external && !inherited_addresses.contains(&l.bound))
+        .filter_map(|l| match (&l.bound, l.socket_file) {
+            (Address::Unix(path), Some(id)) => Some((path.clone(), id)),
+            _ => None,
+        })
+        .collect();
+    let unlink_bound_here = || {
+        use std::os::unix::fs::MetadataExt;
+        for (path, id) in &bound_here {
+            let same = std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *id);
+            if same {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     };
     // Nothing the master inherited may leak into workers.
     sys::set_cloexec_from_3(&[]);
@@ -256,12 +342,27 @@ fn serve(
             source: std::io::Error::from_raw_os_error(libc::ENOENT),
         },
         _ => Error::Config(ConfigError::Invalid(why)),
-    })?;
-    let master = Master::new(launch, config, listeners, logs, report, rundir, resume)?;
-    if let Some(path) = &pid_file {
-        pidfile::write_pid(path, std::process::id() as i32)?;
+    });
+    let master = rundir
+        .and_then(|rundir| Master::new(launch, config, listeners, logs, report, rundir, resume))
+        .inspect_err(|_| unlink_bound_here())?;
+    for addr in inherited.leftovers() {
+        log::info!(
+            "event=listen-closed addr={addr} reason=\"no longer configured\"",
+            addr = crate::logging::esc(&addr)
+        );
     }
-    master.run()
+    if let Some(path) = &pid_file {
+        match pidfile::write_pid(path, std::process::id() as i32) {
+            Ok(()) => {}
+            // In place it names us already: no reason to drop the workers.
+            Err(e) if in_place => {
+                log::warn!("event=pid-file-unwritten error=\"{}\"", logging::esc(&e))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(master)
 }
 
 /// The directory a pid file is in (`.` for a bare name).
@@ -332,12 +433,6 @@ fn open_listeners(
             crate::logging::esc(spec.fd_name())
         );
         listeners.push((listener, how));
-    }
-    for addr in std::mem::take(inherited).leftovers() {
-        log::info!(
-            "event=listen-closed addr={addr} reason=\"no longer configured\"",
-            addr = crate::logging::esc(&addr)
-        );
     }
     Ok(listeners.into_iter().map(|(l, _)| l).collect())
 }

@@ -18,6 +18,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{
     recv, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::io::IoSlice;
@@ -60,6 +61,51 @@ pub struct SpawnRequest<'a> {
     pub env: &'a BTreeMap<String, String>,
 }
 
+/// A serving preloader as an in-place upgrade hands it to the new image
+/// (`crate::inplace`): it stays the master's child across the exec, and
+/// its socket and output pipes are handed by number.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Handed {
+    pub pid: i32,
+    pub generation: u32,
+    /// The master's end of the socketpair.
+    pub socket: RawFd,
+    /// Read ends of its stdout and stderr pipes.
+    pub pipes: [Option<RawFd>; 2],
+    pub age_ms: u64,
+    pub runtime: Option<String>,
+    pub spawns: u64,
+    pub next_id: u64,
+}
+
+/// A handed preloader in the new image, its fds adopted (`sys::fd`), at
+/// the start with the other handed fds, before stray ones are closed.
+pub struct Adopted {
+    pub handed: Handed,
+    /// Our end, or why it could not be adopted.
+    pub socket: Result<PreloadSocket, String>,
+    pub pipes: [Option<OwnedFd>; 2],
+}
+
+/// Adopts the handed preloaders' sockets and pipes.
+pub fn adopt_handed(handed: &[Handed]) -> Vec<Adopted> {
+    use crate::sys::fd::{adopt_handed, HandedKind};
+    handed
+        .iter()
+        .map(|h| Adopted {
+            handed: h.clone(),
+            socket: adopt_handed(h.socket, HandedKind::Socket)
+                .map_err(|why| format!("socket fd {}: {why}", h.socket))
+                .and_then(|fd| {
+                    PreloadSocket::from_handed(fd).map_err(|e| format!("socket: {}", e.desc()))
+                }),
+            pipes: h
+                .pipes
+                .map(|fd| fd.and_then(|fd| adopt_handed(fd, HandedKind::Pipe).ok())),
+        })
+        .collect()
+}
+
 /// The master's end.
 pub struct PreloadSocket {
     fd: OwnedFd,
@@ -90,6 +136,19 @@ pub fn pair() -> Result<(PreloadSocket, OwnedFd), Errno> {
 }
 
 impl PreloadSocket {
+    /// Our end again, handed across an in-place upgrade (made non-blocking
+    /// once more: the flag is the open file's, but cheap to be sure of).
+    pub fn from_handed(fd: OwnedFd) -> Result<PreloadSocket, Errno> {
+        nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        Ok(PreloadSocket {
+            fd,
+            buf: vec![0u8; PRELOAD_MAX_PACKET + 1],
+        })
+    }
+
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

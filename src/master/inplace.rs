@@ -2,10 +2,13 @@
 //! PID 1 or under a single-child init): the master `execve`s the new binary
 //! in its own process, so its pid, its pid file and its children stay.
 //!
-//! Old image: check the new binary with `-t` (an asynchronous child, reaped
-//! by the loop, with a deadline), then write the state (`crate::inplace`),
-//! clear close-on-exec on what it hands over, block the signals it handles
-//! and exec. An exec that returns changed nothing: the upgrade failed.
+//! Old image: open the new binary once and check that file with `-t` (an
+//! asynchronous child, reaped by the loop, with a deadline), which must
+//! also say it reads the state version we write (exit 0 alone proves
+//! nothing: `/bin/true`); then write the state (`crate::inplace`), clear
+//! close-on-exec on what it hands over, block the signals it handles and
+//! exec the same open file. An exec that returns changed nothing: the
+//! upgrade failed.
 //!
 //! New image (`resume`): takes the old workers back as the serving
 //! generation, with the configuration they were started with, and rolls
@@ -116,8 +119,18 @@ pub struct Preflight {
     pub deadline: Instant,
     /// Its stderr: why it failed.
     stderr: Option<OwnedFd>,
+    /// Its stdout: the state version it reads.
+    stdout: Option<OwnedFd>,
     /// Why in-place was chosen.
     reason: String,
+    /// The program checked, open: the one the exec runs.
+    program: Program,
+}
+
+/// The new binary, opened once: checked and exec'd through this fd.
+struct Program {
+    path: std::path::PathBuf,
+    file: OwnedFd,
 }
 
 impl Master {
@@ -145,7 +158,28 @@ impl Master {
         self.cancel_recycles(now);
         self.notify_reloading("upgrading in place (USR2)");
         let program = self.launch.program();
-        let mut command = std::process::Command::new(&program);
+        let fail_check = |e: &std::io::Error| {
+            format!(
+                "check {}: {}",
+                program.display(),
+                crate::error::io_reason(e)
+            )
+        };
+        // Opened once: the check runs this file and the exec runs it too.
+        let file = match sys::reexec::open_program(&self.launch.start_dir.join(&program)) {
+            Ok(file) => file,
+            Err(e) => return self.fail_in_place(fail_check(&e)),
+        };
+        // The check runs it through a copy of the fd it inherits.
+        let inheritable = match file.try_clone().and_then(|fd| {
+            set_inherited(fd.as_fd(), true)?;
+            Ok(fd)
+        }) {
+            Ok(fd) => fd,
+            Err(e) => return self.fail_in_place(fail_check(&e)),
+        };
+        let mut command =
+            std::process::Command::new(format!("/proc/self/fd/{}", inheritable.as_raw_fd()));
         if let Some(argv0) = self.launch.args.first() {
             command.arg0(argv0);
         }
@@ -155,26 +189,22 @@ impl Master {
             .args(self.launch.args.iter().skip(1))
             .env_clear()
             .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
+            .env(crate::protocol::INPLACE_PREFLIGHT, "1")
             .current_dir(&self.launch.start_dir)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let child = match command.spawn() {
+        let spawned = command.spawn();
+        drop(inheritable);
+        let child = match spawned {
             Ok(child) => child,
-            Err(e) => {
-                let why = format!(
-                    "check {}: {}",
-                    program.display(),
-                    crate::error::io_reason(&e)
-                );
-                self.fail_in_place(why);
-                return;
-            }
+            Err(e) => return self.fail_in_place(fail_check(&e)),
         };
         let pid = child.id() as i32;
         // Reaped by the loop (`waitpid(-1)`), never through `child`.
         let stderr = child.stderr.map(OwnedFd::from);
-        if let Some(fd) = &stderr {
+        let stdout = child.stdout.map(OwnedFd::from);
+        for fd in stderr.iter().chain(stdout.iter()) {
             let _ = nix::fcntl::fcntl(
                 fd,
                 nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -190,7 +220,12 @@ impl Master {
             pid,
             deadline,
             stderr,
+            stdout,
             reason,
+            program: Program {
+                path: program,
+                file,
+            },
         });
     }
 
@@ -210,7 +245,23 @@ impl Master {
             return;
         }
         match status {
-            super::workers::ExitStatus::Code(0) => self.exec_in_place(&check.reason),
+            super::workers::ExitStatus::Code(0) => {
+                let said = check
+                    .stdout
+                    .map(|fd| read_output(fd, 1 << 16))
+                    .unwrap_or_default();
+                // Exit 0 alone proves nothing (`/bin/true`): the new binary
+                // must say it reads the state we write.
+                if crate::protocol::inplace_version_of(&said) == Some(state::VERSION) {
+                    self.exec_in_place(&check.reason, &check.program);
+                } else {
+                    self.fail_in_place(format!(
+                        "{} is not a forkmaster that reads in-place state version {}",
+                        check.program.path.display(),
+                        state::VERSION
+                    ));
+                }
+            }
             _ => {
                 let said = check.stderr.map(read_said).unwrap_or_default();
                 let said = said.trim();
@@ -253,12 +304,12 @@ impl Master {
 
     /// Replaces this process's image with the new binary, handing over the
     /// state. Returns only if the exec failed.
-    fn exec_in_place(&mut self, reason: &str) {
+    fn exec_in_place(&mut self, reason: &str, program: &Program) {
         let now = Instant::now();
         self.read_exec_errors();
         self.logs.drain_all();
         let state = self.export_state(reason, now);
-        match self.exec_with(&state) {
+        match self.exec_with(&state, program) {
             Ok(never) => match never {},
             Err(why) => self.fail_in_place(why),
         }
@@ -267,6 +318,7 @@ impl Master {
     fn exec_with(
         &mut self,
         state: &State,
+        program: &Program,
     ) -> std::result::Result<std::convert::Infallible, String> {
         let cstring = |bytes: Vec<u8>, what: &str| {
             CString::new(bytes).map_err(|_| format!("{what} holds a NUL byte"))
@@ -274,11 +326,7 @@ impl Master {
         let json = serde_json::to_vec(state).map_err(|e| format!("state: {e}"))?;
         let memfd = sys::reexec::memfd_with(c"forkmaster-state", &json)
             .map_err(|e| format!("memfd: {}", crate::error::io_reason(&e)))?;
-        let program_path = self.launch.program();
-        let program = cstring(
-            program_path.clone().into_os_string().into_vec(),
-            "program path",
-        )?;
+        let program_path = &program.path;
         let argv = self
             .launch
             .args
@@ -320,6 +368,7 @@ impl Master {
         handed.push(self.exec_errors_write.as_fd());
         handed.push(memfd.as_fd());
         handed.extend(self.logs.read_fds());
+        handed.extend(self.preload.handed_fds());
         let cwd = std::env::current_dir().ok();
         let cleared = handed.iter().all(|fd| set_inherited(*fd, true).is_ok());
         let signals = handled_signals();
@@ -349,7 +398,7 @@ impl Master {
                         self.pool.len(),
                         self.generation
                     );
-                    let errno = sys::reexec::exec_self(&program, &argv, &env);
+                    let errno = sys::reexec::exec_program(&program.file, &argv, &env);
                     sys::reexec::restore_mask(&mask);
                     format!("exec {}: {}", program_path.display(), errno.desc())
                 }
@@ -413,6 +462,7 @@ impl Master {
                 self.exec_errors_write.as_raw_fd(),
             ],
             workers,
+            preloaders: self.export_preloaders(now),
             slots: self
                 .pool
                 .slots()
@@ -440,7 +490,10 @@ impl Master {
             config_failure,
         } = resume;
         let Handover {
-            state, mut pipes, ..
+            state,
+            mut pipes,
+            preloaders,
+            ..
         } = handover;
         let old_config = old_config.unwrap_or_else(|| {
             log::warn!(
@@ -464,6 +517,7 @@ impl Master {
         self.reloads = import_record(&state.reloads, now);
         self.counters = state.counters.clone();
         self.restore_workers(&state, &mut pipes, now);
+        self.restore_preloaders(preloaders, now);
         log::info!(
             "event=upgrade-resumed mode=in-place reason={} workers={} generation={}",
             state.reason,
@@ -592,10 +646,15 @@ fn handled_signals() -> Vec<nix::sys::signal::Signal> {
 
 /// Reads what a failed `-t` said (it is short, and it has exited).
 fn read_said(fd: OwnedFd) -> String {
+    read_output(fd, 4096).replace('\n', " ")
+}
+
+/// Up to `limit` bytes a `-t` wrote (it has exited).
+fn read_output(fd: OwnedFd, limit: u64) -> String {
     let mut file = std::fs::File::from(fd);
     let mut bytes = Vec::new();
-    let _ = (&mut file).take(4096).read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).replace('\n', " ")
+    let _ = (&mut file).take(limit).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn export_record(record: &Record, now: Instant) -> state::Record {

@@ -233,6 +233,9 @@ pub struct Master {
     upgrades: Record,
     /// A HUP rolling restart in progress.
     rollout: Option<Rollout>,
+    /// A HUP came during an in-place upgrade's rollover: it runs when the
+    /// rollover ends (it would otherwise abandon a good upgrade).
+    hup_after_upgrade: bool,
     reloads: Record,
     /// systemd's notify socket, when it started us with one.
     systemd: Option<Notifier>,
@@ -266,7 +269,7 @@ impl Master {
         logs: LogFiles,
         ready_report: Option<OwnedFd>,
         rundir: RunDir,
-        mut resume: Option<Resume>,
+        resume: &mut Option<Resume>,
     ) -> Result<Master> {
         let io_err = |call| {
             move |e: std::io::Error| Error::Sys {
@@ -274,20 +277,16 @@ impl Master {
                 source: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
             }
         };
-        let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
-        inplace::unblock_after_exec();
         let pid = std::process::id() as i32;
         let invalid = |why| Error::Config(ConfigError::Invalid(why));
-        let handed = resume.as_mut().map(Resume::take_fds);
+        let in_place = resume.is_some();
         // Our own socket files live on across an in-place upgrade.
-        if handed.is_none() {
+        if !in_place {
             rundir.prepare(pid).map_err(invalid)?;
         }
-        let (handed_notify, handed_errors) = handed.unwrap_or((None, None));
-        let notify = match handed_notify {
-            Some(fd) => NotifySocket::adopt(fd, &rundir.notify_path(pid)),
-            None => bind_notify(&rundir, pid, &config).map_err(invalid)?,
-        };
+        // In place, every step that may fail comes before the handover is
+        // taken: a failure leaves it to `start` to try the old
+        // configuration with (and the signals blocked, still pending).
         let control = ControlSocket::bind(&rundir.control_path(pid)).map_err(invalid)?;
         let mut health_retry = None;
         let health = match &config.health_listen {
@@ -296,7 +295,7 @@ impl Master {
                 Ok(server) => Some(server),
                 // The old master still holds it during an upgrade: serve
                 // without (retrying) rather than fail the upgrade.
-                Err(why) if launch.predecessor.is_some() || resume.is_some() => {
+                Err(why) if launch.predecessor.is_some() || in_place => {
                     log::warn!("event=health-unavailable error=\"{why}\" action=retry");
                     health_retry = Some(Instant::now() + HEALTH_RETRY);
                     None
@@ -304,24 +303,53 @@ impl Master {
                 Err(why) => return Err(invalid(why)),
             },
         };
-        let (exec_errors, exec_errors_write) = match handed_errors {
-            Some(pair) => pair,
-            None => pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|source| Error::Sys {
-                call: "pipe",
-                source,
-            })?,
-        };
         let predecessor = launch.predecessor;
-        let systemd = Notifier::from_env(&launch.env, &[pid, predecessor.map_or(pid, |p| p.pid)]);
         let generation = predecessor.map_or(1, |p| p.generation + 1);
+        let notify_path = rundir.notify_path(pid);
         let template = WorkerTemplate::new(
             &config,
             &listeners,
             &launch.env,
-            &notify.env_value,
+            &notify_path.display().to_string(),
             generation,
         )
         .map_err(|e| Error::Config(ConfigError::Invalid(e)))?;
+        let notify = match resume.as_ref() {
+            Some(_) => None,
+            None => Some(bind_notify(&rundir, pid, &config).map_err(invalid)?),
+        };
+        let exec_pipe = match resume.as_ref() {
+            Some(_) => None,
+            None => Some(
+                pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|source| Error::Sys {
+                    call: "pipe",
+                    source,
+                })?,
+            ),
+        };
+        let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
+        inplace::unblock_after_exec();
+        // From here on nothing fails before the handover is ours.
+        let mut resume = resume.take();
+        let (handed_notify, handed_errors) = resume
+            .as_mut()
+            .map(Resume::take_fds)
+            .unwrap_or((None, None));
+        let notify = match (notify, handed_notify) {
+            (Some(notify), _) => notify,
+            (None, Some(fd)) => NotifySocket::adopt(fd, &notify_path),
+            (None, None) => bind_notify(&rundir, pid, &config).map_err(invalid)?,
+        };
+        let (exec_errors, exec_errors_write) = match (exec_pipe, handed_errors) {
+            (Some(pair), _) | (None, Some(pair)) => pair,
+            (None, None) => {
+                pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|source| Error::Sys {
+                    call: "pipe",
+                    source,
+                })?
+            }
+        };
+        let systemd = Notifier::from_env(&launch.env, &[pid, predecessor.map_or(pid, |p| p.pid)]);
         let pool = Pool::new(config.workers, Instant::now());
         // Orphans of our workers' descendants come back to us, to be stopped.
         if let Err(e) = sys::become_subreaper() {
@@ -373,6 +401,7 @@ impl Master {
             role,
             upgrades,
             rollout: None,
+            hup_after_upgrade: false,
             reloads,
             systemd,
             logs,

@@ -343,8 +343,13 @@ impl Pool {
         let delay = plan::backoff(s.failures);
         s.retry_at = (!delay.is_zero()).then(|| now + delay);
         let (failures, retry_at) = (s.failures, s.retry_at);
+        // A slot whose spawn failed before any worker took it (a fork that
+        // failed, a preloader's failed spawn) is still fillable: it waits
+        // out its backoff like one whose worker died.
         if self.is_fillable(slot, now) {
             self.fillable.insert(slot);
+        } else {
+            self.fillable.remove(&slot);
         }
         Some((delay, failures, retry_at))
     }
@@ -434,6 +439,20 @@ mod tests {
         assert_eq!(pool.scale(), vec![]);
         pool.end_backoff(1, retry_at.unwrap());
         assert_eq!(pool.scale(), vec![Action::Spawn(1)]);
+    }
+
+    #[test]
+    fn a_slot_whose_spawn_failed_waits_out_its_backoff() {
+        let now = Instant::now();
+        let mut pool = Pool::new(1, now);
+        assert_eq!(pool.scale(), vec![Action::Spawn(0)]);
+        // No worker ever took the slot: the spawn itself failed.
+        pool.count_spawn_failure(0);
+        let (delay, _, retry_at) = pool.schedule_respawn(0, "fork".into(), now).unwrap();
+        assert_eq!(delay, plan::backoff(1));
+        assert_eq!(pool.scale(), vec![], "not before its backoff ends");
+        pool.end_backoff(0, retry_at.unwrap());
+        assert_eq!(pool.scale(), vec![Action::Spawn(0)]);
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //! an exec'd one; a failed request is a failed spawn, retried with the
 //! slot's backoff. No pid a preloader names is signalled before it is
 //! verified.
+//!
+//! What a preloader sends costs the master a bounded share of each loop
+//! pass (`READ_PER_PASS` packets, then a `FULL_PASS_PAUSE`) and of its log (`event=preload_message_ignored`
+//! lines through a `LogBudget`, the rest counted in a periodic
+//! `event=preload_messages_suppressed`): junk is ignored, never fatal, as
+//! the protocol leaves room for message types of later versions.
 
 use super::{Master, Phase, QUICK_STOP_GRACE};
 use crate::duration::Human;
@@ -22,6 +28,7 @@ use crate::ipc::output::WorkerPipes;
 use crate::ipc::preload::{self, FromPreloader, PreloadSocket, Received, SpawnRequest};
 use crate::plan;
 use crate::protocol::{PRELOAD_MAX_PACKET, PRELOAD_NOT_ANSWERED, PRELOAD_VERSION};
+use crate::ratelimit::LogBudget;
 use crate::status::PreloaderStatus;
 use crate::sys;
 use nix::sys::signal::{kill, killpg, Signal as NixSignal};
@@ -36,6 +43,25 @@ const VERIFY_EVERY: Duration = Duration::from_millis(2);
 /// How long a preloader that closed its end of the socket has to exit
 /// before it is killed (its exit, if it comes, says more).
 const CLOSED_GRACE: Duration = Duration::from_secs(1);
+/// Packets read from one preloader in one loop pass: a flooding one cannot
+/// hold the loop (what is left is read on the next pass, after signals,
+/// notifications, reaping and `status` had their turn).
+const READ_PER_PASS: usize = 64;
+/// A preloader that filled a pass is not read (nor polled) again for this
+/// long: a flood costs the master a few percent of a core, not all it can
+/// read, and the flooder blocks on the full socket meanwhile. A `spawned`
+/// behind a full socket buffer waits a few of these pauses at most.
+const FULL_PASS_PAUSE: Duration = Duration::from_millis(10);
+/// `event=preload_message_ignored` lines logged in a burst, then per second.
+const IGNORED_BURST: u32 = 10;
+const IGNORED_PER_SECOND: u32 = 1;
+/// How soon after a line is suppressed the count of suppressed ones is
+/// logged (a flood that stops logs no further line that would carry it).
+const SUPPRESSED_SUMMARY_AFTER: Duration = Duration::from_secs(1);
+/// `READY=1` datagrams held from unknown pids while spawns are in flight:
+/// a forked worker may be ready before its `spawned` is read (a preloader
+/// reads at most `READ_PER_PASS` packets a pass).
+const EARLY_READY_MAX: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -69,6 +95,12 @@ struct Preloader {
     /// Failed spawns since its last verified one.
     failures_in_row: u32,
     next_id: u64,
+    /// Its ignored messages' log lines.
+    ignored: LogBudget,
+    /// When to log how many of those were suppressed.
+    summary_at: Option<Instant>,
+    /// It filled its last pass: not read again before this.
+    paused_until: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +147,9 @@ pub struct Preloaders {
     failures: u32,
     /// While backing off: when the current generation's preloader may start.
     retry_at: Option<Instant>,
+    /// `READY=1` from pids not yet verified, with when it came: believed
+    /// once the pid is verified, forgotten after `spawn_timeout`.
+    early_ready: Vec<(i32, Instant)>,
 }
 
 impl Preloaders {
@@ -138,10 +173,22 @@ impl Preloaders {
         self.list.is_empty()
     }
 
-    /// The open sockets, for poll(2): what arrives is read on the next pass.
+    /// The open sockets, for poll(2): what arrives is read on the next
+    /// pass. A paused one is left out (`next_deadline` wakes at its end).
     pub fn poll_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        let now = Instant::now();
         self.list
             .iter()
+            .filter(move |p| p.paused_until.is_none_or(|at| at <= now))
+            .filter_map(|p| p.socket.as_ref().map(PreloadSocket::as_fd))
+    }
+
+    /// The sockets an in-place upgrade hands over: the serving preloaders'
+    /// (see `export_preloaders`).
+    pub fn handed_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.list
+            .iter()
+            .filter(|p| p.state == State::Serving)
             .filter_map(|p| p.socket.as_ref().map(PreloadSocket::as_fd))
     }
 
@@ -160,7 +207,7 @@ impl Preloaders {
                 State::Stopping { .. } => None,
                 _ => p.closed_at.map(|at| at + CLOSED_GRACE),
             };
-            [state, closed]
+            [state, closed, p.summary_at, p.paused_until]
         });
         let requests = self.requests.iter().map(|r| match r.stage {
             Stage::Queued => None,
@@ -216,6 +263,25 @@ impl Master {
         self.send_queued_requests(now);
     }
 
+    /// Holds a `READY=1` from `pid`, not (yet) a worker, while spawns are
+    /// in flight; whether it was held.
+    pub(super) fn hold_early_ready(
+        &mut self,
+        pid: i32,
+        message: &crate::ipc::notify::Message,
+        now: Instant,
+    ) -> bool {
+        let spawning = self.preload.spawning();
+        let early = &mut self.preload.early_ready;
+        if !message.ready || !spawning || early.len() >= EARLY_READY_MAX {
+            return false;
+        }
+        if !early.iter().any(|(p, _)| *p == pid) {
+            early.push((pid, now));
+        }
+        true
+    }
+
     /// One pass of preload work: messages, verifications, deadlines, which
     /// preloaders should run, and the queued requests they can take now.
     pub(super) fn serve_preload(&mut self, now: Instant) {
@@ -230,7 +296,12 @@ impl Master {
                 self.stop_preloader(pid, quick, now);
             }
         }
+        let spawn_timeout = self.config.spawn_timeout;
+        self.preload
+            .early_ready
+            .retain(|(_, at)| *at + spawn_timeout > now);
         self.read_preload_messages(now);
+        self.summarise_ignored(now);
         self.verify_spawns(now);
         self.check_preload_deadlines(now);
         self.stop_unwanted_preloaders(now);
@@ -245,13 +316,25 @@ impl Master {
     fn read_preload_messages(&mut self, now: Instant) {
         let mut received = Vec::new();
         for p in &mut self.preload.list {
+            if p.paused_until.is_some_and(|at| now < at) {
+                continue;
+            }
+            p.paused_until = None;
             if let Some(socket) = &mut p.socket {
-                while let Some(r) = socket.receive() {
+                let mut read = 0;
+                while read < READ_PER_PASS {
+                    let Some(r) = socket.receive() else {
+                        break;
+                    };
+                    read += 1;
                     let closed = matches!(r, Received::Closed | Received::Oversize(_));
                     received.push((p.pid, r));
                     if closed {
                         break;
                     }
+                }
+                if read == READ_PER_PASS {
+                    p.paused_until = Some(now + FULL_PASS_PAUSE);
                 }
             }
         }
@@ -328,10 +411,7 @@ impl Master {
             (Err(why), true) => {
                 self.fail_preloader(pid, format!("its first message is not a hello: {why}"), now)
             }
-            (Err(why), false) => log::warn!(
-                "event=preload_message_ignored role=preloader pid={pid} reason=\"{}\"",
-                crate::logging::esc(&why)
-            ),
+            (Err(why), false) => self.ignore_message(pid, &why, now),
             (Ok(FromPreloader::Spawned { id, pid: worker }), false) => {
                 let found = self.preload.requests.iter_mut().find(|r| {
                     matches!(r.stage, Stage::Sent { id: i, preloader, .. } if i == id && preloader == pid)
@@ -347,8 +427,10 @@ impl Master {
                             deadline,
                         };
                     }
-                    _ => log::warn!(
-                        "event=preload_message_ignored role=preloader pid={pid} reason=\"spawned: no spawn in flight with id {id}, or pid {worker} out of range\""
+                    _ => self.ignore_message(
+                        pid,
+                        &format!("spawned: no spawn in flight with id {id}, or pid {worker} out of range"),
+                        now,
                     ),
                 }
             }
@@ -357,14 +439,39 @@ impl Master {
                     matches!(r.stage, Stage::Sent { id: i, preloader, .. } if i == id && preloader == pid)
                 });
                 if taken.is_empty() {
-                    log::warn!(
-                        "event=preload_message_ignored role=preloader pid={pid} reason=\"spawn_failed: no spawn in flight with id {id}\""
-                    );
+                    let why = format!("spawn_failed: no spawn in flight with id {id}");
+                    self.ignore_message(pid, &why, now);
                 }
                 for request in taken {
                     let why = format!("preloader pid={pid}: {message}");
                     self.fail_request(request, why, now);
                 }
+            }
+        }
+    }
+
+    /// Logs an ignored message within the preloader's log budget.
+    fn ignore_message(&mut self, pid: i32, why: &str, now: Instant) {
+        let Some(p) = self.preload.get_mut(pid) else {
+            return;
+        };
+        match p.ignored.take(now) {
+            Some(suppressed) => log::warn!(
+                "event=preload_message_ignored role=preloader pid={pid} reason=\"{}\" suppressed_before={suppressed}",
+                crate::logging::esc(why)
+            ),
+            None => {
+                p.summary_at.get_or_insert(now + SUPPRESSED_SUMMARY_AFTER);
+            }
+        }
+    }
+
+    /// Logs how many ignored messages went unlogged, once their summary is due.
+    fn summarise_ignored(&mut self, now: Instant) {
+        for p in &mut self.preload.list {
+            if p.summary_at.is_some_and(|at| at <= now) {
+                p.summary_at = None;
+                log_suppressed(p);
             }
         }
     }
@@ -436,8 +543,13 @@ impl Master {
         // not wanted any more, but ours to stop now that it is verified.
         let stale =
             request.generation != self.generation || (request.incoming && self.rollout.is_none());
+        let early = self.preload.early_ready.iter().position(|(p, _)| *p == pid);
+        let early = early.map(|i| self.preload.early_ready.swap_remove(i));
         if stale {
             self.stop_worker(pid, false, now);
+        } else if early.is_some() && self.config.ready == crate::config::ReadyMode::Notify {
+            // Its `READY=1` came before its `spawned` was read.
+            self.on_ready(pid, now);
         }
     }
 
@@ -625,6 +737,9 @@ impl Master {
             spawns: 0,
             failures_in_row: 0,
             next_id: 1,
+            ignored: LogBudget::new(IGNORED_BURST, IGNORED_PER_SECOND),
+            summary_at: None,
+            paused_until: None,
         });
         Ok(())
     }
@@ -763,7 +878,8 @@ impl Master {
         let Some(i) = self.preload.list.iter().position(|p| p.pid == pid) else {
             return;
         };
-        let p = self.preload.list.remove(i);
+        let mut p = self.preload.list.remove(i);
+        log_suppressed(&mut p);
         let stranded = self.preload.take_requests(|r| r.preloader() == Some(pid));
         for request in stranded {
             let why = format!("preloader pid={pid} exited");
@@ -831,6 +947,84 @@ impl Master {
         );
     }
 
+    /// In-place upgrade, old image: the serving preloaders, kept across the
+    /// exec (their sockets are handed with the other fds). A booting or
+    /// stopping one is not: its socket closes at the exec, and it exits.
+    /// Requests in flight are not either: a worker forked for one is a
+    /// stray of the new image.
+    pub(super) fn export_preloaders(&self, now: Instant) -> Vec<preload::Handed> {
+        self.preload
+            .list
+            .iter()
+            .filter(|p| p.state == State::Serving)
+            .filter_map(|p| {
+                Some(preload::Handed {
+                    pid: p.pid,
+                    generation: p.generation,
+                    socket: p.socket.as_ref()?.as_fd().as_raw_fd(),
+                    pipes: self.logs.read_fds_of(p.pid),
+                    age_ms: crate::inplace::ms_ago(now, p.started),
+                    runtime: p.runtime.clone(),
+                    spawns: p.spawns,
+                    next_id: p.next_id,
+                })
+            })
+            .collect()
+    }
+
+    /// In-place upgrade, new image: takes the old image's serving
+    /// preloaders back (their fds adopted at the start, see
+    /// `crate::inplace`). One whose socket could not be adopted is killed:
+    /// it cannot be asked for anything; its exit is logged as a preloader's.
+    pub(super) fn restore_preloaders(&mut self, adopted: Vec<preload::Adopted>, now: Instant) {
+        for preload::Adopted {
+            handed: h,
+            socket,
+            pipes,
+        } in adopted
+        {
+            self.logs.adopt(h.pid, pipes);
+            let (socket, state) = match socket {
+                Ok(socket) => (Some(socket), State::Serving),
+                Err(why) => {
+                    log::warn!(
+                        "event=inplace-preloader-lost role=preloader pid={} reason=\"{}\" action=kill",
+                        h.pid,
+                        crate::logging::esc(&why)
+                    );
+                    kill_preloader(h.pid);
+                    let state = State::Stopping {
+                        kill_at: now,
+                        killed: true,
+                    };
+                    (None, state)
+                }
+            };
+            log::info!(
+                "event=preloader-resumed role=preloader pid={} generation={} spawns={}",
+                h.pid,
+                h.generation,
+                h.spawns
+            );
+            self.preload.list.push(Preloader {
+                pid: h.pid,
+                generation: h.generation,
+                started: crate::inplace::before(now, h.age_ms),
+                socket,
+                state,
+                closed_at: None,
+                heard: true,
+                runtime: h.runtime,
+                spawns: h.spawns,
+                failures_in_row: 0,
+                next_id: h.next_id,
+                ignored: LogBudget::new(IGNORED_BURST, IGNORED_PER_SECOND),
+                summary_at: None,
+                paused_until: None,
+            });
+        }
+    }
+
     /// Each preloader as `status` shows it, with its memory and CPU.
     pub(super) fn preloader_statuses(
         &self,
@@ -855,6 +1049,18 @@ impl Master {
                 usage: sampling.usage(p.pid, p.started),
             })
             .collect()
+    }
+}
+
+/// The count of a preloader's ignored messages not logged since its last
+/// line, if any.
+fn log_suppressed(p: &mut Preloader) {
+    let count = p.ignored.take_suppressed();
+    if count > 0 {
+        log::warn!(
+            "event=preload_messages_suppressed role=preloader pid={} count={count}",
+            p.pid
+        );
     }
 }
 

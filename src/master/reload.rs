@@ -40,6 +40,13 @@ impl Master {
             self.change_target(self.config.workers);
             return;
         }
+        if self.rollout.as_ref().is_some_and(|r| r.upgrade) {
+            log::info!(
+                "event=signal signal=HUP action=deferred reason=\"in-place upgrade rolling over\""
+            );
+            self.hup_after_upgrade = true;
+            return;
+        }
         // Read first: an invalid file must not disturb a rollout in progress.
         let reloaded = self.reloaded_config();
         if reloaded.is_ok() {
@@ -166,12 +173,19 @@ impl Master {
 
     /// Boots replacements up to `max_surge`; ends the rollout when all are in.
     pub(super) fn advance_rollout(&mut self, now: Instant) {
+        if self.hup_after_upgrade && !self.rollout.as_ref().is_some_and(|r| r.upgrade) {
+            self.hup_after_upgrade = false;
+            log::info!("event=signal signal=HUP action=resumed reason=\"in-place upgrade ended\"");
+            self.on_hup(now);
+            return;
+        }
         let Some(rollout) = &mut self.rollout else {
             return;
         };
         // With `--preload`, replacements asked of the preloader boot too.
         let mut booting = self.pool.booting_replacements() + self.preload.pending_incoming();
         let mut starts = Vec::new();
+        let upgrade = rollout.upgrade;
         let surge = match rollout.upgrade {
             true => usize::MAX,
             false => self.config.max_surge,
@@ -193,12 +207,19 @@ impl Master {
             .filter_map(|slot| self.spawn_worker(slot, true, now))
             .collect();
         self.restart_ready_clocks(&spawned, now);
-        if !done {
+        // An in-place upgrade is done, as `upgrade --wait` sees it, once no
+        // worker of an older generation is left (so its duration is the
+        // whole of it, not just until the new workers were ready).
+        let generation = self.generation;
+        let old_left = upgrade && self.pool.workers().any(|w| w.generation != generation);
+        if !done || old_left {
             return;
         }
         if let Some(rollout) = self.rollout.take() {
             if rollout.previous.is_some() && rollout.upgrade {
                 self.upgrades.end(None);
+                // A deferred HUP runs in the next pass.
+                self.dirty = true;
                 log::info!(
                     "event=upgrade-done mode=in-place generation={} workers={}",
                     self.generation,

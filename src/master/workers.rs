@@ -282,6 +282,11 @@ impl Master {
             if self.pool.get(pid).is_none() && self.preload.spawning() {
                 // Perhaps a forked worker whose `spawned` came in since.
                 self.serve_preload(now);
+                if self.pool.get(pid).is_none()
+                    && self.hold_early_ready(pid, &datagram.message, now)
+                {
+                    continue;
+                }
             }
             let Some(worker) = self.pool.get(pid) else {
                 if let Some(suppressed) = self.notify_log_budget.take(now) {
@@ -427,6 +432,8 @@ impl Master {
                 "worker={slot} pid={pid} event=exit {} stopped=yes",
                 status.fields()
             );
+            // A rollout may be waiting for it to be gone.
+            self.dirty = true;
             self.log_if_all_ready();
             return;
         }

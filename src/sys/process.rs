@@ -90,6 +90,17 @@ pub fn stdin_is_terminal() -> bool {
     unsafe { libc::isatty(0) == 1 }
 }
 
+/// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat`
+/// field 22): with the pid, it names one process, never a later one given
+/// the same pid. `None` if it is gone or `/proc` does not say.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // from after its closing one (field 3 is the first after it).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

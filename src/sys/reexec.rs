@@ -10,7 +10,7 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use std::ffi::{CStr, CString};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 /// Blocks `signals`; returns the mask before, to restore if the exec fails.
 pub fn block_signals(signals: &[Signal]) -> nix::Result<SigSet> {
@@ -38,11 +38,33 @@ pub fn unblock_signals(signals: &[Signal]) {
     let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
 }
 
-/// Replaces this process's image. Returns only on failure.
-pub fn exec_self(program: &CStr, argv: &[CString], env: &[CString]) -> Errno {
-    match nix::unistd::execve(program, argv, env) {
+/// The program an in-place upgrade checks and then execs, opened once
+/// (read-only, close-on-exec) so that the file checked is the file exec'd,
+/// whatever happens to its path meanwhile.
+pub fn open_program(path: &std::path::Path) -> std::io::Result<OwnedFd> {
+    Ok(OwnedFd::from(std::fs::File::open(path)?))
+}
+
+/// Replaces this process's image with the open `program` (`execveat` with
+/// `AT_EMPTY_PATH`). Returns only on failure. A script (`#!`) is read by
+/// its interpreter through `/dev/fd/N`, which close-on-exec would have
+/// closed (`ENOENT`): then it is run again with the fd inherited.
+pub fn exec_program(program: &OwnedFd, argv: &[CString], env: &[CString]) -> Errno {
+    use nix::fcntl::AtFlags;
+    let exec = || match nix::unistd::execveat(program, c"", argv, env, AtFlags::AT_EMPTY_PATH) {
         Err(e) => e,
         Ok(never) => match never {},
+    };
+    match exec() {
+        Errno::ENOENT => match super::fd::set_inherited(program.as_fd(), true) {
+            Ok(()) => {
+                let errno = exec();
+                let _ = super::fd::set_inherited(program.as_fd(), false);
+                errno
+            }
+            Err(_) => Errno::ENOENT,
+        },
+        errno => errno,
     }
 }
 

@@ -11,7 +11,12 @@ PRELOAD_APP_MODE: `garbage` sends malformed and unknown packets after its
 hello; `garbage-first` sends one before its hello; `refuse` answers every
 spawn with spawn_failed; `liar` answers with a pid that is not a new worker;
 `oversize` sends a packet over 64 KiB after its hello; `version2` says hello
-in protocol version 2.
+in protocol version 2; `glitch` answers spawn_failed to every spawn that
+comes within 0.6 s of the first, then forks as usual, and records the
+monotonic time of each spawn it receives in $PRELOAD_APP_SPAWNS; `flood`
+sends junk packets from a thread, as fast as the socket takes them, for
+$PRELOAD_APP_FLOOD_SECS seconds (default 3) after its hello while it
+serves spawns, then writes how many it sent to $PRELOAD_APP_FLOODED.
 """
 
 import os
@@ -53,6 +58,53 @@ if mode.startswith("garbage"):
         sock.send(b'{"type": "spawned", "id": 999999, "pid": 1}')
 
     forkmaster_preload._hello = noisy_hello
+
+if mode == "flood":
+    import threading
+    import time
+
+    real_hello = forkmaster_preload._hello
+
+    def flood(sock):
+        end = time.monotonic() + float(os.environ.get("PRELOAD_APP_FLOOD_SECS", "3"))
+        sent = 0
+        while time.monotonic() < end:
+            try:
+                sock.send(b'{"type": "bogus", "n": %d}' % sent, socket.MSG_DONTWAIT)
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.0005)
+        flooded = os.environ.get("PRELOAD_APP_FLOODED")
+        if flooded:
+            with open(flooded + ".tmp", "w") as f:
+                f.write("%d\n" % sent)
+            os.rename(flooded + ".tmp", flooded)
+
+    def flooding_hello(sock):
+        real_hello(sock)
+        # Alongside the spawns: the helper's loop forks workers meanwhile.
+        threading.Thread(target=flood, args=(sock,), daemon=True).start()
+
+    forkmaster_preload._hello = flooding_hello
+
+if mode == "glitch":
+    import time
+
+    real_spawn = forkmaster_preload._spawn
+    first_spawn = []
+
+    def glitchy_spawn(sock, message, fds):
+        now = time.monotonic()
+        first_spawn[:] = first_spawn or [now]
+        glitching = now - first_spawn[0] < 0.6
+        with open(os.environ["PRELOAD_APP_SPAWNS"], "a") as f:
+            f.write("spawn at=%.6f failed=%s\n" % (now, "yes" if glitching else "no"))
+        if glitching:
+            forkmaster_preload._failed(sock, message["id"], "a transient glitch", fds)
+            return False
+        return real_spawn(sock, message, fds)
+
+    forkmaster_preload._spawn = glitchy_spawn
 
 if mode in ("refuse", "liar"):
 

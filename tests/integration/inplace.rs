@@ -383,3 +383,310 @@ fn auto_upgrades_in_place_as_pid_1() {
     let nspid = proc_status(master_pid, "NSpid").unwrap_or_default();
     assert!(nspid.ends_with("\t1"), "NSpid: {nspid}");
 }
+
+/// A new configuration that passes `-t` but cannot start after the exec
+/// (a port taken, a directory missing): the new image starts with the old
+/// configuration instead, keeps the old workers and records why.
+#[test]
+fn a_new_config_that_cannot_start_after_the_exec_falls_back_to_the_old_one() {
+    let app = App::new(2, IN_PLACE);
+    let mut master = app.start();
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(10);
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let missing = app.dir.join("no-such-dir");
+    let listen = format!(
+        "listen: ['unix:{}', '127.0.0.1:{port}']\n",
+        app.dir.join("app.sock").display()
+    );
+    let cases = [
+        (
+            listen,
+            format!("listen 127.0.0.1:{port}: address already in use"),
+        ),
+        (
+            format!("stdout_path: {}\n", missing.join("out.log").display()),
+            "stdout_path".to_string(),
+        ),
+        (
+            format!(
+                "listen: ['unix:{}', 'unix:{}']\n",
+                app.dir.join("app.sock").display(),
+                missing.join("new.sock").display()
+            ),
+            "new.sock".to_string(),
+        ),
+        (
+            format!("stderr_path: {}\n", missing.join("err.log").display()),
+            "stderr_path".to_string(),
+        ),
+        (
+            format!("runtime_dir: {}\n", missing.display()),
+            "runtime_dir".to_string(),
+        ),
+    ];
+    for (extra, said) in &cases {
+        app.write_config(2, &format!("{IN_PLACE}{extra}"));
+        let (code, out) = upgrade_wait(&app);
+        assert_eq!(code, 1, "{extra}: {out}\n{}", master.log());
+        assert!(
+            out.contains("upgrade failed: the new configuration: "),
+            "{out}"
+        );
+        assert!(out.contains(said.as_str()), "{said}: {out}");
+        assert!(out.contains(&format!("pid {pid} keeps serving")), "{out}");
+        let after = wait_serving_generation(&app, 2, 1);
+        assert_eq!(
+            pids(&after),
+            pids(&before),
+            "{extra}: the old workers serve on"
+        );
+        assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+        assert_eq!(after["upgrade"]["state"], "failed");
+        load.wait_answers(10);
+    }
+    drop(busy);
+    load.finish_without_failures();
+
+    // The old workers are supervised, and a good upgrade goes through.
+    let victim = pids(&before)[0];
+    send_signal(victim as i32, Signal::SIGKILL);
+    app.wait_status("the old worker replaced", secs(30), |s| {
+        s["ready"].as_u64() == Some(2) && !pids(s).contains(&victim)
+    });
+    app.write_config(2, IN_PLACE);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_eq!(app.master_pid(), pid);
+    assert_master_running(&mut master);
+}
+
+/// The master started as `bin/forkmaster` in the app's directory (a
+/// symlink to the real binary), which a test may then replace.
+fn start_from_link(app: &App) -> (Master, std::path::PathBuf) {
+    let bin = app.dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let link = bin.join("forkmaster");
+    std::os::unix::fs::symlink(forkmaster(), &link).unwrap();
+    (app.start_program(&link), link)
+}
+
+fn write_script(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A program that exits 0 for `-t` is not a forkmaster that can read the
+/// state: the master refuses to exec it and serves on.
+#[test]
+fn a_program_that_is_not_a_forkmaster_is_refused_before_the_exec() {
+    let app = App::new(2, IN_PLACE);
+    let (mut master, link) = start_from_link(&app);
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let load = Load::start(&app.target, 2);
+    load.wait_answers(10);
+
+    let not_ours = format!(
+        "upgrade failed: {} is not a forkmaster that reads in-place state version 1",
+        link.display()
+    );
+    // `/bin/true` itself, in place of the binary.
+    std::fs::remove_file(&link).unwrap();
+    std::fs::copy("/bin/true", &link).unwrap();
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains(&not_ours), "{out}");
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+
+    // A program that prints junk, or another state version, and exits 0.
+    write_script(
+        &link,
+        "#!/bin/sh\necho configuration ok\necho FORKMASTER_INPLACE_STATE_VERSION=999\nexit 0\n",
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains(&not_ours), "{out}");
+    let after = wait_serving_generation(&app, 2, 1);
+    assert_eq!(pids(&after), pids(&before));
+    assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+    assert_no_event(&master.log(), "upgrade-exec");
+    load.wait_answers(10);
+    load.finish_without_failures();
+
+    // The real binary back: the upgrade goes through.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(forkmaster(), &link).unwrap();
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_master_running(&mut master);
+}
+
+/// The file checked is the file exec'd: one swapped in at the path during
+/// the check is never run.
+#[test]
+fn a_binary_swapped_in_after_the_check_is_not_the_one_execd() {
+    let app = App::new(2, IN_PLACE);
+    let (mut master, link) = start_from_link(&app);
+    let pid = master.pid();
+    wait_serving_generation(&app, 2, 1);
+    let marker = app.dir.join("swapped-in-ran");
+    let swapped = app.dir.join("swapped");
+    write_script(
+        &swapped,
+        &format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()),
+    );
+    // The checked program replaces its own path during its check.
+    write_script(
+        &link,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = -t ]; then mv '{}' '{}'; fi\nexec '{}' \"$@\"\n",
+            swapped.display(),
+            link.display(),
+            forkmaster()
+        ),
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_eq!(app.master_pid(), pid);
+    assert_no_file(&marker);
+    assert_master_running(&mut master);
+}
+
+/// The recorded duration of an in-place upgrade covers what `upgrade
+/// --wait` waits for: from the USR2 to the new generation all ready.
+#[test]
+fn an_in_place_upgrade_records_how_long_it_took() {
+    // The old workers ignore their stop signal: killed at the graceful
+    // timeout, well after the new ones are ready.
+    let slow_stop = format!("{IN_PLACE}stop_signal: WINCH\ngraceful_timeout: 1s\n");
+    let app = App::new(2, &slow_stop);
+    let mut master = app.start();
+    wait_serving_generation(&app, 2, 1);
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    let status = app.status();
+    let took = status["upgrade"]["secs"].as_f64().expect("upgrade secs");
+    assert!(took >= 1.0, "took={took}: {out}");
+    assert_master_running(&mut master);
+}
+
+/// A HUP during an in-place upgrade's rollover waits for it to end, then
+/// reloads: it never turns a good upgrade into a failed one.
+#[test]
+fn a_hup_during_the_rollover_waits_for_the_upgrade() {
+    let slow_stop = format!("{IN_PLACE}stop_signal: WINCH\ngraceful_timeout: 3s\n");
+    let app = App::new(2, &slow_stop);
+    let mut master = app.start();
+    wait_serving_generation(&app, 2, 1);
+    let pid_file = app.pid_file.to_str().unwrap();
+    let (code, out, err) = client(&["upgrade", "-p", pid_file], secs(30));
+    assert_eq!(code, 0, "{out}{err}");
+    app.wait_status("the rollover under way", secs(30), |s| {
+        s["generation"].as_u64() == Some(2) && s["upgrade"]["state"] == "in-progress"
+    });
+    master.signal(Signal::SIGHUP);
+    let done = app.wait_status("the upgrade ended", secs(30), |s| {
+        s["upgrade"]["state"] != "in-progress"
+    });
+    assert_eq!(done["upgrade"]["state"], "done", "{done}\n{}", master.log());
+    app.wait_status("the reload done after it", secs(30), |s| {
+        s["reload"]["state"] == "done" && s["generation"].as_u64() == Some(3)
+    });
+    assert!(master.log().contains("signal=HUP action=deferred"));
+    assert_not_logged(&master.log(), "superseded");
+    assert_master_running(&mut master);
+}
+
+/// A client asking during the exec window (the control socket not bound
+/// again yet) waits for the same master, not "not a forkmaster master".
+#[test]
+fn a_client_during_the_exec_window_waits_for_the_same_master() {
+    let app = App::new(2, IN_PLACE);
+    let fifo = app.dir.join("release");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let inside = app.dir.join("inside-exec");
+    // The new image is held inside the exec until the test releases it.
+    let mut master = start_wrapped(
+        &app,
+        &format!(
+            "touch '{}'; read line < '{}'",
+            inside.display(),
+            fifo.display()
+        ),
+    );
+    master.wait_ready();
+    let pid = master.pid();
+    wait_serving_generation(&app, 2, 1);
+    let pid_file = app.pid_file.to_str().unwrap();
+    let (code, out, err) = client(&["upgrade", "-p", pid_file], secs(30));
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("the new image inside the exec", secs(30), || {
+        inside.exists().then_some(())
+    });
+    let mut status = std::process::Command::new(forkmaster())
+        .args(["status", "-p", pid_file])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Before the fix it concluded at once; now it waits for the master.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(500) {
+        if status.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    std::fs::write(&fifo, "go\n").unwrap();
+    let out = status.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{said}\n{}", master.log());
+    assert!(said.contains(&pid.to_string()), "{said}");
+    wait_serving_generation(&app, 2, 2);
+    assert_master_running(&mut master);
+}
+
+/// `runtime_dir` is kept for the life of the process (as the pid file is):
+/// a new one in the configuration fails the upgrade, which `upgrade --wait`
+/// reports, and the control socket stays where the clients find it.
+#[test]
+fn an_upgrade_in_place_keeps_the_runtime_dir() {
+    let app = App::new(2, IN_PLACE);
+    let mut master = app.start();
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let elsewhere = app.dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    app.write_config(
+        2,
+        &format!("{IN_PLACE}runtime_dir: {}\n", elsewhere.display()),
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(
+        out.contains("an in-place upgrade keeps the runtime directory"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("pid {pid} keeps serving")), "{out}");
+    assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
+    assert_master_running(&mut master);
+}

@@ -8,6 +8,7 @@ use crate::support::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 fn app_script() -> String {
     script("preload_app.py")
@@ -55,6 +56,24 @@ fn app_in(interpreter: &str, script: &str, workers: usize, preload: bool, mode: 
             ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
             ("PRELOAD_APP_MODE", mode),
         ])
+    );
+    app.write_config(workers, &extra);
+    app
+}
+
+/// The Python app in `mode` with more variables in its environment.
+fn python_app_env(workers: usize, mode: &str, env: &[(&str, &str)]) -> App {
+    let app = App::new(workers, "");
+    let boots = app.dir.join("boots");
+    let mut pairs = vec![
+        ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
+        ("PRELOAD_APP_MODE", mode),
+    ];
+    pairs.extend_from_slice(env);
+    let extra = format!(
+        "command: ['python3', '{}']\npreload: true\n{}",
+        app_script(),
+        app.env_line(&pairs)
     );
     app.write_config(workers, &extra);
     app
@@ -276,6 +295,73 @@ fn garbage_from_a_serving_preloader_is_logged_and_ignored() {
 }
 
 #[test]
+fn a_flooding_preloader_gets_a_bounded_log_and_the_master_keeps_serving() {
+    let dir = TempDir::new();
+    let flooded = dir.join("flooded");
+    let app = python_app_env(
+        2,
+        "flood",
+        &[
+            ("PRELOAD_APP_FLOODED", flooded.to_str().unwrap()),
+            ("PRELOAD_APP_FLOOD_SECS", "4"),
+        ],
+    );
+    let master = app.fixture().start();
+    master.wait_log("event=preload_message_ignored", secs(20));
+    // While the flood lasts: workers are forked, status answers at once,
+    // and the master spends little of its time on the junk.
+    let (cpu_before, flood_seen) = (cpu_time(master.pid()).unwrap(), Instant::now());
+    let mut answered = 0;
+    while !flooded.exists() {
+        let asked = Instant::now();
+        let status = app.try_status();
+        let took = asked.elapsed();
+        assert!(
+            status.is_some() && took < Duration::from_secs(2),
+            "status took {took:?} during the flood: {status:?}"
+        );
+        answered += 1;
+    }
+    assert!(answered > 0);
+    let cpu = cpu_time(master.pid()).unwrap() - cpu_before;
+    let elapsed = flood_seen.elapsed();
+    assert!(
+        cpu < elapsed / 4,
+        "the master spent {cpu:?} of CPU in {elapsed:?} of flood"
+    );
+    master.wait_ready();
+    let sent: u64 = file_text(&flooded).trim().parse().unwrap();
+    assert!(sent > 1000, "the flood: {sent} packets");
+    // Every packet is either logged or counted in a later line.
+    let log = master.wait_for("every flooded packet accounted for", secs(10), |m| {
+        let log = m.log();
+        let lines = master_events(&log, "preload_message_ignored");
+        let logged = lines.len() as u64
+            + lines
+                .iter()
+                .map(|e| e["suppressed_before"].parse::<u64>().unwrap())
+                .sum::<u64>()
+            + master_events(&log, "preload_messages_suppressed")
+                .iter()
+                .map(|e| e["count"].parse::<u64>().unwrap())
+                .sum::<u64>();
+        (logged >= sent).then_some(log)
+    });
+    let lines = log.matches("event=preload_message_ignored").count()
+        + log.matches("event=preload_messages_suppressed").count();
+    assert!(
+        lines <= 40,
+        "{lines} log lines for a flood of {sent} packets"
+    );
+    assert_no_event(&log, "preloader-failed");
+    // No worker's READY=1 was taken for a stranger's, however early.
+    assert_no_event(&log, "notify-ignored");
+    let (preloader_pid, _, spawns) = preloader(&app.status()).unwrap();
+    assert_eq!(spawns, 2);
+    assert_forked_from(&app, master.pid(), preloader_pid);
+}
+
+#[test]
 fn garbage_before_hello_fails_the_start() {
     let app = python_app(1, true, "garbage-first");
     let out = app.fixture().run(secs(60));
@@ -293,6 +379,51 @@ fn a_preloader_whose_spawns_all_fail_trips_the_circuit_breaker() {
     assert!(err.contains("5 spawns in a row failed"), "{err}");
     assert!(err.contains("refused by the test"), "{err}");
     assert!(err.contains("event=startup-failed"), "{err}");
+}
+
+#[test]
+fn a_failed_spawn_waits_out_its_backoff_before_the_next() {
+    // Every spawn within 0.6 s of the first fails: asked again at once,
+    // five fail in a few milliseconds and trip the circuit breaker; spaced
+    // by the backoff (100 ms, 200 ms, 400 ms), the fourth one works.
+    let dir = TempDir::new();
+    let spawns = dir.join("spawns");
+    let app = python_app_env(
+        1,
+        "glitch",
+        &[("PRELOAD_APP_SPAWNS", spawns.to_str().unwrap())],
+    );
+    let master = app.start();
+    let log = master.log();
+    assert_no_event(&log, "preloader-failed");
+    let times: Vec<(f64, bool)> = file_text(&spawns)
+        .lines()
+        .map(|l| {
+            let f = fields(l);
+            (f["at"].parse().unwrap(), f["failed"] == "yes")
+        })
+        .collect();
+    let failed = times.iter().filter(|(_, failed)| *failed).count();
+    assert!((1..5).contains(&failed), "{times:?}\n{log}");
+    assert!(!times.last().unwrap().1, "the last spawn worked: {times:?}");
+    let delays: Vec<u64> = master_events(&log, "respawn")
+        .iter()
+        .filter(|e| e.get("worker").is_some_and(|w| w == "0"))
+        .map(|e| e["delay"].trim_end_matches("ms").parse().unwrap())
+        .collect();
+    assert_eq!(delays.len(), failed, "{log}");
+    for (i, pair) in times.windows(2).enumerate() {
+        let gap_ms = (pair[1].0 - pair[0].0) * 1000.0;
+        // The previous spawn's delivery may lag a little; the backoff counts
+        // from its answer.
+        let min = delays[i] as f64 * 0.9;
+        assert!(
+            gap_ms >= min,
+            "spawn {} came {gap_ms:.1} ms after the one before, its backoff is {} ms: {times:?}\n{log}",
+            i + 2,
+            delays[i]
+        );
+    }
 }
 
 #[test]
@@ -495,16 +626,28 @@ fn an_in_place_upgrade_forks_the_new_generation_from_a_new_preloader() {
     let (second, _, _) = preloader(&status).unwrap();
     assert_ne!(second, first);
     assert_forked_from(&app, master.pid(), second);
-    wait_for("the old preloader to go", secs(20), || {
-        (!is_running(first)).then_some(())
-    });
+    // The old preloader came through the exec: the new image stops it, and
+    // knows its exit.
+    master.wait_log(
+        &format!("event=preloader-resumed role=preloader pid={first} generation=1"),
+        secs(5),
+    );
+    master.wait_log(
+        &format!("event=exit role=preloader pid={first} generation=1 status=0 stopped=yes"),
+        secs(20),
+    );
+    assert_eq!(boots(&app).len(), 2);
 
     // A failed in-place upgrade: the old generation keeps serving, and a
-    // worker of it that dies is forked again from a preloader of its own.
+    // worker of it that dies is forked again from its own preloader, handed
+    // across the exec: the code on disk now is not loaded.
     in_place_app(&app, 2, "refuse");
     let (code, out, err) = client(&["upgrade", "-c", app.cfg(), "--wait"], secs(120));
     assert_eq!(code, 1, "upgrade: {out}{err}\n{}", master.log());
     assert!(err.contains("keeps serving"), "{err}");
+    // The load stops first: a request in the hands of the killed worker fails.
+    load.wait_answers(10);
+    load.finish_without_failures();
     let (_, victim) = App::worker_pids(&app.status())[0];
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
     let status = app.wait_status("the killed worker replaced", secs(30), |s| {
@@ -518,11 +661,13 @@ fn an_in_place_upgrade_forks_the_new_generation_from_a_new_preloader() {
                 .all(|w| w["state"] == "ready" && w["generation"] == 2)
     });
     let (third, generation, spawns) = preloader(&status).expect("a preloader of generation 2");
-    assert_eq!((generation, spawns), (2, 1), "{status:#}");
-    assert_ne!(third, second);
+    assert_eq!((third, generation, spawns), (second, 2, 3), "{status:#}");
+    // Generation 1, 2 and the failed 3: no second load of generation 2.
+    assert_eq!(boots(&app).len(), 3);
     for (_, pid) in App::worker_pids(&status) {
         assert_eq!(proc_stat(pid as i32).unwrap().1, master.pid());
     }
+    let load = Load::start(&app.target, 2);
     load.wait_answers(10);
     load.finish_without_failures();
 }
