@@ -15,6 +15,7 @@ mod descendants;
 mod edges;
 mod environment;
 mod faults;
+mod flag_values;
 mod fleet;
 mod health;
 mod init_script;
