@@ -43,7 +43,7 @@ struct Due {
 struct Recycling {
     old: i32,
     slot: usize,
-    reason: RecycleReason,
+    due: Due,
 }
 
 /// What recycling keeps between events; the master's `recycler`.
@@ -88,7 +88,7 @@ impl Recycler {
     /// Why `pid` is being recycled, as the old worker or its replacement.
     pub fn reason_of(&self, pid: i32) -> Option<RecycleReason> {
         let replacement = self.replacing.get(&pid).copied().unwrap_or(pid);
-        self.booting.get(&replacement).map(|r| r.reason)
+        self.booting.get(&replacement).map(|r| r.due.reason)
     }
 }
 
@@ -145,12 +145,12 @@ impl Master {
             if replaced == Some(recycle.old) {
                 self.recycler.retired.insert(recycle.old);
                 self.recycler.failures.remove(&recycle.old);
-                self.counters.recycles.count(recycle.reason);
+                self.counters.recycles.count(recycle.due.reason);
                 log::info!(
                     "worker={} pid={} event=recycle-ready replacement={pid} reason={}",
                     recycle.slot,
                     recycle.old,
-                    recycle.reason.name()
+                    recycle.due.reason.name()
                 );
             }
         }
@@ -276,6 +276,14 @@ impl Master {
                 break;
             };
             self.recycler.queued.remove(&pid);
+            // A reload may have lifted the limit since it was found due.
+            let limited = match due.reason {
+                RecycleReason::Age => self.config.max_worker_age.is_some(),
+                RecycleReason::Memory => self.config.max_worker_memory.is_some(),
+            };
+            if !limited {
+                continue;
+            }
             let Some(slot) = self.recyclable_slot(pid) else {
                 continue;
             };
@@ -289,7 +297,7 @@ impl Master {
                 Recycling {
                     old: pid,
                     slot,
-                    reason: due.reason,
+                    due,
                 },
             );
             self.recycler.replacing.insert(pid, replacement);
@@ -371,20 +379,28 @@ impl Master {
             return reason;
         };
         r.replacing.remove(&recycle.old);
+        let serving = self.phase == Phase::Running && self.pool.get(recycle.old).is_some();
         if reason == ExitReason::Stopped {
             log::info!(
                 "worker={} pid={} event=recycle-cancelled replacement={pid}",
                 recycle.slot,
                 recycle.old
             );
-        } else if self.phase == Phase::Running && self.pool.get(recycle.old).is_some() {
-            self.recycle_failed(recycle.old, recycle.slot, recycle.reason, now);
+            // Still due: recycled after the rollout that cancelled it, unless
+            // that rollout replaces it first (its exit drops it from the queue).
+            if serving {
+                self.queue_recycle(recycle.old, recycle.due);
+            }
+        } else if serving {
+            self.recycle_failed(recycle.old, recycle.slot, recycle.due.reason, now);
         }
         reason
     }
 
     /// A HUP: the replacements booting are stopped (the rollout replaces
-    /// every worker, with the new configuration); the old workers serve on.
+    /// every worker, with the new configuration); the old workers serve on,
+    /// still due, and are recycled once the rollout ends if it failed and
+    /// left them serving.
     pub(super) fn cancel_recycles(&mut self, now: Instant) {
         let booting: Vec<i32> = self.recycler.booting.keys().copied().collect();
         for pid in booting {

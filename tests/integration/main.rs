@@ -33,6 +33,7 @@ mod preload_conformance;
 mod privileges;
 mod real_servers;
 mod recycle;
+mod recycle_limits;
 mod reloads;
 mod serving;
 mod signals;
