@@ -252,11 +252,11 @@ settings! {
     max_worker_memory: Option<u64> = None => max_worker_memory: Option<u64>,
         flag Option<String> = p::text(size_limit), yaml Value = p::scalar(size_limit),
         show |v| Some(v.map_or("off".into(), human_size));
-    /// Recycle a worker this long after it started; its replacement is ready before
-    /// it stops [default: off].
+    /// Recycle a worker this long after it started (at least 1s; each worker serves
+    /// at least 1s once ready); its replacement is ready before it stops [default: off].
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     max_worker_age: Option<Duration> = None => max_worker_age: Option<Duration>,
-        flag Option<String> = p::text(p::timeout), yaml String = p::string(p::timeout),
+        flag Option<String> = p::text(age_limit), yaml String = p::string(age_limit),
         show |v| Some(v.map_or("off".into(), |d| Human(d).to_string()));
     /// Each worker's age limit is drawn in [age*(1-J), age] so workers do not recycle
     /// together: a percentage J [default: 10%].
@@ -385,6 +385,26 @@ fn percent(text: &str) -> Result<u32, String> {
         _ => Err(format!(
             "{text:?}: expected a whole percentage from 0 to 100, e.g. 10%"
         )),
+    }
+}
+
+impl Config {
+    /// A worker serves at least this long once ready before its age
+    /// recycles it, and no `max_worker_age` is shorter: with a slow boot,
+    /// an age near the boot time would replace each worker as soon as it
+    /// is ready, the pool busy booting instead of serving.
+    pub const MIN_SERVE: Duration = Duration::from_secs(1);
+}
+
+/// `max_worker_age`: `off`, `0` or at least `Config::MIN_SERVE`; a shorter age
+/// would keep the pool booting replacements instead of serving.
+fn age_limit(text: &str) -> Result<Option<Duration>, String> {
+    match p::timeout(text)? {
+        Some(d) if d < Config::MIN_SERVE => Err(format!(
+            "{text:?}: at least {} (or off): a worker must boot and serve before it is replaced",
+            Human(Config::MIN_SERVE)
+        )),
+        age => Ok(age),
     }
 }
 
