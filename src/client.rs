@@ -271,17 +271,41 @@ fn watch(
     }
 }
 
-/// `ready`: the verdict of `/readyz`, from the master's status.
+/// `ready`: the verdict of `/readyz`, from the master's status. During a
+/// fork-mode upgrade the pid file names the new master while its workers
+/// boot and the old one still serves: then the service is ready if either
+/// is, the old master found through the `.oldbin` pid file and verified to
+/// be the one the new master names (and that names it back).
 fn ready(locate: &Locate) -> Step<Outcome> {
     let path = pid_file(locate)?;
-    let (_, status) = find_master(&path)?;
-    let stopping = (status.phase == Phase::Stopping).then_some("stopping");
-    let verdict = Readiness::of(stopping, status.ready, status.target, status.min_ready);
+    let (pid, status) = find_master(&path)?;
+    let verdict = readiness(&status);
     if verdict.ready {
-        Ok(Outcome::Done(verdict.why))
-    } else {
-        Err(Outcome::Failed(verdict.why))
+        return Ok(Outcome::Done(verdict.why));
     }
+    if let Some(old_pid) = status.old_master {
+        let oldbin = crate::pidfile::oldbin_path(&path);
+        if let Ok((found, old)) = master_in(&oldbin, &path) {
+            let old_verdict = readiness(&old);
+            if found == old_pid && old.upgrade.new_master == Some(pid) {
+                let why = format!(
+                    "old master pid {old_pid}: {}; new master pid {pid}: {}",
+                    old_verdict.why, verdict.why
+                );
+                return match old_verdict.ready {
+                    true => Ok(Outcome::Done(why)),
+                    false => Err(Outcome::Failed(why)),
+                };
+            }
+        }
+    }
+    Err(Outcome::Failed(verdict.why))
+}
+
+/// What `/readyz` of the master with `status` says.
+fn readiness(status: &Status) -> Readiness {
+    let stopping = (status.phase == Phase::Stopping).then_some("stopping");
+    Readiness::of(stopping, status.ready, status.target, status.min_ready)
 }
 
 fn upgrade(args: &WaitArgs) -> Step<Outcome> {

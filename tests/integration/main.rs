@@ -31,6 +31,7 @@ mod pods;
 mod preload;
 mod preload_conformance;
 mod privileges;
+mod readiness_client;
 mod real_servers;
 mod recycle;
 mod recycle_limits;
