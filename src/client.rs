@@ -283,23 +283,34 @@ fn ready(locate: &Locate) -> Step<Outcome> {
     if verdict.ready {
         return Ok(Outcome::Done(verdict.why));
     }
-    if let Some(old_pid) = status.old_master {
-        let oldbin = crate::pidfile::oldbin_path(&path);
-        if let Ok((found, old)) = master_in(&oldbin, &path) {
-            let old_verdict = readiness(&old);
-            if found == old_pid && old.upgrade.new_master == Some(pid) {
-                let why = format!(
-                    "old master pid {old_pid}: {}; new master pid {pid}: {}",
-                    old_verdict.why, verdict.why
-                );
-                return match old_verdict.ready {
-                    true => Ok(Outcome::Done(why)),
-                    false => Err(Outcome::Failed(why)),
-                };
-            }
-        }
+    let Some(old_pid) = status.old_master else {
+        return Err(Outcome::Failed(verdict.why));
+    };
+    let oldbin = crate::pidfile::oldbin_path(&path);
+    let old = master_in(&oldbin, &path)
+        .ok()
+        .filter(|(found, old)| *found == old_pid && old.upgrade.new_master == Some(pid))
+        .map(|(_, old)| readiness(&old));
+    if let Some(old) = old.as_ref().filter(|old| old.ready) {
+        return Ok(Outcome::Done(format!(
+            "old master pid {old_pid}: {}; new master pid {pid}: {}",
+            old.why, verdict.why
+        )));
     }
-    Err(Outcome::Failed(verdict.why))
+    // The old master retires once the new one is ready, which may have
+    // happened since the new one answered: ask it again, after the old one.
+    let verdict = match master_in(&path, &path) {
+        Ok((again, status)) if again == pid => readiness(&status),
+        _ => verdict,
+    };
+    match (verdict.ready, old) {
+        (true, _) => Ok(Outcome::Done(verdict.why)),
+        (false, Some(old)) => Err(Outcome::Failed(format!(
+            "old master pid {old_pid}: {}; new master pid {pid}: {}",
+            old.why, verdict.why
+        ))),
+        (false, None) => Err(Outcome::Failed(verdict.why)),
+    }
 }
 
 /// What `/readyz` of the master with `status` says.
