@@ -271,17 +271,52 @@ fn watch(
     }
 }
 
-/// `ready`: the verdict of `/readyz`, from the master's status.
+/// `ready`: the verdict of `/readyz`, from the master's status. During a
+/// fork-mode upgrade the pid file names the new master while its workers
+/// boot and the old one still serves: then the service is ready if either
+/// is, the old master found through the `.oldbin` pid file and verified to
+/// be the one the new master names (and that names it back).
 fn ready(locate: &Locate) -> Step<Outcome> {
     let path = pid_file(locate)?;
-    let (_, status) = find_master(&path)?;
-    let stopping = (status.phase == Phase::Stopping).then_some("stopping");
-    let verdict = Readiness::of(stopping, status.ready, status.target, status.min_ready);
+    let (pid, status) = find_master(&path)?;
+    let verdict = readiness(&status);
     if verdict.ready {
-        Ok(Outcome::Done(verdict.why))
-    } else {
-        Err(Outcome::Failed(verdict.why))
+        return Ok(Outcome::Done(verdict.why));
     }
+    let Some(old_pid) = status.old_master else {
+        return Err(Outcome::Failed(verdict.why));
+    };
+    let oldbin = crate::pidfile::oldbin_path(&path);
+    let old = master_in(&oldbin, &path)
+        .ok()
+        .filter(|(found, old)| *found == old_pid && old.upgrade.new_master == Some(pid))
+        .map(|(_, old)| readiness(&old));
+    if let Some(old) = old.as_ref().filter(|old| old.ready) {
+        return Ok(Outcome::Done(format!(
+            "old master pid {old_pid}: {}; new master pid {pid}: {}",
+            old.why, verdict.why
+        )));
+    }
+    // The old master retires once the new one is ready, which may have
+    // happened since the new one answered: ask it again, after the old one.
+    let verdict = match master_in(&path, &path) {
+        Ok((again, status)) if again == pid => readiness(&status),
+        _ => verdict,
+    };
+    match (verdict.ready, old) {
+        (true, _) => Ok(Outcome::Done(verdict.why)),
+        (false, Some(old)) => Err(Outcome::Failed(format!(
+            "old master pid {old_pid}: {}; new master pid {pid}: {}",
+            old.why, verdict.why
+        ))),
+        (false, None) => Err(Outcome::Failed(verdict.why)),
+    }
+}
+
+/// What `/readyz` of the master with `status` says.
+fn readiness(status: &Status) -> Readiness {
+    let stopping = (status.phase == Phase::Stopping).then_some("stopping");
+    Readiness::of(stopping, status.ready, status.target, status.min_ready)
 }
 
 fn upgrade(args: &WaitArgs) -> Step<Outcome> {

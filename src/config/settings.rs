@@ -136,7 +136,7 @@ settings! {
     listen: Vec<WrittenListen> = Vec::new() => listeners: Vec<ListenSpec> => r::listeners,
         flag Vec<String> = p::listen_flags, yaml Vec<Value> = p::listen_entries, show |v| describe::listeners(v);
     /// Number of workers [default: 1].
-    #[arg(short = 'w', long, value_name = "N")]
+    #[arg(short = 'w', long, value_name = "N", allow_hyphen_values = true)]
     workers: usize = 1 => workers: usize,
         flag Option<String> = p::text(p::workers), yaml Value = p::scalar(p::workers), show |v| Some(v);
     command: Vec<OsString> = Vec::new() => command: Vec<OsString>,
@@ -162,43 +162,43 @@ settings! {
         show |v| v.iter().map(|(key, value)| format!("{key}={value}"));
     /// Readiness: `notify` (worker sends READY=1 to NOTIFY_SOCKET) or `delay:DURATION`
     /// [default: delay:1s].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     ready: ReadyMode = ReadyMode::Delay(Duration::from_secs(1)) => ready: ReadyMode,
         flag Option<String> = p::text(p::ready), yaml String = p::string(p::ready), show |v| Some(v);
     /// A worker not ready within this is killed and counts as a boot failure [default: 60s].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     ready_timeout: Duration = Duration::from_secs(60) => ready_timeout: Duration,
         flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
         show |v| Some(Human(*v));
     /// Watchdog (needs --ready notify): a worker must send WATCHDOG=1 within this or is
     /// killed and replaced [default: off].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     timeout: Option<Duration> = None => timeout: Option<Duration>,
         flag Option<String> = p::text(p::timeout), yaml String = p::string(p::timeout),
         show |v| Some(v.map_or("off".into(), |d| Human(d).to_string()));
     /// Signal a worker gets for a graceful stop [default: TERM].
-    #[arg(long, value_name = "SIG")]
+    #[arg(long, value_name = "SIG", allow_hyphen_values = true)]
     stop_signal: Signal = Signal::SIGTERM => stop_signal: Signal,
         flag Option<String> = p::text(p::signal), yaml Value = p::scalar(p::signal), show |v| Some(v.as_str());
     /// Signal each ready worker gets on reopen-logs (USR1), for apps that write
     /// their own log files (e.g. USR1); off: none [default: off].
-    #[arg(long, value_name = "SIG")]
+    #[arg(long, value_name = "SIG", allow_hyphen_values = true)]
     reopen_signal: Option<Signal> = None => reopen_signal: Option<Signal>,
         flag Option<String> = p::text(reopen_signal), yaml Value = p::scalar(reopen_signal),
         show |v| Some(v.map_or("off", |s| s.as_str()));
     /// How long a graceful stop may take before SIGKILL [default: 30s].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     graceful_timeout: Duration = Duration::from_secs(30) => graceful_timeout: Duration,
         flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
         show |v| Some(Human(*v));
     /// What TERM means: `quick` (as INT) or `graceful` (as QUIT, for orchestrators
     /// that stop with TERM) [default: quick].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     term: Term = Term::Quick => term: Term,
         flag Option<String> = p::text(term), yaml String = p::string(term), show |v| Some(v);
     /// On a graceful stop, workers keep serving this long after /readyz turns 503,
     /// so load balancers stop sending first [default: 0].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     shutdown_delay: Duration = Duration::ZERO => shutdown_delay: Duration,
         flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
         show |v| Some(Human(*v));
@@ -208,18 +208,18 @@ settings! {
         flag Option<String> = p::text(parse_addr), yaml String = p::string(parse_addr),
         show |v| v.as_ref().map(|a| a.to_string());
     /// Ready workers needed for /readyz and `forkmaster ready` [default: all].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     min_ready: usize => min_ready: Option<usize>,
         flag Option<String> = p::text(p::max_surge), yaml Value = p::scalar(p::max_surge),
         show |v| Some(v.map_or("all".into(), |n| n.to_string()));
     /// off, error, warn, info, debug or trace [default: RUST_LOG, else info].
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", allow_hyphen_values = true)]
     log_level: String => log_level: Option<String>,
         // Not shown by --check: the log itself tells its level.
         flag Option<String> = p::text(p::log_level), yaml String = p::string(p::log_level), show |_v| None::<&str>;
     /// How a new master retires the old one after USR2: gradual, all or manual
     /// [default: gradual].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     retire: Retire = Retire::Gradual => retire: Retire,
         flag Option<String> = p::text(p::retire), yaml String = p::string(p::retire), show |v| Some(v);
     /// Load the app once per generation (the preloader) and fork the workers from it;
@@ -230,7 +230,7 @@ settings! {
         flag bool = p::switch, yaml bool = p::ok, show |v| v.then_some("yes");
     /// With --preload: how long the preloader may take to fork a worker before the
     /// spawn counts as failed [default: 10s].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     spawn_timeout: Duration = Duration::from_secs(10) => spawn_timeout: Duration,
         flag Option<String> = p::text(parse_duration), yaml String = p::string(parse_duration),
         show |v| Some(Human(*v));
@@ -238,35 +238,35 @@ settings! {
     /// its pid and workers: PID 1 of a container), `fork` (a new master, a new pid, the
     /// pid file's .oldbin handoff), or `auto`: in-place as PID 1 or under a single-child
     /// init (tini, dumb-init, docker-init, catatonit), fork otherwise [default: auto].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", allow_hyphen_values = true)]
     upgrade_mode: UpgradeMode = UpgradeMode::Auto => upgrade_mode: UpgradeMode,
         flag Option<String> = p::text(upgrade_mode), yaml String = p::string(upgrade_mode), show |v| Some(v);
     /// Replacement workers booting at once during a HUP rolling restart [default: 1].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     max_surge: usize = 1 => max_surge: usize,
         flag Option<String> = p::text(p::max_surge), yaml Value = p::scalar(p::max_surge), show |v| Some(v);
     /// Recycle a worker whose private memory (not shared copy-on-write: smaps_rollup
     /// Private_Clean + Private_Dirty) exceeds this SIZE (e.g. 512M, 1G); its replacement
     /// is ready before it stops [default: off].
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     max_worker_memory: Option<u64> = None => max_worker_memory: Option<u64>,
         flag Option<String> = p::text(size_limit), yaml Value = p::scalar(size_limit),
         show |v| Some(v.map_or("off".into(), human_size));
-    /// Recycle a worker this long after it started; its replacement is ready before
-    /// it stops [default: off].
-    #[arg(long, value_name = "DURATION")]
+    /// Recycle a worker this long after it started (at least 1s; each worker serves
+    /// at least 1s once ready); its replacement is ready before it stops [default: off].
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     max_worker_age: Option<Duration> = None => max_worker_age: Option<Duration>,
-        flag Option<String> = p::text(p::timeout), yaml String = p::string(p::timeout),
+        flag Option<String> = p::text(age_limit), yaml String = p::string(age_limit),
         show |v| Some(v.map_or("off".into(), |d| Human(d).to_string()));
     /// Each worker's age limit is drawn in [age*(1-J), age] so workers do not recycle
     /// together: a percentage J [default: 10%].
-    #[arg(long, value_name = "PERCENT")]
+    #[arg(long, value_name = "PERCENT", allow_hyphen_values = true)]
     max_worker_age_jitter: u32 = 10 => max_worker_age_jitter: u32,
         flag Option<String> = p::text(percent), yaml Value = p::scalar(percent),
         show |v| Some(format!("{v}%"));
     /// How often the private memory of ready workers is read, with max_worker_memory
     /// [default: 10s].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     memory_check_interval: Duration = Duration::from_secs(10) => memory_check_interval: Duration,
         flag Option<String> = p::text(positive_duration), yaml String = p::string(positive_duration),
         show |v| Some(Human(*v));
@@ -296,7 +296,7 @@ settings! {
         flag Option<String> = p::text(p::name), yaml Value = p::scalar(p::name),
         show |v| v.as_ref().map(|g| format!("{} (gid {})", g.name, g.gid));
     /// File mode creation mask for the master and workers, octal (e.g. 0027).
-    #[arg(long, value_name = "MASK")]
+    #[arg(long, value_name = "MASK", allow_hyphen_values = true)]
     umask: u32 => umask: Option<u32>,
         flag Option<String> = p::text(parse_mode), yaml Value = p::umask, show |v| v.map(|m| format!("{m:04o}"));
 }
@@ -385,6 +385,26 @@ fn percent(text: &str) -> Result<u32, String> {
         _ => Err(format!(
             "{text:?}: expected a whole percentage from 0 to 100, e.g. 10%"
         )),
+    }
+}
+
+impl Config {
+    /// A worker serves at least this long once ready before its age
+    /// recycles it, and no `max_worker_age` is shorter: with a slow boot,
+    /// an age near the boot time would replace each worker as soon as it
+    /// is ready, the pool busy booting instead of serving.
+    pub const MIN_SERVE: Duration = Duration::from_secs(1);
+}
+
+/// `max_worker_age`: `off`, `0` or at least `Config::MIN_SERVE`; a shorter age
+/// would keep the pool booting replacements instead of serving.
+fn age_limit(text: &str) -> Result<Option<Duration>, String> {
+    match p::timeout(text)? {
+        Some(d) if d < Config::MIN_SERVE => Err(format!(
+            "{text:?}: at least {} (or off): a worker must boot and serve before it is replaced",
+            Human(Config::MIN_SERVE)
+        )),
+        age => Ok(age),
     }
 }
 

@@ -15,9 +15,13 @@
 //! still never wakes. At most `max_surge` recycles boot at once; none
 //! starts during a HUP rolling restart or a USR2 upgrade (those due wait
 //! for its end), and a HUP cancels those booting (it replaces every worker
-//! anyway, with the new configuration).
+//! anyway, with the new configuration; their old workers stay due). Limits
+//! a fresh worker cannot meet never loop: an age deadline is at least
+//! `Config::MIN_SERVE` after ready, and a memory limit that a worker
+//! exceeds at its first check is logged once and backs memory recycles off.
 
 use super::{Master, Phase};
+use crate::config::Config;
 use crate::duration::Human;
 use crate::procfs;
 use crate::status::{ExitReason, RecycleReason};
@@ -43,7 +47,7 @@ struct Due {
 struct Recycling {
     old: i32,
     slot: usize,
-    reason: RecycleReason,
+    due: Due,
 }
 
 /// What recycling keeps between events; the master's `recycler`.
@@ -65,6 +69,13 @@ pub struct Recycler {
     failures: HashMap<i32, (u32, Instant)>,
     /// The next memory check, while one is armed.
     memory_check: Option<Instant>,
+    /// Ready workers whose memory has not been checked yet: one over the
+    /// limit at its first check shows the limit below what a fresh worker
+    /// needs.
+    unchecked: HashSet<i32>,
+    /// While the memory limit is too low for a fresh worker: how many times
+    /// in a row that was found, and until when memory recycles wait.
+    too_low: Option<(u32, Instant)>,
     jitter: Jitter,
 }
 
@@ -79,6 +90,8 @@ impl Default for Recycler {
             retired: HashSet::new(),
             failures: HashMap::new(),
             memory_check: None,
+            unchecked: HashSet::new(),
+            too_low: None,
             jitter: Jitter::seeded(),
         }
     }
@@ -88,7 +101,7 @@ impl Recycler {
     /// Why `pid` is being recycled, as the old worker or its replacement.
     pub fn reason_of(&self, pid: i32) -> Option<RecycleReason> {
         let replacement = self.replacing.get(&pid).copied().unwrap_or(pid);
-        self.booting.get(&replacement).map(|r| r.reason)
+        self.booting.get(&replacement).map(|r| r.due.reason)
     }
 }
 
@@ -145,21 +158,23 @@ impl Master {
             if replaced == Some(recycle.old) {
                 self.recycler.retired.insert(recycle.old);
                 self.recycler.failures.remove(&recycle.old);
-                self.counters.recycles.count(recycle.reason);
+                self.counters.recycles.count(recycle.due.reason);
                 log::info!(
                     "worker={} pid={} event=recycle-ready replacement={pid} reason={}",
                     recycle.slot,
                     recycle.old,
-                    recycle.reason.name()
+                    recycle.due.reason.name()
                 );
             }
         }
-        self.arm_worker_age(pid);
+        self.arm_worker_age(pid, now);
+        self.recycler.unchecked.insert(pid);
         self.arm_memory_check(now);
     }
 
-    /// With `max_worker_age`: the worker's deadline, drawn now.
-    fn arm_worker_age(&mut self, pid: i32) {
+    /// With `max_worker_age`: the worker's deadline, drawn now, and no
+    /// sooner than `Config::MIN_SERVE` from now.
+    fn arm_worker_age(&mut self, pid: i32, now: Instant) {
         let Some(age) = self.config.max_worker_age else {
             return;
         };
@@ -167,7 +182,8 @@ impl Master {
             return;
         };
         let unit = self.recycler.jitter.unit();
-        let at = started + age_limit(age, self.config.max_worker_age_jitter, unit);
+        let at = (started + age_limit(age, self.config.max_worker_age_jitter, unit))
+            .max(now + Config::MIN_SERVE);
         self.recycler.deadlines.insert(pid, at);
         self.timers.add(at, Timer::WorkerAge(pid));
     }
@@ -224,6 +240,9 @@ impl Master {
             return;
         };
         self.arm_memory_check(now);
+        if self.recycler.too_low.is_some_and(|(_, until)| now < until) {
+            return;
+        }
         let r = &self.recycler;
         let candidates: Vec<i32> = self
             .pool
@@ -233,22 +252,60 @@ impl Master {
             .filter(|pid| !r.replacing.contains_key(pid) && !r.queued.contains(pid))
             .filter(|pid| r.failures.get(pid).is_none_or(|(_, at)| *at <= now))
             .collect();
+        let mut over = Vec::new();
+        let mut fresh_over = None;
+        let mut fresh_under = false;
         for pid in candidates {
             let Some(memory) = procfs::memory(pid) else {
                 continue;
             };
+            let first = self.recycler.unchecked.remove(&pid);
             // Read anyway: the next status shows them, at no cost of its own.
             if let Some(started) = self.pool.get(pid).map(|w| w.started) {
                 self.usage_readings.note_memory(pid, started, memory, now);
             }
             let private = memory.private;
-            if private > limit {
-                let due = Due {
-                    reason: RecycleReason::Memory,
-                    private: Some(private),
-                };
-                self.queue_recycle(pid, due);
+            match (private > limit, first) {
+                (true, true) => fresh_over = Some((pid, private)),
+                (true, false) => over.push((pid, private)),
+                (false, true) => fresh_under = true,
+                (false, false) => {}
             }
+        }
+        if let Some((pid, private)) = fresh_over {
+            self.memory_limit_too_low(pid, private, limit, now);
+            return;
+        }
+        if fresh_under {
+            self.recycler.too_low = None;
+        }
+        for (pid, private) in over {
+            let due = Due {
+                reason: RecycleReason::Memory,
+                private: Some(private),
+            };
+            self.queue_recycle(pid, due);
+        }
+    }
+
+    /// A worker was over the memory limit at its first check: the limit is
+    /// below what a fresh worker needs, and recycling would only replace
+    /// it with another over the limit, at every check. Memory recycles
+    /// wait instead, longer each time in a row; logged once.
+    fn memory_limit_too_low(&mut self, pid: i32, private: u64, limit: u64, now: Instant) {
+        let times = self
+            .recycler
+            .too_low
+            .map_or(0, |(n, _)| n)
+            .saturating_add(1);
+        let delay = retry_delay(times);
+        self.recycler.too_low = Some((times, now + delay));
+        if times == 1 {
+            let slot = self.pool.get(pid).map_or(0, |w| w.slot);
+            log::warn!(
+                "worker={slot} pid={pid} event=recycle-limit-too-low private_bytes={private} limit_bytes={limit} action=\"memory recycles back off, up to {}\"",
+                Human(RETRY_CAP)
+            );
         }
     }
 
@@ -276,6 +333,14 @@ impl Master {
                 break;
             };
             self.recycler.queued.remove(&pid);
+            // A reload may have lifted the limit since it was found due.
+            let limited = match due.reason {
+                RecycleReason::Age => self.config.max_worker_age.is_some(),
+                RecycleReason::Memory => self.config.max_worker_memory.is_some(),
+            };
+            if !limited {
+                continue;
+            }
             let Some(slot) = self.recyclable_slot(pid) else {
                 continue;
             };
@@ -289,7 +354,7 @@ impl Master {
                 Recycling {
                     old: pid,
                     slot,
-                    reason: due.reason,
+                    due,
                 },
             );
             self.recycler.replacing.insert(pid, replacement);
@@ -359,6 +424,7 @@ impl Master {
         let r = &mut self.recycler;
         r.deadlines.remove(&pid);
         r.failures.remove(&pid);
+        r.unchecked.remove(&pid);
         if r.queued.remove(&pid) {
             r.due.retain(|(p, _)| *p != pid);
         }
@@ -371,20 +437,28 @@ impl Master {
             return reason;
         };
         r.replacing.remove(&recycle.old);
+        let serving = self.phase == Phase::Running && self.pool.get(recycle.old).is_some();
         if reason == ExitReason::Stopped {
             log::info!(
                 "worker={} pid={} event=recycle-cancelled replacement={pid}",
                 recycle.slot,
                 recycle.old
             );
-        } else if self.phase == Phase::Running && self.pool.get(recycle.old).is_some() {
-            self.recycle_failed(recycle.old, recycle.slot, recycle.reason, now);
+            // Still due: recycled after the rollout that cancelled it, unless
+            // that rollout replaces it first (its exit drops it from the queue).
+            if serving {
+                self.queue_recycle(recycle.old, recycle.due);
+            }
+        } else if serving {
+            self.recycle_failed(recycle.old, recycle.slot, recycle.due.reason, now);
         }
         reason
     }
 
     /// A HUP: the replacements booting are stopped (the rollout replaces
-    /// every worker, with the new configuration); the old workers serve on.
+    /// every worker, with the new configuration); the old workers serve on,
+    /// still due, and are recycled once the rollout ends if it failed and
+    /// left them serving.
     pub(super) fn cancel_recycles(&mut self, now: Instant) {
         let booting: Vec<i32> = self.recycler.booting.keys().copied().collect();
         for pid in booting {
