@@ -68,6 +68,12 @@ impl UpgradeRole {
         }
     }
 
+    /// A child this role started itself (the new master of a fork upgrade,
+    /// an in-place upgrade's `-t` check): never a stray.
+    pub fn own_child(&self) -> Option<i32> {
+        self.new_master().or_else(|| self.preflight())
+    }
+
     /// The pid of the in-place upgrade's `-t` check, while it runs.
     pub fn preflight(&self) -> Option<i32> {
         match self {

@@ -690,3 +690,32 @@ fn an_upgrade_in_place_keeps_the_runtime_dir() {
     assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
     assert_master_running(&mut master);
 }
+
+/// A look for strays while the new binary's `-t` runs (a worker died: its
+/// exit hands its children to us) does not take the check for a stray, and
+/// nothing the master reaped is listed or signalled as one.
+#[test]
+fn a_stray_scan_during_the_check_leaves_the_check_alone() {
+    let app = App::new(2, IN_PLACE);
+    let (mut master, link) = start_from_link(&app);
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let victim = pids(&before)[0];
+    // The check kills a worker, then waits until the master has reaped it
+    // (and so looked for strays in that pass) before it checks.
+    write_script(
+        &link,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = -t ]; then\n kill -KILL {victim}\n while '{fm}' status -p '{pf}' --json | grep -q '\"pid\":{victim}[,}}]'; do :; done\nfi\nexec '{fm}' \"$@\"\n",
+            fm = forkmaster(),
+            pf = app.pid_file.display(),
+        ),
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    let after = wait_serving_generation(&app, 2, 2);
+    assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+    assert_eq!(after["strays"].as_array().map(Vec::len), Some(0), "{after}");
+    assert_no_event(&master.log(), "stray-stop");
+    assert_master_running(&mut master);
+}
