@@ -251,7 +251,13 @@ fn serve(
     let old_config = resume.old_config.clone();
     let mut resume = Some(resume);
     let failure = match start(launch, config, report, inherited, &mut resume) {
-        Ok(master) => return master.run(),
+        Ok(master) => {
+            // Not needed: held on, the duplicates would keep a listener the
+            // new configuration dropped listening (a port nobody accepts
+            // on) and hold the others twice.
+            drop(spare);
+            return master.run();
+        }
         Err(e) => e,
     };
     let (Some(mut resume), Some(old_config), Ok(spare)) = (resume, old_config, spare) else {

@@ -719,3 +719,67 @@ fn a_stray_scan_during_the_check_leaves_the_check_alone() {
     assert_no_event(&master.log(), "stray-stop");
     assert_master_running(&mut master);
 }
+
+/// The inodes of the TCP sockets listening on `port` (from `/proc/net/tcp`).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = cols.get(1)?.rsplit(':').next()?;
+            (u16::from_str_radix(local_port, 16).ok()? == port && cols.get(3)? == &"0A")
+                .then(|| cols.get(9).map(|s| s.to_string()))?
+        })
+        .collect()
+}
+
+/// How many fds of `pid` are a TCP socket listening on `port`.
+fn fds_listening_on(pid: i32, port: u16) -> usize {
+    let inodes = listening_inodes(port);
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            inodes.iter().any(|i| target == format!("socket:[{i}]"))
+        })
+        .count()
+}
+
+/// A listener an in-place upgrade removes is closed (connections to it are
+/// refused), and one it keeps is held once, whatever the order.
+#[test]
+fn an_in_place_upgrade_closes_a_removed_listener_and_holds_no_duplicate() {
+    let app = App::new(2, IN_PLACE);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unix = format!("unix:{}", app.socket().display());
+    let tcp = format!("127.0.0.1:{port}");
+    app.write_config(2, &format!("{IN_PLACE}listen: ['{unix}', '{tcp}']\n"));
+    let mut master = app.start();
+    let pid = master.pid();
+    wait_serving_generation(&app, 2, 1);
+    assert_eq!(fds_listening_on(pid, port), 1);
+
+    // Reordered: the same socket, held once.
+    app.write_config(2, &format!("{IN_PLACE}listen: ['{tcp}', '{unix}']\n"));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_eq!(fds_listening_on(pid, port), 1, "{}", master.log());
+
+    // Removed: closed, connections refused.
+    app.write_config(2, &format!("{IN_PLACE}listen: ['{unix}']\n"));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 3);
+    assert_eq!(fds_listening_on(pid, port), 0, "{}", master.log());
+    let err = std::net::TcpStream::connect(("127.0.0.1", port)).expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_master_running(&mut master);
+}
