@@ -293,9 +293,12 @@ impl Master {
             None => None,
             Some(addr) => match HealthServer::bind(addr) {
                 Ok(server) => Some(server),
-                // The old master still holds it during an upgrade: serve
-                // without (retrying) rather than fail the upgrade.
-                Err(why) if launch.predecessor.is_some() || in_place => {
+                // The old master still holds it during a fork upgrade:
+                // serve without (retrying) rather than fail the upgrade. In
+                // place nobody of ours holds it (the exec closed it): it is
+                // the new configuration that cannot start, and the old one
+                // starts instead.
+                Err(why) if launch.predecessor.is_some() && !in_place => {
                     log::warn!("event=health-unavailable error=\"{why}\" action=retry");
                     health_retry = Some(Instant::now() + HEALTH_RETRY);
                     None

@@ -783,3 +783,40 @@ fn an_in_place_upgrade_closes_a_removed_listener_and_holds_no_duplicate() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     assert_master_running(&mut master);
 }
+
+/// `health_listen` through an in-place upgrade: the same address is served
+/// on; a new one that cannot be bound fails the upgrade, and the old
+/// endpoint answers on.
+#[test]
+fn an_in_place_upgrade_to_a_busy_health_port_fails_and_keeps_the_old_endpoint() {
+    let app = App::new(2, IN_PLACE);
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let health = free.local_addr().unwrap();
+    drop(free);
+    let with_health = |addr: std::net::SocketAddr| format!("{IN_PLACE}health_listen: '{addr}'\n");
+    app.write_config(2, &with_health(health));
+    let mut master = app.start();
+    let pid = master.pid();
+    wait_serving_generation(&app, 2, 1);
+    let target = Target::Tcp(health);
+    let livez = |target: &Target| get(target, "/livez").map(|r| r.status);
+    assert_eq!(livez(&target).unwrap(), 200);
+
+    // The same address: served on.
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_eq!(livez(&target).unwrap(), 200, "{}", master.log());
+
+    // A busy one: the upgrade fails, the old endpoint answers.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    app.write_config(2, &with_health(busy.local_addr().unwrap()));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains("health"), "{out}");
+    let after = wait_serving_generation(&app, 2, 2);
+    assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+    assert_eq!(after["upgrade"]["state"], "failed");
+    assert_eq!(livez(&target).unwrap(), 200, "{}", master.log());
+    assert_master_running(&mut master);
+}
