@@ -336,6 +336,10 @@ fn start(
             }
         }
     };
+    // A fork upgrade's old master hands its health listener over too.
+    let handed_health = (launch.predecessor.is_some() && !in_place)
+        .then(crate::ipc::health::HealthServer::take_handed)
+        .flatten();
     // Nothing the master inherited may leak into workers.
     sys::set_cloexec_from_3(&[]);
     let pid_file = config.pid_file.clone();
@@ -350,7 +354,18 @@ fn start(
         _ => Error::Config(ConfigError::Invalid(why)),
     });
     let master = rundir
-        .and_then(|rundir| Master::new(launch, config, listeners, logs, report, rundir, resume))
+        .and_then(|rundir| {
+            Master::new(
+                launch,
+                config,
+                listeners,
+                logs,
+                report,
+                rundir,
+                resume,
+                handed_health,
+            )
+        })
         .inspect_err(|_| unlink_bound_here())?;
     for addr in inherited.leftovers() {
         log::info!(
