@@ -346,6 +346,14 @@ impl HealthServer {
         }
     }
 
+    /// The listening socket, kept open across an in-place exec.
+    pub fn listener(&self) -> BorrowedFd<'_> {
+        match &self.listener {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix { listener, .. } => listener.as_fd(),
+        }
+    }
+
     /// The listening socket, to hand to a new master.
     pub fn listener_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;

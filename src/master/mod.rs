@@ -300,9 +300,17 @@ impl Master {
         let control = ControlSocket::bind(&rundir.control_path(pid)).map_err(invalid)?;
         let mut health_retry = None;
         let mut health_held = None;
-        let health = match &config.health_listen {
-            None => None,
-            Some(addr) if handed_health.is_some() => {
+        let health = match (&config.health_listen, handed_health) {
+            (None, _) => None,
+            // In place, our own socket from before the exec: served on at
+            // once when the address is the same (never closed, so no probe
+            // is refused); another address is bound anew, and one that
+            // cannot be is a failure of the new configuration.
+            (Some(addr), Some(fd)) if in_place => match HealthServer::adopt(fd, addr) {
+                Ok(server) => Some(server),
+                Err(_) => Some(HealthServer::bind(addr).map_err(invalid)?),
+            },
+            (Some(addr), handed_health @ Some(_)) => {
                 // The old master's socket: never closed, so no probe is
                 // refused across the upgrade.
                 let adopted = handed_health
@@ -320,7 +328,7 @@ impl Master {
                 }
                 None
             }
-            Some(addr) => match HealthServer::bind(addr) {
+            (Some(addr), None) => match HealthServer::bind(addr) {
                 Ok(server) => Some(server),
                 // The old master still holds it during a fork upgrade:
                 // serve without (retrying) rather than fail the upgrade. In

@@ -802,11 +802,18 @@ fn an_in_place_upgrade_to_a_busy_health_port_fails_and_keeps_the_old_endpoint() 
     let livez = |target: &Target| get(target, "/livez").map(|r| r.status);
     assert_eq!(livez(&target).unwrap(), 200);
 
-    // The same address: served on.
+    // The same address: the same socket, kept open across the exec.
     let (code, out) = upgrade_wait(&app);
     assert_eq!(code, 0, "{out}\n{}", master.log());
     wait_serving_generation(&app, 2, 2);
     assert_eq!(livez(&target).unwrap(), 200, "{}", master.log());
+    assert!(
+        master
+            .log()
+            .contains(&format!("event=health-listen addr={health} how=inherited")),
+        "{}",
+        master.log()
+    );
 
     // A busy one: the upgrade fails, the old endpoint answers.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
