@@ -295,6 +295,7 @@ pub fn upgrade_env(
                 && k != UPGRADE_VAR
                 && k != NOTIFY_VAR
                 && k != crate::protocol::UPGRADE_PID_FILE
+                && k != crate::protocol::UPGRADE_HEALTH_FD
                 && k != crate::protocol::WATCHDOG_PID
         })
         .cloned()

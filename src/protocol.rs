@@ -4,7 +4,7 @@
 //! |--------------------------|---------------------------------------------------|
 //! | master -> worker (env)   | `LISTEN_*` (systemd's sd_listen_fds), `SERVER_STARTER_PORT` (Server::Starter), `EINHORN_*` (Einhorn), `FORKMASTER_*`, `NOTIFY_SOCKET`, `WATCHDOG_USEC` (systemd's sd_notify) |
 //! | worker -> master         | sd_notify datagrams: `READY=1`, `WATCHDOG=1`, `STOPPING=1`, `STATUS=` |
-//! | old master -> new master | `FORKMASTER_INHERIT_FDS`, `FORKMASTER_UPGRADE_FROM`, `FORKMASTER_UPGRADE_NOTIFY`, `FORKMASTER_UPGRADE_PID_FILE`, `FORKMASTER_UPGRADE_COUNTERS` (env) |
+//! | old master -> new master | `FORKMASTER_INHERIT_FDS`, `FORKMASTER_UPGRADE_HEALTH_FD`, `FORKMASTER_UPGRADE_FROM`, `FORKMASTER_UPGRADE_NOTIFY`, `FORKMASTER_UPGRADE_PID_FILE`, `FORKMASTER_UPGRADE_COUNTERS` (env) |
 //! | old image -> new image (in-place upgrade, same pid) | `FORKMASTER_INPLACE_STATE` (env: the fd of a memfd of versioned JSON), `FORKMASTER_INHERIT_FDS` |
 //! | old image <-> new binary's check (in-place upgrade) | `FORKMASTER_INPLACE_PREFLIGHT=1` (env), answered on stdout by `FORKMASTER_INPLACE_STATE_VERSION=N` |
 //! | new master -> old master | `FORKMASTER_RETIRE=N`, `FORKMASTER_UPGRADE_FAILED=why` (datagrams) |
@@ -45,6 +45,9 @@ pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
 /// Upgrade handoff: the listeners an old master passes on (see `handoff`).
 pub const INHERIT_FDS: &str = "FORKMASTER_INHERIT_FDS";
+/// Upgrade handoff: the fd number of the old master's `health_listen`
+/// socket, which the new master serves once it takes over.
+pub const UPGRADE_HEALTH_FD: &str = "FORKMASTER_UPGRADE_HEALTH_FD";
 /// Upgrade handoff: `<old master pid>:<highest generation>`.
 pub const UPGRADE_FROM: &str = "FORKMASTER_UPGRADE_FROM";
 /// Upgrade handoff: the path of the old master's notify socket, where the

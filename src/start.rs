@@ -240,18 +240,44 @@ fn serve(
         &launch.env,
         std::process::id() as i32,
     ));
+    // An upgrade's previous master (or image, in place) hands its health
+    // listener over too.
+    let handed_health = (launch.predecessor.is_some() || resume.is_some())
+        .then(crate::ipc::health::HealthServer::take_handed)
+        .flatten();
     let Some(resume) = resume else {
-        return start(launch, config, report, inherited, &mut None)?.run();
+        return start(
+            launch,
+            config,
+            report,
+            (inherited, handed_health),
+            &mut None,
+        )?
+        .run();
     };
     // In place the old workers are ours: the new configuration may not
     // start (a busy port, a missing directory), and then the old one, which
     // ran a moment ago with these same listeners, log files and runtime
     // directory, starts instead. The listeners are kept aside for it.
     let spare = inherited.try_clone();
+    let spare_health = handed_health.as_ref().and_then(|fd| fd.try_clone().ok());
     let old_config = resume.old_config.clone();
     let mut resume = Some(resume);
-    let failure = match start(launch, config, report, inherited, &mut resume) {
-        Ok(master) => return master.run(),
+    let failure = match start(
+        launch,
+        config,
+        report,
+        (inherited, handed_health),
+        &mut resume,
+    ) {
+        Ok(master) => {
+            drop(spare_health);
+            // Not needed: held on, the duplicates would keep a listener the
+            // new configuration dropped listening (a port nobody accepts
+            // on) and hold the others twice.
+            drop(spare);
+            return master.run();
+        }
         Err(e) => e,
     };
     let (Some(mut resume), Some(old_config), Ok(spare)) = (resume, old_config, spare) else {
@@ -267,7 +293,14 @@ fn serve(
     );
     resume.config_failure = Some(failure.to_string());
     let launch = Launch::capture(flags, command);
-    start(launch, old_config, None, spare, &mut Some(resume))?.run()
+    start(
+        launch,
+        old_config,
+        None,
+        (spare, spare_health),
+        &mut Some(resume),
+    )?
+    .run()
 }
 
 /// Everything a master needs before its loop, from `config`: log files,
@@ -278,7 +311,7 @@ fn start(
     launch: Launch,
     mut config: Config,
     report: Option<OwnedFd>,
-    mut inherited: Inherited,
+    (mut inherited, handed_health): (Inherited, Option<OwnedFd>),
     resume: &mut Option<Resume>,
 ) -> Result<Master> {
     let in_place = resume.is_some();
@@ -344,7 +377,18 @@ fn start(
         _ => Error::Config(ConfigError::Invalid(why)),
     });
     let master = rundir
-        .and_then(|rundir| Master::new(launch, config, listeners, logs, report, rundir, resume))
+        .and_then(|rundir| {
+            Master::new(
+                launch,
+                config,
+                listeners,
+                logs,
+                report,
+                rundir,
+                resume,
+                handed_health,
+            )
+        })
         .inspect_err(|_| unlink_bound_here())?;
     for addr in inherited.leftovers() {
         log::info!(

@@ -23,7 +23,7 @@
 use crate::ipc::rundir;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -234,6 +234,9 @@ pub struct HealthServer {
     /// Given up when out of descriptors, as the control socket does.
     spare: Option<std::fs::File>,
     last_emfile_log: Option<Instant>,
+    /// Handed to a new master that serves it on: its socket file is not
+    /// ours to remove.
+    handed: bool,
 }
 
 impl HealthServer {
@@ -269,13 +272,100 @@ impl HealthServer {
                 }
             }
         };
-        Ok(HealthServer {
+        Ok(HealthServer::serving(listener))
+    }
+
+    fn serving(listener: Listener) -> HealthServer {
+        HealthServer {
             listener,
             connections: Vec::new(),
             readable: Vec::new(),
             spare: open_spare(),
             last_emfile_log: None,
-        })
+            handed: false,
+        }
+    }
+
+    /// Takes the listener an old master handed over (an upgrade), verified
+    /// by the caller as an inherited listening socket; it must be bound
+    /// where `addr` says.
+    pub fn adopt(fd: OwnedFd, addr: &HealthAddr) -> Result<HealthServer, String> {
+        let fail = |e: std::io::Error| {
+            format!(
+                "adopt health listener {addr}: {}",
+                crate::error::io_reason(&e)
+            )
+        };
+        let listener = match addr {
+            HealthAddr::Tcp(want) => {
+                let l = TcpListener::from(fd);
+                let bound = l.local_addr().map_err(fail)?;
+                if bound != *want && !(want.port() == 0 && bound.ip() == want.ip()) {
+                    return Err(format!("adopt health listener {addr}: bound to {bound}"));
+                }
+                l.set_nonblocking(true).map_err(fail)?;
+                log::info!("event=health-listen addr={bound} how=inherited");
+                Listener::Tcp(l)
+            }
+            HealthAddr::Unix(path) => {
+                let l = UnixListener::from(fd);
+                let bound = l.local_addr().map_err(fail)?;
+                if bound.as_pathname() != Some(path.as_path()) {
+                    return Err(format!("adopt health listener {addr}: bound elsewhere"));
+                }
+                l.set_nonblocking(true).map_err(fail)?;
+                log::info!("event=health-listen addr={addr} how=inherited");
+                Listener::Unix {
+                    listener: l,
+                    path: path.clone(),
+                    inode: rundir::socket_inode(path),
+                }
+            }
+        };
+        Ok(HealthServer::serving(listener))
+    }
+
+    /// A new master of a fork upgrade: the old master's health listener
+    /// (`UPGRADE_HEALTH_FD`), verified an inherited listening socket. Taken
+    /// before anything sets close-on-exec on what we inherited.
+    pub fn take_handed() -> Option<OwnedFd> {
+        let fd = std::env::var(crate::protocol::UPGRADE_HEALTH_FD).ok()?;
+        let adopted = fd
+            .parse::<i32>()
+            .map_err(|_| format!("{fd:?} is no fd number"))
+            .and_then(|n| crate::sys::fd::adopt_inherited(n).map_err(|e| e.to_string()));
+        match adopted {
+            Ok(fd) => Some(fd),
+            Err(why) => {
+                log::warn!(
+                    "event=inherit-ignored what=health reason=\"{}\"",
+                    crate::logging::esc(&why)
+                );
+                None
+            }
+        }
+    }
+
+    /// The listening socket, kept open across an in-place exec.
+    pub fn listener(&self) -> BorrowedFd<'_> {
+        match &self.listener {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix { listener, .. } => listener.as_fd(),
+        }
+    }
+
+    /// The listening socket, to hand to a new master.
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match &self.listener {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix { listener, .. } => listener.as_raw_fd(),
+        }
+    }
+
+    /// A new master serves this socket on: closing ours leaves its file.
+    pub fn hand_over(&mut self) {
+        self.handed = true;
     }
 
     /// The listener, then every open connection, for poll(2).
@@ -473,6 +563,9 @@ impl Drop for HealthServer {
     /// The master leaves: its socket file goes with it.
     fn drop(&mut self) {
         if let Listener::Unix { path, inode, .. } = &self.listener {
+            if self.handed {
+                return;
+            }
             rundir::remove_socket(path, *inode);
         }
     }

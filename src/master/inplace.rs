@@ -343,7 +343,20 @@ impl Master {
                 name: l.systemd_name.clone(),
             })
             .collect();
-        let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = self.launch.env.clone();
+        let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = self
+            .launch
+            .env
+            .iter()
+            .filter(|(k, _)| k != crate::protocol::UPGRADE_HEALTH_FD)
+            .cloned()
+            .collect();
+        // The health listener stays open across the exec: no probe refused.
+        if let Some(health) = &self.health {
+            env.push((
+                crate::protocol::UPGRADE_HEALTH_FD.into(),
+                health.listener_fd().to_string().into(),
+            ));
+        }
         env.push((
             crate::protocol::INHERIT_FDS.into(),
             crate::handoff::encode_listeners(&listeners).into(),
@@ -369,6 +382,7 @@ impl Master {
         handed.push(memfd.as_fd());
         handed.extend(self.logs.read_fds());
         handed.extend(self.preload.handed_fds());
+        handed.extend(self.health.as_ref().map(|h| h.listener()));
         let cwd = std::env::current_dir().ok();
         let cleared = handed.iter().all(|fd| set_inherited(*fd, true).is_ok());
         let signals = handled_signals();

@@ -199,6 +199,13 @@ pub struct Master {
     /// When to try binding `health_listen` again: a new master of an
     /// upgrade finds it held by the old master until that one exits.
     health_retry: Option<Instant>,
+    /// A new master of a fork upgrade: the health listener the old master
+    /// handed over, served once we take over (until then the old master
+    /// answers on it, from its own state).
+    health_held: Option<HealthServer>,
+    /// An old master: the health listener went to the new master we
+    /// started, which serves it once we stop.
+    health_handed: bool,
     /// Where `notify` and `control` are bound.
     rundir: RunDir,
     /// Children write a record here when their setup or exec fails.
@@ -262,6 +269,8 @@ impl Master {
     /// user when they run as another one). `resume`: what the old image of
     /// an in-place upgrade handed over (the notify socket, the exec-error
     /// pipe, the workers).
+    // Each argument is one thing `start` opened for this master.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         launch: Launch,
         config: Config,
@@ -270,6 +279,7 @@ impl Master {
         ready_report: Option<OwnedFd>,
         rundir: RunDir,
         resume: &mut Option<Resume>,
+        handed_health: Option<OwnedFd>,
     ) -> Result<Master> {
         let io_err = |call| {
             move |e: std::io::Error| Error::Sys {
@@ -289,13 +299,43 @@ impl Master {
         // configuration with (and the signals blocked, still pending).
         let control = ControlSocket::bind(&rundir.control_path(pid)).map_err(invalid)?;
         let mut health_retry = None;
-        let health = match &config.health_listen {
-            None => None,
-            Some(addr) => match HealthServer::bind(addr) {
+        let mut health_held = None;
+        let health = match (&config.health_listen, handed_health) {
+            (None, _) => None,
+            // In place, our own socket from before the exec: served on at
+            // once when the address is the same (never closed, so no probe
+            // is refused); another address is bound anew, and one that
+            // cannot be is a failure of the new configuration.
+            (Some(addr), Some(fd)) if in_place => match HealthServer::adopt(fd, addr) {
                 Ok(server) => Some(server),
-                // The old master still holds it during an upgrade: serve
-                // without (retrying) rather than fail the upgrade.
-                Err(why) if launch.predecessor.is_some() || in_place => {
+                Err(_) => Some(HealthServer::bind(addr).map_err(invalid)?),
+            },
+            (Some(addr), handed_health @ Some(_)) => {
+                // The old master's socket: never closed, so no probe is
+                // refused across the upgrade.
+                let adopted = handed_health
+                    .ok_or_else(|| "no fd".to_string())
+                    .and_then(|fd| HealthServer::adopt(fd, addr));
+                match adopted {
+                    Ok(server) => health_held = Some(server),
+                    Err(why) => {
+                        log::warn!(
+                            "event=health-unavailable error=\"{}\" action=retry",
+                            crate::logging::esc(&why)
+                        );
+                        health_retry = Some(Instant::now() + HEALTH_RETRY);
+                    }
+                }
+                None
+            }
+            (Some(addr), None) => match HealthServer::bind(addr) {
+                Ok(server) => Some(server),
+                // The old master still holds it during a fork upgrade:
+                // serve without (retrying) rather than fail the upgrade. In
+                // place nobody of ours holds it (the exec closed it): it is
+                // the new configuration that cannot start, and the old one
+                // starts instead.
+                Err(why) if launch.predecessor.is_some() && !in_place => {
                     log::warn!("event=health-unavailable error=\"{why}\" action=retry");
                     health_retry = Some(Instant::now() + HEALTH_RETRY);
                     None
@@ -380,6 +420,8 @@ impl Master {
             control,
             health,
             health_retry,
+            health_held,
+            health_handed: false,
             rundir,
             exec_errors,
             exec_errors_write,
@@ -787,6 +829,16 @@ impl Master {
         let Some(mut health) = self.health.take() else {
             return;
         };
+        // Stopping after a new master took the socket: it answers from now
+        // on (a probe waits in the backlog, never refused).
+        if self.health_handed
+            && self.role.new_master().is_some()
+            && matches!(self.phase, Phase::Stopping { .. })
+        {
+            health.hand_over();
+            log::info!("event=health-handed-over");
+            return;
+        }
         // Rendered only when `/metrics` is asked for: it reads /proc.
         let metrics = || crate::metrics::render(&self.status());
         health.serve(now, || Answers {

@@ -1,7 +1,9 @@
 //! Strays: processes a worker started that outlived it. The master is a
 //! child subreaper, so a process whose parent dies is re-parented to it, not
-//! to init; a child of the master that is not a worker, not the new master
-//! of an upgrade and not in a live worker's process group is a stray. A
+//! to init; a child of the master that is not a worker, not a child the
+//! master started itself (the new master of an upgrade, an in-place
+//! upgrade's `-t` check, a preloader) and not in a live worker's process
+//! group is a stray. A
 //! stray is stopped as a worker is (the stop signal, SIGKILL at the graceful
 //! timeout), and a stopping master exits only once its strays are gone.
 //!
@@ -11,7 +13,9 @@
 //! no scan of `/proc` and no per-worker work.
 //!
 //! Only verified targets are signalled: a stray is our child not yet reaped
-//! (its pid cannot be reused before we reap it), and its process group only
+//! (its pid cannot be reused before we reap it; every reaped pid leaves the
+//! strays in the pass that reaps it, and each signal checks first that the
+//! pid is still an unreaped child of ours), and its process group only
 //! while it is a member and the group is its own or one a worker of ours
 //! created (then that member keeps the group's number from being reused).
 
@@ -21,7 +25,9 @@ use crate::duration::Human;
 use crate::status::StrayStatus;
 use crate::sys;
 use crate::timers::Timer;
+use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal as NixSignal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{getpgid, Pid};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -142,7 +148,7 @@ impl Master {
         let quick = self.phase == (Phase::Stopping { quick: true });
         for pid in children {
             if self.pool.get(pid).is_some()
-                || self.role.new_master() == Some(pid)
+                || self.role.own_child() == Some(pid)
                 || self.preload.owns(pid)
                 || self.strays.strays.contains_key(&pid)
                 || self.strays.abandoned.contains(&pid)
@@ -254,10 +260,12 @@ impl Master {
     }
 
     /// A child that was not a worker exited.
-    pub(super) fn on_stray_exit(&mut self, pid: i32, fields: String) {
+    /// `stray`: what it was being stopped as, taken out of the strays when
+    /// it was reaped.
+    pub(super) fn on_stray_exit(&mut self, pid: i32, stray: Option<Stray>, fields: String) {
         // Its children, if any, are ours now.
         self.strays.look_again();
-        match self.strays.remove(pid) {
+        match stray {
             Some(stray) => log::info!("event=stray-exit pid={pid} of=\"{}\" {fields}", stray.of),
             None => log::debug!("event=stray-exit pid={pid} of=unknown {fields}"),
         }
@@ -270,10 +278,27 @@ impl Master {
             return;
         };
         let target = Pid::from_raw(pid);
+        // Only a child of ours not yet reaped: a reaped pid may be another
+        // process's by now.
+        if !unreaped_child(target) {
+            return;
+        }
         let still_in = getpgid(Some(target)).is_ok_and(|g| g.as_raw() == stray.pgid);
         let ours = stray.pgid == pid || self.strays.groups.contains_key(&stray.pgid);
         if !(still_in && ours && killpg(Pid::from_raw(stray.pgid), signal).is_ok()) {
             let _ = kill(target, signal);
+        }
+    }
+}
+
+/// Whether `pid` is a child of ours not yet reaped (running or a zombie).
+fn unreaped_child(pid: Pid) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        match waitid(Id::Pid(pid), flags) {
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+            Ok(_) => return true,
         }
     }
 }
@@ -307,6 +332,16 @@ mod tests {
         assert!(strays.remove(20).is_some());
         strays.forget_empty_groups();
         assert!(strays.groups.is_empty() && strays.is_empty());
+    }
+
+    #[test]
+    fn only_unreaped_children_are_signalled() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        assert!(unreaped_child(pid), "running or a zombie: still ours");
+        child.wait().unwrap();
+        assert!(!unreaped_child(pid), "reaped: no longer ours");
+        assert!(!unreaped_child(Pid::from_raw(1)), "not our child");
     }
 
     #[test]

@@ -68,6 +68,12 @@ impl UpgradeRole {
         }
     }
 
+    /// A child this role started itself (the new master of a fork upgrade,
+    /// an in-place upgrade's `-t` check): never a stray.
+    pub fn own_child(&self) -> Option<i32> {
+        self.new_master().or_else(|| self.preflight())
+    }
+
     /// The pid of the in-place upgrade's `-t` check, while it runs.
     pub fn preflight(&self) -> Option<i32> {
         match self {
@@ -139,6 +145,7 @@ impl Master {
                     "event=upgrade-start role=old new_master={pid} program={}",
                     crate::logging::esc(self.launch.program().display())
                 );
+                self.health_handed = self.health.is_some();
                 self.role = UpgradeRole::Old(NewMaster {
                     pid,
                     workers_before: self.pool.target(),
@@ -263,7 +270,8 @@ impl Master {
                 name: l.systemd_name.clone(),
             })
             .collect();
-        let env = handoff::upgrade_env(
+        let health_fd = self.health.as_ref().map(|h| h.listener_fd());
+        let mut env = handoff::upgrade_env(
             &self.launch.env,
             &fds,
             self.pid,
@@ -274,15 +282,22 @@ impl Master {
                 .as_deref()
                 .and_then(pidfile::canonical)
                 .as_deref(),
-        )
-        .into_iter()
-        .map(|(k, v)| {
-            let mut entry = k.into_vec();
-            entry.push(b'=');
-            entry.extend(v.into_vec());
-            cstring(entry, "the environment")
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        );
+        if let Some(fd) = health_fd {
+            env.push((
+                crate::protocol::UPGRADE_HEALTH_FD.into(),
+                fd.to_string().into(),
+            ));
+        }
+        let env = env
+            .into_iter()
+            .map(|(k, v)| {
+                let mut entry = k.into_vec();
+                entry.push(b'=');
+                entry.extend(v.into_vec());
+                cstring(entry, "the environment")
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let chdir = cstring(
             self.launch.start_dir.as_os_str().as_bytes().to_vec(),
             "the start directory",
@@ -292,7 +307,7 @@ impl Master {
             argv,
             env,
             Some(chdir),
-            fds.iter().map(|h| h.fd).collect(),
+            fds.iter().map(|h| h.fd).chain(health_fd).collect(),
             self.exec_errors_write.as_raw_fd(),
         );
         sys::spawn(&mut plan).map_err(|e| format!("fork: {}", errno_reason(e)))
@@ -403,6 +418,10 @@ impl Master {
     /// All our workers are ready. A new master takes over: tells systemd it
     /// is the main process now, then retires the old master.
     pub(super) fn on_all_ready(&mut self) {
+        // Ours to answer from now on: the old master stops answering.
+        if let Some(health) = self.health_held.take() {
+            self.health = Some(health);
+        }
         let UpgradeRole::New {
             old,
             quit_sent: quit_sent @ false,

@@ -384,6 +384,9 @@ impl Master {
             // in case it exited after this pass's earlier read.
             self.read_exec_errors();
             let exec_failure = self.exec_failures.remove(&pid);
+            // Reaped, its pid may be reused: out of the strays at once,
+            // whatever else it was taken for.
+            let stray = self.strays.remove(pid);
             if self.role.new_master() == Some(pid) {
                 self.on_new_master_exit(status, exec_failure, now);
             } else if self.role.preflight() == Some(pid) {
@@ -394,7 +397,7 @@ impl Master {
                 self.on_preloader_exit(pid, status, exec_failure, now);
             } else {
                 // Never a worker: an orphan handed to us (we are a subreaper).
-                self.on_stray_exit(pid, status.fields());
+                self.on_stray_exit(pid, stray, status.fields());
             }
         }
     }

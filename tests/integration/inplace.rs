@@ -690,3 +690,140 @@ fn an_upgrade_in_place_keeps_the_runtime_dir() {
     assert_eq!(pids(&wait_serving_generation(&app, 2, 1)), pids(&before));
     assert_master_running(&mut master);
 }
+
+/// A look for strays while the new binary's `-t` runs (a worker died: its
+/// exit hands its children to us) does not take the check for a stray, and
+/// nothing the master reaped is listed or signalled as one.
+#[test]
+fn a_stray_scan_during_the_check_leaves_the_check_alone() {
+    let app = App::new(2, IN_PLACE);
+    let (mut master, link) = start_from_link(&app);
+    let pid = master.pid();
+    let before = wait_serving_generation(&app, 2, 1);
+    let victim = pids(&before)[0];
+    // The check kills a worker, then waits until the master has reaped it
+    // (and so looked for strays in that pass) before it checks.
+    write_script(
+        &link,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = -t ]; then\n kill -KILL {victim}\n while '{fm}' status -p '{pf}' --json | grep -q '\"pid\":{victim}[,}}]'; do :; done\nfi\nexec '{fm}' \"$@\"\n",
+            fm = forkmaster(),
+            pf = app.pid_file.display(),
+        ),
+    );
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    let after = wait_serving_generation(&app, 2, 2);
+    assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+    assert_eq!(after["strays"].as_array().map(Vec::len), Some(0), "{after}");
+    assert_no_event(&master.log(), "stray-stop");
+    assert_master_running(&mut master);
+}
+
+/// The inodes of the TCP sockets listening on `port` (from `/proc/net/tcp`).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = cols.get(1)?.rsplit(':').next()?;
+            (u16::from_str_radix(local_port, 16).ok()? == port && cols.get(3)? == &"0A")
+                .then(|| cols.get(9).map(|s| s.to_string()))?
+        })
+        .collect()
+}
+
+/// How many fds of `pid` are a TCP socket listening on `port`.
+fn fds_listening_on(pid: i32, port: u16) -> usize {
+    let inodes = listening_inodes(port);
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            inodes.iter().any(|i| target == format!("socket:[{i}]"))
+        })
+        .count()
+}
+
+/// A listener an in-place upgrade removes is closed (connections to it are
+/// refused), and one it keeps is held once, whatever the order.
+#[test]
+fn an_in_place_upgrade_closes_a_removed_listener_and_holds_no_duplicate() {
+    let app = App::new(2, IN_PLACE);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unix = format!("unix:{}", app.socket().display());
+    let tcp = format!("127.0.0.1:{port}");
+    app.write_config(2, &format!("{IN_PLACE}listen: ['{unix}', '{tcp}']\n"));
+    let mut master = app.start();
+    let pid = master.pid();
+    wait_serving_generation(&app, 2, 1);
+    assert_eq!(fds_listening_on(pid, port), 1);
+
+    // Reordered: the same socket, held once.
+    app.write_config(2, &format!("{IN_PLACE}listen: ['{tcp}', '{unix}']\n"));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_eq!(fds_listening_on(pid, port), 1, "{}", master.log());
+
+    // Removed: closed, connections refused.
+    app.write_config(2, &format!("{IN_PLACE}listen: ['{unix}']\n"));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 3);
+    assert_eq!(fds_listening_on(pid, port), 0, "{}", master.log());
+    let err = std::net::TcpStream::connect(("127.0.0.1", port)).expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_master_running(&mut master);
+}
+
+/// `health_listen` through an in-place upgrade: the same address is served
+/// on; a new one that cannot be bound fails the upgrade, and the old
+/// endpoint answers on.
+#[test]
+fn an_in_place_upgrade_to_a_busy_health_port_fails_and_keeps_the_old_endpoint() {
+    let app = App::new(2, IN_PLACE);
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let health = free.local_addr().unwrap();
+    drop(free);
+    let with_health = |addr: std::net::SocketAddr| format!("{IN_PLACE}health_listen: '{addr}'\n");
+    app.write_config(2, &with_health(health));
+    let mut master = app.start();
+    let pid = master.pid();
+    wait_serving_generation(&app, 2, 1);
+    let target = Target::Tcp(health);
+    let livez = |target: &Target| get(target, "/livez").map(|r| r.status);
+    assert_eq!(livez(&target).unwrap(), 200);
+
+    // The same address: the same socket, kept open across the exec.
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 0, "{out}\n{}", master.log());
+    wait_serving_generation(&app, 2, 2);
+    assert_eq!(livez(&target).unwrap(), 200, "{}", master.log());
+    assert!(
+        master
+            .log()
+            .contains(&format!("event=health-listen addr={health} how=inherited")),
+        "{}",
+        master.log()
+    );
+
+    // A busy one: the upgrade fails, the old endpoint answers.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    app.write_config(2, &with_health(busy.local_addr().unwrap()));
+    let (code, out) = upgrade_wait(&app);
+    assert_eq!(code, 1, "{out}\n{}", master.log());
+    assert!(out.contains("health"), "{out}");
+    let after = wait_serving_generation(&app, 2, 2);
+    assert_eq!(after["pid"].as_i64(), Some(pid as i64));
+    assert_eq!(after["upgrade"]["state"], "failed");
+    assert_eq!(livez(&target).unwrap(), 200, "{}", master.log());
+    assert_master_running(&mut master);
+}
