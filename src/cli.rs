@@ -48,7 +48,8 @@ pub enum ClientCommand {
     /// Reopen log files (USR1), e.g. after logrotate.
     ReopenLogs(Locate),
     /// For exec probes: exit 0 if the master serves with `min_ready` workers
-    /// ready, 1 if not (starting, stopping, too few ready), 3 if none runs.
+    /// ready (during an upgrade: the old or the new master), 1 if not
+    /// (starting, stopping, too few ready), 3 if none runs.
     Ready(Locate),
     /// Print the master's metrics in the Prometheus text format (as its
     /// `/metrics`), e.g. for node_exporter's textfile collector.
