@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
-# Shared by bench/upgrade.sh and bench/scale.sh (sourced, not run): process
+# Shared by bench/upgrade.sh, bench/scale.sh and bench/preload.sh (sourced, not run): process
 # bookkeeping that finds every master a benchmark started (also later
 # generations, through pid files), bounded waits on conditions, time helpers,
 # wrk installation and its output parsing. Uses the caller's globals
 # (MASTERS, WRK_PID, ...).
 
 say() { printf '# %s\n' "$*" >&2; }
+
+# Median, min and max of the numbers on stdin (one a line), each printed
+# with the printf format $1; "- - -" for none.
+stats() {
+    local fmt=$1
+    sort -g | awk -v f="$fmt" '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print "-", "-", "-"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf f " " f " " f "\n", m, v[1], v[NR]
+        }'
+}
+
+# Whether process group $1 is empty.
+group_gone() { ! kill -0 -- "-$1" 2>/dev/null; }
 
 # Whether $1 is a live forkmaster master of ours. Checking the executable
 # (not just `kill -0`) guards against a recycled pid, and is false for a

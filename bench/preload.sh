@@ -102,8 +102,6 @@ alive() {
 
 gone() { ! alive "$1"; }
 
-group_gone() { ! kill -0 -- "-$1" 2>/dev/null; }
-
 cleanup() {
     local rc=$?
     set +e
@@ -309,17 +307,6 @@ upgrade_server() {
 
 # ---------------------------------------------------------------- numbers
 
-# "median min max" of numbers read one per line.
-stats() {
-    sort -g | awk '
-        { v[NR] = $1 }
-        END {
-            if (NR == 0) { print "- - -"; exit }
-            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            printf "%d %d %d\n", m, v[1], v[NR]
-        }'
-}
-
 mib() { awk -v k="$1" 'BEGIN { if (k == "-") print "-"; else printf "%.0f", k / 1024 }'; }
 
 # ---------------------------------------------------------------- parts 1-3
@@ -352,9 +339,9 @@ bench_mode() {
         done
         stop_server "$mode"
     done
-    ROWS+=("$mode|$(printf '%s' "$starts" | stats)|$(printf '%s' "$psses" | stats)|$(printf '%s' "$ups" | stats)|$ok/$tried")
-    say "$mode: start ms, Pss kB, upgrade ms (median min max): $(printf '%s' "$starts" | stats);" \
-        "$(printf '%s' "$psses" | stats); $(printf '%s' "$ups" | stats); upgrades $ok/$tried"
+    ROWS+=("$mode|$(printf '%s' "$starts" | stats %d)|$(printf '%s' "$psses" | stats %d)|$(printf '%s' "$ups" | stats %d)|$ok/$tried")
+    say "$mode: start ms, Pss kB, upgrade ms (median min max): $(printf '%s' "$starts" | stats %d);" \
+        "$(printf '%s' "$psses" | stats %d); $(printf '%s' "$ups" | stats %d); upgrades $ok/$tried"
 }
 
 # ---------------------------------------------------------------- part 4

@@ -153,7 +153,6 @@ WARNINGS=()
 
 # ---------------------------------------------------------------- processes
 
-group_gone() { ! kill -0 -- "-$1" 2>/dev/null; }
 
 # Stops a baseline's process group (started with setsid: pgid = pid).
 stop_group() {
@@ -217,18 +216,6 @@ median() {
             if (NR == 0) { print "-"; exit }
             m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
             print m
-        }'
-}
-
-# "median min max" of numbers read one per line, formatted with $1 (printf).
-stats() {
-    local fmt=$1
-    sort -g | awk -v f="$fmt" '
-        { v[NR] = $1 }
-        END {
-            if (NR == 0) { print "-", "-", "-"; exit }
-            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            printf f " " f " " f "\n", m, v[1], v[NR]
         }'
 }
 

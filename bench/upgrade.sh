@@ -100,17 +100,6 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- numbers
 
-# Reads numbers (seconds), one per line; prints "median min max" as 0.123s.
-stats() {
-    sort -g | awk '
-        { v[NR] = $1 }
-        END {
-            if (NR == 0) { print "-", "-", "-"; exit }
-            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            printf "%.3fs %.3fs %.3fs\n", m, v[1], v[NR]
-        }'
-}
-
 # ---------------------------------------------------------------- the app
 
 # Whether the app's master answers and has all its workers ready. (The output
@@ -240,7 +229,7 @@ bench_overhead() {
                 logs+="$secs"$'\n'
             fi
         done
-        OVERHEAD_ROWS+=("$n|$(printf '%s' "$reported" | stats)|$(printf '%s' "$wall" | stats)|$(printf '%s' "$logs" | stats)")
+        OVERHEAD_ROWS+=("$n|$(printf '%s' "$reported" | stats %.3fs)|$(printf '%s' "$wall" | stats %.3fs)|$(printf '%s' "$logs" | stats %.3fs)")
         stop_app
     done
 }
@@ -313,7 +302,7 @@ load_scenario() {
         WARNINGS+=("$note")
         say "  $note"
     fi
-    LOAD_ROWS+=("$label|$ACTIONS_OK|$ACTIONS_TRIED|$count|$result|$(printf '%s' "$ACTION_TIMES" | stats)")
+    LOAD_ROWS+=("$label|$ACTIONS_OK|$ACTIONS_TRIED|$count|$result|$(printf '%s' "$ACTION_TIMES" | stats %.3fs)")
     stop_app
 }
 

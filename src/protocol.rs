@@ -67,6 +67,13 @@ pub const INPLACE_PREFLIGHT: &str = "FORKMASTER_INPLACE_PREFLIGHT";
 /// The key of that line.
 pub const INPLACE_STATE_VERSION: &str = "FORKMASTER_INPLACE_STATE_VERSION";
 
+/// Upgrade handoff: the old master's counters (`master::counters`), as
+/// compact JSON, so the new master's metrics go on from its totals.
+pub const UPGRADE_COUNTERS: &str = "FORKMASTER_UPGRADE_COUNTERS";
+/// systemd's `RuntimeDirectory=` as the service gets it (`:`-separated when
+/// several): where the sockets go unless `runtime_dir` says otherwise.
+pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
+
 /// The line a new binary's preflight prints: it reads state `version`.
 pub fn inplace_version_line(version: u32) -> String {
     format!("{INPLACE_STATE_VERSION}={version}")
@@ -82,35 +89,6 @@ pub fn inplace_version_of(stdout: &str) -> Option<u32> {
             .ok()
     })
 }
-
-#[cfg(test)]
-mod inplace_version_tests {
-    use super::*;
-
-    #[test]
-    fn the_version_line_is_read_back_and_junk_is_not() {
-        let said = format!(
-            "workers: 2\nconfiguration ok\n{}\n",
-            inplace_version_line(1)
-        );
-        assert_eq!(inplace_version_of(&said), Some(1));
-        assert_eq!(inplace_version_of("configuration ok\n"), None);
-        assert_eq!(
-            inplace_version_of("FORKMASTER_INPLACE_STATE_VERSION=x\n"),
-            None
-        );
-        assert_eq!(
-            inplace_version_of("FORKMASTER_INPLACE_STATE_VERSIONS=1\n"),
-            None
-        );
-    }
-}
-/// Upgrade handoff: the old master's counters (`master::counters`), as
-/// compact JSON, so the new master's metrics go on from its totals.
-pub const UPGRADE_COUNTERS: &str = "FORKMASTER_UPGRADE_COUNTERS";
-/// systemd's `RuntimeDirectory=` as the service gets it (`:`-separated when
-/// several): where the sockets go unless `runtime_dir` says otherwise.
-pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 
 /// Preloader environment: its end of the preload socketpair (docs/PRELOAD.md).
 pub const PRELOAD_FD: &str = "FORKMASTER_PRELOAD_FD";
@@ -188,6 +166,24 @@ mod tests {
 
     #[test]
     fn the_inplace_version_line_is_read_back_and_junk_is_not() {
+        let said = format!(
+            "workers: 2\nconfiguration ok\n{}\n",
+            inplace_version_line(1)
+        );
+        assert_eq!(inplace_version_of(&said), Some(1));
+        assert_eq!(inplace_version_of("configuration ok\n"), None);
+        assert_eq!(
+            inplace_version_of("FORKMASTER_INPLACE_STATE_VERSION=x\n"),
+            None
+        );
+        assert_eq!(
+            inplace_version_of("FORKMASTER_INPLACE_STATE_VERSIONS=1\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_version_line_is_read_back_and_junk_is_not() {
         let said = format!(
             "workers: 2\nconfiguration ok\n{}\n",
             inplace_version_line(1)

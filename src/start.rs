@@ -93,27 +93,19 @@ fn in_place(
     let old = config::load_text(flags, command, handover.state.config_text.clone());
     let failure = match (&loaded, &old) {
         (Err(e), _) => Some(e.to_string()),
-        (Ok(new), Ok(old)) if new.pid_file != old.pid_file => Some(format!(
-            "pid: an upgrade keeps the pid file {}, but the configuration now says {}: \
-             to move the pid file, stop and start the service",
-            old.pid_file
-                .as_deref()
-                .map_or_else(|| "none".into(), |p| p.display().to_string()),
-            new.pid_file
-                .as_deref()
-                .map_or_else(|| "none".into(), |p| p.display().to_string()),
+        (Ok(new), Ok(old)) if new.pid_file != old.pid_file => Some(kept_for_life(
+            "pid: an upgrade keeps the pid file",
+            "to move the pid file",
+            [&old.pid_file, &new.pid_file],
+            "none",
         )),
         // The clients find the control socket under it (as through the pid
         // file): it moves at a restart, never under a running master.
-        (Ok(new), Ok(old)) if new.runtime_dir != old.runtime_dir => Some(format!(
-            "runtime_dir: an in-place upgrade keeps the runtime directory {}, but the \
-             configuration now says {}: to move it, stop and start the service",
-            old.runtime_dir
-                .as_deref()
-                .map_or_else(|| "(default)".into(), |p| p.display().to_string()),
-            new.runtime_dir
-                .as_deref()
-                .map_or_else(|| "(default)".into(), |p| p.display().to_string()),
+        (Ok(new), Ok(old)) if new.runtime_dir != old.runtime_dir => Some(kept_for_life(
+            "runtime_dir: an in-place upgrade keeps the runtime directory",
+            "to move it",
+            [&old.runtime_dir, &new.runtime_dir],
+            "(default)",
         )),
         _ => None,
     };
@@ -131,6 +123,24 @@ fn in_place(
         config_failure: failure,
     };
     Ok((config, resume))
+}
+
+/// Why a new configuration cannot move `paths` (old, new), a path kept for
+/// the life of the process: `kept` and `to_move` word it, `unset` names no
+/// path.
+fn kept_for_life(
+    kept: &str,
+    to_move: &str,
+    paths: [&Option<std::path::PathBuf>; 2],
+    unset: &str,
+) -> String {
+    let [old, new] = paths.map(|p| {
+        p.as_deref()
+            .map_or_else(|| unset.to_string(), |p| p.display().to_string())
+    });
+    format!(
+        "{kept} {old}, but the configuration now says {new}: {to_move}, stop and start the service"
+    )
 }
 
 /// A new master of an upgrade keeps its old master's pid file: the clients

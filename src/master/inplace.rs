@@ -17,6 +17,7 @@
 //! its graceful stop when its replacement is ready). A failing new
 //! generation is stopped and the old configuration stays (`fail_rollout`).
 
+use super::upgrade::exec_env;
 use super::{Master, Record, UpgradeRole};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -25,10 +26,8 @@ use crate::spawn::WorkerTemplate;
 use crate::sys::{self, fd::set_inherited};
 use crate::timers::Timer;
 use crate::worker::{KillReason, Worker, WorkerState};
-use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
@@ -320,29 +319,12 @@ impl Master {
         state: &State,
         program: &Program,
     ) -> std::result::Result<std::convert::Infallible, String> {
-        let cstring = |bytes: Vec<u8>, what: &str| {
-            CString::new(bytes).map_err(|_| format!("{what} holds a NUL byte"))
-        };
         let json = serde_json::to_vec(state).map_err(|e| format!("state: {e}"))?;
         let memfd = sys::reexec::memfd_with(c"forkmaster-state", &json)
             .map_err(|e| format!("memfd: {}", crate::error::io_reason(&e)))?;
         let program_path = &program.path;
-        let argv = self
-            .launch
-            .args
-            .iter()
-            .map(|a| cstring(a.as_bytes().to_vec(), "an argument"))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let listeners: Vec<_> = self
-            .listeners
-            .iter()
-            .map(|l| crate::handoff::Handed {
-                fd: l.fd.as_raw_fd(),
-                address: l.bound.clone(),
-                external: l.external,
-                name: l.systemd_name.clone(),
-            })
-            .collect();
+        let argv = self.exec_argv()?;
+        let listeners = self.handed_listeners();
         let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = self
             .launch
             .env
@@ -365,15 +347,7 @@ impl Master {
             crate::protocol::INPLACE_STATE.into(),
             memfd.as_raw_fd().to_string().into(),
         ));
-        let env = env
-            .into_iter()
-            .map(|(k, v)| {
-                let mut entry = k.into_vec();
-                entry.push(b'=');
-                entry.extend(v.into_vec());
-                cstring(entry, "the environment")
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let env = exec_env(env)?;
         // Everything handed over, close-on-exec cleared for the exec only.
         let mut handed: Vec<BorrowedFd<'_>> = self.listeners.iter().map(|l| l.fd.as_fd()).collect();
         handed.push(self.notify.as_fd());

@@ -23,7 +23,7 @@ use crate::status::OperationState;
 use crate::sys::{self, ExecPlan};
 use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::unistd::Pid;
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::Instant;
@@ -247,29 +247,12 @@ impl Master {
 
     /// Forks and execs the new master with the listeners inherited.
     fn exec_new_master(&mut self) -> Result<i32, String> {
-        let cstring = |bytes: Vec<u8>, what: &str| {
-            CString::new(bytes).map_err(|_| format!("{what} holds a NUL byte"))
-        };
         let program = cstring(
             self.launch.program().into_os_string().into_vec(),
             "program path",
         )?;
-        let argv = self
-            .launch
-            .args
-            .iter()
-            .map(|a| cstring(a.as_bytes().to_vec(), "an argument"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let fds: Vec<_> = self
-            .listeners
-            .iter()
-            .map(|l| handoff::Handed {
-                fd: l.fd.as_raw_fd(),
-                address: l.bound.clone(),
-                external: l.external,
-                name: l.systemd_name.clone(),
-            })
-            .collect();
+        let argv = self.exec_argv()?;
+        let fds = self.handed_listeners();
         let health_fd = self.health.as_ref().map(|h| h.listener_fd());
         let mut env = handoff::upgrade_env(
             &self.launch.env,
@@ -289,15 +272,7 @@ impl Master {
                 fd.to_string().into(),
             ));
         }
-        let env = env
-            .into_iter()
-            .map(|(k, v)| {
-                let mut entry = k.into_vec();
-                entry.push(b'=');
-                entry.extend(v.into_vec());
-                cstring(entry, "the environment")
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let env = exec_env(env)?;
         let chdir = cstring(
             self.launch.start_dir.as_os_str().as_bytes().to_vec(),
             "the start directory",
@@ -311,6 +286,28 @@ impl Master {
             self.exec_errors_write.as_raw_fd(),
         );
         sys::spawn(&mut plan).map_err(|e| format!("fork: {}", errno_reason(e)))
+    }
+
+    /// The master's own command line, for the exec of a new binary.
+    pub(super) fn exec_argv(&self) -> Result<Vec<CString>, String> {
+        self.launch
+            .args
+            .iter()
+            .map(|a| cstring(a.as_bytes().to_vec(), "an argument"))
+            .collect()
+    }
+
+    /// The listeners as a new binary inherits them (`FORKMASTER_INHERIT_FDS`).
+    pub(super) fn handed_listeners(&self) -> Vec<handoff::Handed> {
+        self.listeners
+            .iter()
+            .map(|l| handoff::Handed {
+                fd: l.fd.as_raw_fd(),
+                address: l.bound.clone(),
+                external: l.external,
+                name: l.systemd_name.clone(),
+            })
+            .collect()
     }
 
     fn fail_upgrade(&mut self, why: String) {
@@ -466,4 +463,21 @@ impl Master {
             }
         }
     }
+}
+
+/// `bytes` as a C string for an exec; `what` names it in the error.
+pub(super) fn cstring(bytes: Vec<u8>, what: &str) -> Result<CString, String> {
+    CString::new(bytes).map_err(|_| format!("{what} holds a NUL byte"))
+}
+
+/// An exec's environment, `KEY=VALUE` C strings.
+pub(super) fn exec_env(env: Vec<(OsString, OsString)>) -> Result<Vec<CString>, String> {
+    env.into_iter()
+        .map(|(k, v)| {
+            let mut entry = k.into_vec();
+            entry.push(b'=');
+            entry.extend(v.into_vec());
+            cstring(entry, "the environment")
+        })
+        .collect()
 }

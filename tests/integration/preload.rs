@@ -10,10 +10,7 @@ use nix::unistd::Pid;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-fn app_script() -> String {
-    script("preload_app.py")
-}
-
+/// The path of the test app `name` in tests/apps.
 fn script(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/apps")
@@ -22,10 +19,16 @@ fn script(name: &str) -> String {
         .to_string()
 }
 
+/// The Python test app, tests/apps/preload_app.py.
+const PYTHON: [&str; 2] = ["python3", "preload_app.py"];
+
 /// The Python app behind a Unix socket, `preload` on or off, its boots
 /// recorded in `boots` (one line per load of the app).
 fn python_app(workers: usize, preload: bool, mode: &str) -> App {
-    app_in("python3", &app_script(), workers, preload, mode)
+    let app = App::new(workers, "");
+    let yaml = format!("preload: {preload}\n");
+    write_app_config(&app, workers, PYTHON, mode, &[], &yaml);
+    app
 }
 
 /// The Ruby app (tests/apps/preload_app.rb), as `python_app`; `None`
@@ -38,32 +41,31 @@ fn ruby_app(test: &str, workers: usize, preload: bool) -> Option<App> {
         ));
         return None;
     }
-    Some(app_in(
-        "ruby",
-        &script("preload_app.rb"),
-        workers,
-        preload,
-        "",
-    ))
-}
-
-fn app_in(interpreter: &str, script: &str, workers: usize, preload: bool, mode: &str) -> App {
     let app = App::new(workers, "");
-    let boots = app.dir.join("boots");
-    let extra = format!(
-        "command: ['{interpreter}', '{script}']\npreload: {preload}\n{}",
-        app.env_line(&[
-            ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
-            ("PRELOAD_APP_MODE", mode),
-        ])
-    );
-    app.write_config(workers, &extra);
-    app
+    let yaml = format!("preload: {preload}\n");
+    write_app_config(&app, workers, ["ruby", "preload_app.rb"], "", &[], &yaml);
+    Some(app)
 }
 
 /// The Python app in `mode` with more variables in its environment.
 fn python_app_env(workers: usize, mode: &str, env: &[(&str, &str)]) -> App {
     let app = App::new(workers, "");
+    write_app_config(&app, workers, PYTHON, mode, env, "preload: true\n");
+    app
+}
+
+/// Writes `app`'s config: the test app `command` (an interpreter and a
+/// script in tests/apps), its boots recorded in `boots`, `mode` as
+/// `PRELOAD_APP_MODE` and `env` in its environment, then `yaml` (more keys:
+/// `preload`, `upgrade_mode`, ...).
+fn write_app_config(
+    app: &App,
+    workers: usize,
+    command: [&str; 2],
+    mode: &str,
+    env: &[(&str, &str)],
+    yaml: &str,
+) {
     let boots = app.dir.join("boots");
     let mut pairs = vec![
         ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
@@ -71,12 +73,19 @@ fn python_app_env(workers: usize, mode: &str, env: &[(&str, &str)]) -> App {
     ];
     pairs.extend_from_slice(env);
     let extra = format!(
-        "command: ['python3', '{}']\npreload: true\n{}",
-        app_script(),
+        "command: ['{}', '{}']\n{yaml}{}",
+        command[0],
+        script(command[1]),
         app.env_line(&pairs)
     );
     app.write_config(workers, &extra);
-    app
+}
+
+/// Runs the master to its end; it must fail. Its stderr.
+fn failed_start(fixture: Fixture<'_>) -> String {
+    let out = fixture.run(secs(60));
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn boots(app: &App) -> Vec<i32> {
@@ -270,13 +279,12 @@ fn upgrades_and_reloads_fork_from_a_new_preloader_and_fail_no_request() {
 #[test]
 fn an_app_that_ignores_the_preload_fd_fails_with_a_clear_message() {
     let dir = TempDir::new();
-    let out = Fixture::new(&dir)
-        .unix("app.sock")
-        .arg("--preload")
-        .command(&["true"])
-        .run(secs(60));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failed_start(
+        Fixture::new(&dir)
+            .unix("app.sock")
+            .arg("--preload")
+            .command(&["true"]),
+    );
     assert!(
         err.contains("the app did not answer on FORKMASTER_PRELOAD_FD: does it load forkmaster's preload helper?"),
         "{err}"
@@ -364,18 +372,14 @@ fn a_flooding_preloader_gets_a_bounded_log_and_the_master_keeps_serving() {
 #[test]
 fn garbage_before_hello_fails_the_start() {
     let app = python_app(1, true, "garbage-first");
-    let out = app.fixture().run(secs(60));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failed_start(app.fixture());
     assert!(err.contains("its first message is not a hello"), "{err}");
 }
 
 #[test]
 fn a_preloader_whose_spawns_all_fail_trips_the_circuit_breaker() {
     let app = python_app(1, true, "refuse");
-    let out = app.fixture().run(secs(60));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failed_start(app.fixture());
     assert!(err.contains("5 spawns in a row failed"), "{err}");
     assert!(err.contains("refused by the test"), "{err}");
     assert!(err.contains("event=startup-failed"), "{err}");
@@ -429,13 +433,7 @@ fn a_failed_spawn_waits_out_its_backoff_before_the_next() {
 #[test]
 fn a_pid_that_never_becomes_the_masters_child_is_never_believed() {
     let app = python_app(1, true, "liar");
-    let out = app
-        .fixture()
-        .arg("--spawn-timeout")
-        .arg("200ms")
-        .run(secs(60));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failed_start(app.fixture().arg("--spawn-timeout").arg("200ms"));
     assert!(
         err.contains("which did not become our child within 200ms"),
         "{err}"
@@ -447,16 +445,7 @@ fn a_pid_that_never_becomes_the_masters_child_is_never_believed() {
 
 /// The app's config again, in `mode`.
 fn rewrite(app: &App, workers: usize, mode: &str) {
-    let boots = app.dir.join("boots");
-    let extra = format!(
-        "command: ['python3', '{}']\npreload: true\n{}",
-        app_script(),
-        app.env_line(&[
-            ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
-            ("PRELOAD_APP_MODE", mode),
-        ])
-    );
-    app.write_config(workers, &extra);
+    write_app_config(app, workers, PYTHON, mode, &[], "preload: true\n");
 }
 
 #[test]
@@ -501,13 +490,12 @@ fn an_upgrade_whose_preloader_fails_leaves_the_old_master_serving() {
 #[test]
 fn an_app_that_never_says_hello_fails_after_the_ready_timeout() {
     let dir = TempDir::new();
-    let out = Fixture::new(&dir)
-        .unix("app.sock")
-        .args(&["--preload", "--ready-timeout", "300ms"])
-        .command(&["sleep", "60"])
-        .run(secs(60));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failed_start(
+        Fixture::new(&dir)
+            .unix("app.sock")
+            .args(&["--preload", "--ready-timeout", "300ms"])
+            .command(&["sleep", "60"]),
+    );
     assert!(
         err.contains("no hello within 300ms: the app did not answer on FORKMASTER_PRELOAD_FD"),
         "{err}"
@@ -518,9 +506,7 @@ fn an_app_that_never_says_hello_fails_after_the_ready_timeout() {
 #[test]
 fn an_oversize_packet_fails_the_generation() {
     let app = python_app(1, true, "oversize");
-    let out = app.fixture().run(secs(60));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failed_start(app.fixture());
     assert!(
         err.contains("sent a packet of 70000 bytes, over the 65536-byte limit"),
         "{err}"
@@ -530,9 +516,7 @@ fn an_oversize_packet_fails_the_generation() {
 #[test]
 fn a_hello_in_another_protocol_version_names_both() {
     let app = python_app(1, true, "version2");
-    let out = app.fixture().run(secs(60));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failed_start(app.fixture());
     assert!(
         err.contains("speaks preload protocol version 2; this master speaks version 1"),
         "{err}"
@@ -595,16 +579,8 @@ fn the_ruby_app_runs_unchanged_in_exec_mode() {
 
 /// The preload app with `upgrade_mode: in-place` and `mode` in its env.
 fn in_place_app(app: &App, workers: usize, mode: &str) {
-    let boots = app.dir.join("boots");
-    let extra = format!(
-        "command: ['python3', '{}']\npreload: true\nupgrade_mode: in-place\nready_timeout: 20s\n{}",
-        app_script(),
-        app.env_line(&[
-            ("PRELOAD_APP_BOOTS", boots.to_str().unwrap()),
-            ("PRELOAD_APP_MODE", mode),
-        ])
-    );
-    app.write_config(workers, &extra);
+    let yaml = "preload: true\nupgrade_mode: in-place\nready_timeout: 20s\n";
+    write_app_config(app, workers, PYTHON, mode, &[], yaml);
 }
 
 #[test]

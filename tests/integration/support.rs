@@ -633,6 +633,31 @@ pub fn proc_status(pid: i32, field: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
+/// Waits until `pid` sleeps, then asserts it does not wake once (no
+/// voluntary or forced context switch) in `window`: a measuring window, not
+/// synchronisation. For an idle master that must sleep in poll(2).
+pub fn assert_never_wakes(pid: i32, window: Duration) {
+    wait_for("the master asleep", secs(10), || {
+        proc_stat(pid)
+            .filter(|(state, _, _)| *state == 'S')
+            .map(|_| ())
+    });
+    let switches = || {
+        ["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"]
+            .iter()
+            .map(|field| {
+                proc_status(pid, field)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{field} of pid {pid}"))
+            })
+            .sum::<u64>()
+    };
+    let before = switches();
+    std::thread::sleep(window);
+    let woke = switches() - before;
+    assert_eq!(woke, 0, "the idle master woke {woke} times in {window:?}");
+}
+
 /// A bounded HTTP load: threads sending `GET /` until stopped, counting
 /// answers (by the generation that gave them) and failures.
 pub struct Load {
